@@ -1,0 +1,196 @@
+"""The Predict dock widget: pick an image layer and a model bundle, classify every tile.
+
+The widget only gathers parameters and shows results: the work is
+``ncm_core.predict.predict_mosaic_steps``, run in a napari thread worker
+(napari's progress bar, a Cancel button) or, for tests, synchronously.
+Layers are added on the main thread, from the worker's ``returned`` signal.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, create_widget
+
+if TYPE_CHECKING:
+    import napari
+
+
+def layer_to_mosaic(layer: Any):
+    """A ``Mosaic`` view of an Image layer: its data (level 0), pixel size and translate.
+
+    A scale of 1 is napari's default and is read as 'pixel size unknown'.
+    """
+    import dask.array as da
+
+    from ncm_core.errors import NcmError
+    from ncm_core.mosaic import Mosaic, open_mosaic
+
+    data = layer.data[0] if layer.multiscale else layer.data
+    spatial = 2
+    if data.ndim - (1 if layer.rgb else 0) != spatial:
+        raise NcmError(f"layer {layer.name!r} has {data.ndim} dimensions; Predict works on 2-D (or RGB) images")
+    arr = data if isinstance(data, da.Array) else da.from_array(data, chunks=(1024, 1024) + data.shape[2:])
+    m = open_mosaic(arr, axes="yxc" if layer.rgb else "yx")
+    sy, sx = (float(v) for v in layer.scale[-2:])
+    pixel = None if (sy == 1.0 and sx == 1.0) else sx
+    return Mosaic(data=m.data, pixel_size=pixel, translate=tuple(float(v) for v in layer.translate[-2:]),
+                  source=f"napari layer {layer.name!r}", name=layer.name)
+
+
+class PredictWidget(Container):
+    """Classify the tiles of an image layer with a model bundle; adds class, confidence and probability layers."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        import napari.layers
+
+        super().__init__(labels=True)
+        self._viewer = viewer = napari_viewer
+        self.image = create_widget(annotation=napari.layers.Image, label="Image")
+        self.bundle = FileEdit(mode="d", label="Model bundle", tooltip="folder with config.json and model.safetensors")
+        self.stride = SpinBox(value=0, min=0, max=100000, label="Stride (px)", tooltip="0 = tile size (no overlap)")
+        self.batch_size = SpinBox(value=64, min=1, max=4096, label="Batch size")
+        self.exclude_rows = LineEdit(value="", label="Exclude rows", tooltip="e.g. -32: skips a 32-row SEM info bar")
+        self.foreground = CheckBox(value=False, text="Skip background tiles")
+        self.output = FileEdit(mode="w", label="Output (.zarr)", filter="*.zarr",
+                               tooltip="where the prediction is written; empty = a temporary folder")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([self.image, self.bundle, self.stride, self.batch_size, self.exclude_rows, self.foreground,
+                     self.output, self.run_button, self.cancel_button, self.status])
+        self.run_button.changed.connect(lambda: self.run())
+        self.cancel_button.changed.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self.image.reset_choices)
+        viewer.layers.events.removed.connect(self.image.reset_choices)
+        self.worker = None
+        self.prediction = None
+        self._cancel = threading.Event()
+        self._pbar = None
+
+    # ------------------------------------------------------------ running
+    def _job(self):
+        """The generator to run and its description, built from the current settings (main thread)."""
+        from napari_ncm._torch import guard_triton
+
+        guard_triton()  # before torch is first imported in this napari session
+        from ncm_core.errors import NcmError
+        from ncm_core.predict import predict_mosaic_steps
+        from ncm_core.tiling import parse_rows
+
+        layer = self.image.value
+        if layer is None:
+            raise NcmError("choose an image layer to predict")
+        bundle = Path(str(self.bundle.value))
+        if str(self.bundle.value) in ("", "."):
+            raise NcmError("choose a model bundle folder")
+        out_text = str(self.output.value)
+        if out_text in ("", "."):
+            out = Path(tempfile.mkdtemp(prefix="ncm-")) / f"{layer.name}_prediction.zarr"
+        else:
+            out = Path(out_text)
+        rows = parse_rows(self.exclude_rows.value)
+        mosaic = layer_to_mosaic(layer)
+        self._cancel = threading.Event()
+        gen = predict_mosaic_steps(bundle, mosaic, out, stride=self.stride.value or None,
+                                   batch_size=self.batch_size.value, exclude_rows=rows,
+                                   foreground=self.foreground.value, overwrite=True, cancel=self._cancel)
+        return gen, layer.name
+
+    def run(self, sync: bool = False):
+        """Start a prediction. ``sync=True`` runs it in the calling thread (tests, scripts)."""
+        from napari.utils.notifications import show_error
+
+        from ncm_core.errors import NcmError
+
+        try:
+            gen, name = self._job()
+        except NcmError as exc:
+            self.status.value = f"Error: {exc}"
+            show_error(str(exc))
+            return None
+        self._name = name
+        if sync:
+            try:
+                while True:
+                    next(gen)
+            except StopIteration as stop:
+                self._on_done(stop.value)
+            except NcmError as exc:
+                self._on_error(exc)
+            return self.prediction
+        return self._start_worker(gen)
+
+    def _start_worker(self, gen):
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        def steps():
+            result = yield from gen
+            return result
+
+        self._pbar = progress(total=0, desc=f"Predicting {self._name}")
+        worker = create_worker(steps, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "Running..."
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running prediction after the current block; nothing partial is kept."""
+        self._cancel.set()
+        if self.worker is not None:
+            self.worker.quit()
+        self.status.value = "Cancelling..."
+
+    # ------------------------------------------------------------ callbacks (main thread)
+    def _on_progress(self, value: tuple[int, int]) -> None:
+        done, total = value
+        if self._pbar is not None:
+            if self._pbar.total != total:
+                self._pbar.total = total
+            self._pbar.n = done
+            self._pbar.refresh()
+        self.status.value = f"{done}/{total} blocks"
+
+    def _on_done(self, prediction: Any) -> None:
+        from napari_ncm._layers import prediction_layers
+
+        if prediction is None:
+            return
+        self.prediction = prediction
+        for data, kw, kind in prediction_layers(prediction, name=self._name):
+            getattr(self._viewer, f"add_{kind}")(data, **kw)
+        at = prediction.attrs
+        self.status.value = (f"Done: {at['n_predicted']} tiles in {at['seconds']:.1f} s "
+                             f"({prediction.grid.tile} px) -> {prediction.path.name}")
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        from ncm_core.errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.status.value = "Cancelled"
+            return
+        self.status.value = f"Error: {exc}"
+        show_error(f"Predict: {exc}")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self._cancel.is_set() and self.prediction is None:
+            self.status.value = "Cancelled"
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.worker = None

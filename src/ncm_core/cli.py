@@ -1,0 +1,231 @@
+"""The ``ncm`` command line: the same task functions as the API and the napari widgets.
+
+Errors caused by input print one line (``ncm: error: <file>: <problem>``) and
+exit with status 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import Cancelled, NcmError
+
+
+def _rows(value: str) -> tuple[int | None, int | None] | None:
+    from .tiling import parse_rows
+
+    try:
+        return parse_rows(value)
+    except NcmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _progress(label: str, quiet: bool):
+    from .progress import ConsoleProgress
+
+    return None if quiet else ConsoleProgress(label)
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    from . import synth
+    from .mosaic import write_ome_zarr
+
+    out = Path(a.out)
+    if a.kind == "sem-frames":
+        synth.write_sem_dataset(out, a.frames, (a.size + a.info_bar, a.size), info_bar=a.info_bar, seed=a.seed)
+        print(f"wrote {len(synth.CLASS_NAMES) * a.frames} SEM frames in {len(synth.CLASS_NAMES)} class folders to {out}")
+    elif a.kind == "sem-mosaic":
+        m = synth.sem_mosaic(tuple(a.shape) if a.shape else (1100, 1500), seed=a.seed)
+        write_ome_zarr(out, m.image, pixel_size=m.pixel_size, chunks=a.chunks, levels=2, labels={"truth": m.truth + 1},
+                       label_classes={"truth": list(m.class_names)}, overwrite=a.overwrite, name="sem_mosaic")
+        print(f"wrote a {m.image.shape[0]}x{m.image.shape[1]} px SEM mosaic with its truth labels to {out}")
+    else:
+        s = synth.cross_section(a.porosity, tuple(a.shape) if a.shape else (600, 1800), tilt_deg=a.tilt, seed=a.seed)
+        write_ome_zarr(out, s.image, pixel_size=s.pixel_size, chunks=a.chunks, overwrite=a.overwrite, name="cross_section")
+        meta = {"porosity": s.porosity, "tilt_deg": s.tilt_deg, "thickness_um": s.thickness_um, **s.targets}
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        print(f"wrote a cross-section (porosity {s.porosity:.3f}) to {out}, labels to {out.with_suffix('.json')}")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .train import train
+
+    r = train(a.data, a.out, architecture=a.arch, tile_size=a.tile, input_size=a.input_size, epochs=a.epochs,
+              batch_size=a.batch_size, lr=a.lr, optimizer=a.opt, weight_decay=a.weight_decay,
+              val_fraction=a.val_fraction, crops_per_image=a.crops, exclude_rows=a.exclude_rows,
+              augment=not a.no_augment, normalize=a.normalize, pretrained=a.pretrained, patience=a.patience,
+              seed=a.seed, device=a.device, pixel_size=a.pixel_size, progress=_progress("train", a.quiet))
+    print(f"bundle: {r.bundle}  best validation accuracy {r.best_val_accuracy:.1%} (epoch {r.best_epoch}), {r.seconds:.0f} s")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from .predict import predict_mosaic
+
+    p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
+                       exclude_rows=a.exclude_rows, foreground=a.foreground, device=a.device,
+                       overwrite=a.overwrite, progress=_progress("predict", a.quiet))
+    at = p.attrs
+    print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
+          f"{at['n_predicted']} predicted, {at['n_masked']} masked, {at['seconds']:.1f} s")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate, evaluate_prediction, write_metrics
+
+    if a.prediction:
+        if not a.truth:
+            raise NcmError("--prediction needs --truth (a per-pixel class map)")
+        m = evaluate_prediction(a.prediction, *_truth(a.truth))
+        if a.out:
+            write_metrics(m, a.out)
+        print(f"tile accuracy {m['tile_accuracy']:.1%} over {m['n_scored']} tiles")
+    else:
+        if not (a.bundle and a.data):
+            raise NcmError("evaluate needs BUNDLE and DATA (class folders), or --prediction and --truth")
+        m = evaluate(a.bundle, a.data, out=a.out, device=a.device, progress=_progress("evaluate", a.quiet))
+        print(f"image accuracy {m['images']['accuracy']:.1%} ({m['images']['n']} images), "
+              f"tile accuracy {m['tiles']['accuracy']:.1%} ({m['tiles']['n']} tiles)")
+    if a.out:
+        print(f"metrics written to {a.out}")
+
+
+def _truth(path: str):
+    """A truth map and its value -> class-name table (NGFF labels, e.g. ``image.zarr/labels/truth``)."""
+    from .mosaic import open_mosaic, read_label_classes
+
+    return open_mosaic(path).data, (read_label_classes(path) or None)
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import console_progress, run_demo
+
+    m = run_demo(a.out, quick=a.quick, seed=a.seed, architecture=a.arch,
+                 progress=None if a.quiet else console_progress)
+    out = Path(a.out)
+    print()
+    print(f"tile accuracy: {m['tile_accuracy']:.1%} on {m['n_tiles']} mosaic tiles "
+          f"(balanced {m['balanced_accuracy']:.1%}); total {m['total_seconds']:.0f} s")
+    for name, p in [("mosaic", m["outputs"]["mosaic"]), ("model bundle", m["outputs"]["bundle"]),
+                    ("prediction", m["outputs"]["prediction"]), ("metrics", out / "metrics.json"),
+                    ("overview", out / "overview.png"), ("confusion matrix", out / "confusion_matrix.png")]:
+        print(f"  {name:17s} {p}")
+    print(f"open it in napari:  napari {m['outputs']['mosaic']} {m['outputs']['prediction']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="ncm", description="Tiling, training and prediction of CNN models on "
+                                "microscopy mosaics of battery electrodes.")
+    p.add_argument("--version", action="version", version=f"napari-ncm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, device: bool = True) -> None:
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+        if device:
+            sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+
+    s = sub.add_parser("sample", help="write embedded sample data")
+    s.add_argument("kind", choices=["sem-frames", "sem-mosaic", "section"])
+    s.add_argument("out", help="output folder (sem-frames) or .zarr path")
+    s.add_argument("--frames", type=_positive, default=4, help="frames per class (sem-frames)")
+    s.add_argument("--size", type=_positive, default=512, help="frame width/height without info bar (sem-frames)")
+    s.add_argument("--info-bar", type=int, default=32, help="rows of the SEM information bar (sem-frames)")
+    s.add_argument("--shape", type=_positive, nargs=2, metavar=("H", "W"), help="mosaic or section shape")
+    s.add_argument("--porosity", type=float, default=0.35, help="active-layer porosity (section)")
+    s.add_argument("--tilt", type=float, default=1.0, help="tilt in degrees (section)")
+    s.add_argument("--chunks", type=_positive, default=512, help="zarr chunk size")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("train", help="train a classifier from class folders")
+    t.add_argument("data", help="folder with one sub-folder of images per class")
+    t.add_argument("out", help="bundle folder to write")
+    t.add_argument("--task", choices=["classify"], default="classify")
+    t.add_argument("--arch", default="efficientnet_b0", help="timm architecture (default efficientnet_b0)")
+    t.add_argument("--tile", type=_positive, default=96, help="crop size in image pixels")
+    t.add_argument("--input-size", type=_positive, help="model input size (default: tile)")
+    t.add_argument("--epochs", type=_positive, default=10)
+    t.add_argument("--batch-size", type=_positive, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--opt", default="adamw", help="timm optimizer name (adam, adamw, sgd, lookahead_radam, ...)")
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--val-fraction", type=float, default=0.25)
+    t.add_argument("--crops", type=_positive, default=32, help="random crops per image per epoch")
+    t.add_argument("--exclude-rows", type=_rows, help="band of rows to ignore, e.g. --exclude-rows=-32: for a 32-row SEM info bar")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--normalize", action="store_true", help="standardise inputs by the training set's mean/std")
+    t.add_argument("--pretrained", help="local weights file (.safetensors) to start from")
+    t.add_argument("--patience", type=_positive, help="early-stopping patience in epochs")
+    t.add_argument("--pixel-size", type=float, help="micrometres per pixel of the training images")
+    t.add_argument("--seed", type=int, default=0)
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("predict", help="classify every tile of a mosaic")
+    r.add_argument("bundle", help="model bundle folder")
+    r.add_argument("mosaic", help="zarr, OME-Zarr, TIFF, PNG or JPEG")
+    r.add_argument("out", help="output zarr group, e.g. prediction.zarr")
+    r.add_argument("--tile", type=_positive, help="tile size in pixels (default: the bundle's)")
+    r.add_argument("--stride", type=_positive, help="tile stride in pixels (default: tile)")
+    r.add_argument("--batch-size", type=_positive, default=64)
+    r.add_argument("--exclude-rows", type=_rows, help="band of rows to skip, e.g. --exclude-rows=-32:")
+    r.add_argument("--foreground", action="store_true", help="skip background tiles (Otsu threshold)")
+    r.add_argument("--overwrite", action="store_true")
+    common(r)
+    r.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="score a bundle on class folders, or a prediction against a truth map")
+    e.add_argument("bundle", nargs="?", help="model bundle folder")
+    e.add_argument("data", nargs="?", help="folder with one sub-folder of images per class")
+    e.add_argument("--prediction", help="a prediction written by 'ncm predict'")
+    e.add_argument("--truth", help="per-pixel class map (e.g. mosaic.ome.zarr/labels/truth)")
+    e.add_argument("--out", help="folder for metrics.json and CSV files")
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="sample data -> training -> mosaic prediction -> metrics and overview")
+    d.add_argument("--out", default="ncm-demo", help="output folder (replaced; default ncm-demo)")
+    d.add_argument("--quick", action="store_true", help="tiny data, one epoch (a smoke test)")
+    d.add_argument("--arch", default="resnet10t", help="timm architecture (default resnet10t: learns fastest from "
+                   "scratch on a CPU)")
+    d.add_argument("--seed", type=int, default=0)
+    common(d, device=False)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except NcmError as exc:
+        print(f"ncm: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("ncm: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nncm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Turning image tiles into model input, the same way in training and prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How tiles become tensors.
+
+    Intensities are scaled to [0, 1] by the pixel type's range (uint8 / 255,
+    uint16 / 65535; floats unchanged), channels converted to ``in_chans``
+    (gray is repeated to RGB; RGB is averaged to gray), resized to
+    ``input_size`` when the tile differs, then normalised by ``mean``/``std``
+    only when given (the SEM study found normalisation hurt; it is off by default).
+    """
+
+    in_chans: int = 1
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_chans": self.in_chans, "input_size": list(self.input_size),
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        return cls(int(d["in_chans"]), tuple(d["input_size"]),
+                   None if d.get("mean") is None else tuple(d["mean"]),
+                   None if d.get("std") is None else tuple(d["std"]))
+
+
+def intensity_scale(dtype: np.dtype) -> float:
+    """Divisor that maps the pixel type's range to [0, 1]."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def tiles_to_tensor(tiles: np.ndarray, spec: InputSpec, device: Any = "cpu"):
+    """``(N, h, w)`` or ``(N, h, w, C)`` tiles -> float tensor ``(N, in_chans, H, W)``."""
+    import torch
+    import torch.nn.functional as F
+
+    scale = intensity_scale(tiles.dtype)
+    x = torch.from_numpy(np.ascontiguousarray(tiles))
+    if x.ndim == 3:
+        x = x[:, None]
+    else:
+        x = x.permute(0, 3, 1, 2)
+        if x.shape[1] == 4:  # drop alpha
+            x = x[:, :3]
+    x = x.to(device=device, dtype=torch.float32, non_blocking=True) / scale
+    c = x.shape[1]
+    if c != spec.in_chans:
+        x = x.mean(dim=1, keepdim=True) if spec.in_chans == 1 else x.expand(-1, 3, -1, -1) if c == 1 else x[:, :3]
+    if tuple(x.shape[-2:]) != tuple(spec.input_size):
+        x = F.interpolate(x, size=tuple(spec.input_size), mode="bilinear", align_corners=False, antialias=True)
+    if spec.mean is not None and spec.std is not None:
+        mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x

@@ -1,0 +1,49 @@
+"""Shared fixtures: small bundles and datasets made by the project itself (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def sem_folders(tmp_path_factory) -> Path:
+    """A class-per-folder dataset: 3 classes x 3 small SEM frames with a 16-row info bar."""
+    from ncm_core import synth
+
+    root = tmp_path_factory.mktemp("data") / "frames"
+    return synth.write_sem_dataset(root, frames_per_class=3, shape=(144, 128), info_bar=16,
+                                   classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(sem_folders, tmp_path_factory) -> Path:
+    """A briefly trained ResNet-10t bundle: 3 SEM classes, grayscale, 32 px tiles.
+
+    Trained (two seconds on CPU) rather than random, so its outputs differ
+    from tile to tile and tests can tell tiles apart by their probabilities
+    (an untrained or briefly trained EfficientNet gives the same output for
+    every tile).
+    """
+    from ncm_core.train import train
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    train(sem_folders, out, architecture="resnet10t", tile_size=32, epochs=3, crops_per_image=24, batch_size=16, lr=3e-3,
+          exclude_rows=(-16, None), seed=0)
+    return out
+
+
+def decisive(probs: np.ndarray, margin: float = 1e-3) -> np.ndarray:
+    """Cells whose top two class probabilities differ by more than ``margin`` (argmax is stable there)."""
+    top2 = np.sort(probs, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]) > margin
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

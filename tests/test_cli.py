@@ -1,0 +1,78 @@
+"""The ncm command: sample data, the quick demo, and one-line errors with no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NCM = [sys.executable, "-m", "ncm_core.cli"]
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def ncm(*args, cwd=None):
+    return subprocess.run([*NCM, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV)
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "ncm"
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "napari-ncm" in r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["predict", "{tmp}/nothing", "{tmp}/m.png", "{tmp}/out.zarr"], ["nothing", "model bundle not found"]),
+    (["predict", "{bundle}", "{tmp}/notes.txt", "{tmp}/out.zarr"], ["notes.txt", "not an image"]),
+    (["predict", "{bundle}", "{tmp}/small.png", "{tmp}/out.zarr"], ["smaller than one tile"]),
+    (["train", "{tmp}/nodata", "{tmp}/b"], ["nodata", "dataset folder not found"]),
+    (["predict", "{bundle}", "{tmp}/small.png", "{tmp}/out.zarr", "--tile", "0"], ["must be at least 1"]),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path, tiny_bundle, args, words):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    r = ncm(*[a.format(tmp=tmp_path, bundle=tiny_bundle) for a in args])
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    for w in words:
+        assert w in last, r.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_sample_predict_evaluate(tmp_path, tiny_bundle):
+    assert ncm("sample", "sem-mosaic", tmp_path / "m.zarr", "--shape", 200, 260).returncode == 0
+    r = ncm("predict", tiny_bundle, tmp_path / "m.zarr", tmp_path / "p.zarr", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "7x9 tiles of 32 px" in r.stdout
+    r = ncm("evaluate", "--prediction", tmp_path / "p.zarr", "--truth", tmp_path / "m.zarr/labels/truth",
+            "--out", tmp_path / "ev")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    # classes are matched by name: only tiles whose truth is one of the model's 3 classes are scored
+    from ncm_core import synth
+    from ncm_core.evaluate import tile_truth, value_lut
+    from ncm_core.predict import open_prediction
+
+    pred = open_prediction(tmp_path / "p.zarr")
+    truth = tile_truth(pred.grid, synth.sem_mosaic((200, 260)).truth, 3,
+                       lut=value_lut(dict(enumerate(synth.CLASS_NAMES)), pred.class_names))
+    assert m["n_tiles"] == 63 and m["n_scored"] == (truth >= 0).sum() > 0
+    assert 0 <= m["tile_accuracy"] <= 1
+    assert (tmp_path / "ev" / "confusion_matrix.csv").exists()
+
+
+def test_quick_demo_runs_end_to_end(tmp_path):
+    r = ncm("demo", "--quick", "--out", tmp_path / "demo", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "tile accuracy:" in r.stdout
+    out = tmp_path / "demo"
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 <= m["tile_accuracy"] <= 1 and m["n_tiles"] == 5 * 7  # 300x420 px in 64 px tiles
+    for f in ["overview.png", "confusion_matrix.png", "model/model.safetensors", "prediction.zarr/zarr.json",
+              "mosaic.ome.zarr/labels/truth/zarr.json"]:
+        assert (out / f).exists(), f
