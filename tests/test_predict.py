@@ -61,21 +61,69 @@ def test_excluded_band_is_marked_not_predicted(tiny_bundle, mosaic_path, tmp_pat
     assert pred.attrs["n_masked"] == 30
 
 
-def test_cancel_leaves_no_output(tiny_bundle, mosaic_path, tmp_path):
+def test_cancel_leaves_only_a_resumable_partial(tiny_bundle, mosaic_path, tmp_path):
     stop = threading.Event()
-    seen = []
 
     def progress(done, total, msg):
-        seen.append(done)
-        if done >= 1:
+        if done >= 2:
             stop.set()
 
     with pytest.raises(Cancelled):
         predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", progress=progress, cancel=stop,
                        max_block_pixels=64 * 64)
-    assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "p.zarr.partial").exists()
+    assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").exists()
     with pytest.raises(NcmError, match="not found"):
         open_prediction(tmp_path / "p.zarr")
+    seen = []
+    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
+                          progress=lambda d, t, m: seen.append((d, t)))
+    assert seen[0][0] == 2 and seen[-1][0] == seen[-1][1]  # resumed after the two finished blocks
+    ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
+    assert np.asarray(pred.labels).tobytes() == np.asarray(ref.labels).tobytes()
+    assert np.asarray(pred.probabilities).tobytes() == np.asarray(ref.probabilities).tobytes()
+
+
+KILLED_RUN = """
+import os, signal, sys
+from ncm_core.predict import predict_mosaic
+
+def progress(done, total, msg):
+    if done >= int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+predict_mosaic(sys.argv[1], sys.argv[2], sys.argv[3], progress=progress, max_block_pixels=64 * 64)
+"""
+
+
+def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_RUN)
+    r = subprocess.run([sys.executable, str(script), str(tiny_bundle), str(mosaic_path), str(tmp_path / "p.zarr"), "5"])
+    assert r.returncode == -9  # killed mid-run
+    assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").exists()
+    seen = []
+    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
+                          progress=lambda d, t, m: seen.append(d))
+    assert seen[0] == 5  # only the missing blocks were computed
+    ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
+    for name in ("labels/0", "probabilities/0"):
+        a = np.asarray(zarr.open_array(str(tmp_path / "p.zarr" / name), mode="r")[...])
+        b = np.asarray(zarr.open_array(str(tmp_path / "ref.zarr" / name), mode="r")[...])
+        assert a.tobytes() == b.tobytes(), name
+
+
+def test_a_changed_run_does_not_resume_a_stale_partial(tiny_bundle, mosaic_path, tmp_path):
+    stop = threading.Event()
+    with pytest.raises(Cancelled):
+        predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64, cancel=stop,
+                       progress=lambda d, t, m: stop.set() if d >= 2 else None)
+    seen = []
+    predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64, stride=16,
+                   progress=lambda d, t, m: seen.append(d))
+    assert seen[0] == 0  # another grid: started afresh
 
 
 def test_existing_output_is_kept_unless_overwrite(tiny_bundle, mosaic_path, tmp_path):
@@ -106,15 +154,59 @@ def test_bad_parameters(tiny_bundle, mosaic_path, tmp_path, kw, words):
     assert not (tmp_path / "p.zarr").exists()
 
 
-def test_damaged_chunk_is_one_line_naming_the_file(tiny_bundle, tmp_path):
-    z = zarr.create_array(str(tmp_path / "d.zarr"), shape=(64, 64), chunks=(32, 32), dtype=np.uint8)
-    z[:] = 7
-    chunk = sorted(p for p in (tmp_path / "d.zarr").rglob("*") if p.is_file() and p.name != "zarr.json")[-1]
+def test_damaged_chunk_is_recorded_and_the_rest_completes(tiny_bundle, tmp_path):
+    from ncm_core.predict import PredictionIncomplete
+
+    img = synth.sem_mosaic((128, 128), seed=4).image
+    z = zarr.create_array(str(tmp_path / "d.zarr"), shape=img.shape, chunks=(64, 64), dtype=np.uint8)
+    z[:] = img
+    chunk = tmp_path / "d.zarr" / "c" / "1" / "1"
+    good = chunk.read_bytes()
     chunk.write_bytes(b"\x00garbage")
-    with pytest.raises(NcmError) as e:
-        predict_mosaic(tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr")
-    assert "d.zarr" in str(e.value) and "cannot read pixels" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(PredictionIncomplete) as e:
+        predict_mosaic(tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr", max_block_pixels=64 * 64,
+                       retry_delay=0.01)
+    msg = str(e.value)
+    assert "\n" not in msg and "d.zarr" in msg and "1 of 4 blocks" in msg and "y 64:128, x 64:128" in msg
+    assert e.value.failed[0]["pixels"] == [64, 128, 64, 128]
+    status = np.asarray(zarr.open_array(str(tmp_path / "p.zarr.partial" / "blocks"), mode="r")[...])
+    assert status.tolist() == [[1, 1], [1, 2]]  # three blocks done, one failed
     assert not (tmp_path / "p.zarr").exists()
+    chunk.write_bytes(good)  # the file is repaired: a re-run computes only the failed block
+    seen = []
+    pred = predict_mosaic(tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr", max_block_pixels=64 * 64,
+                          progress=lambda d, t, m: seen.append(d))
+    assert seen[0] == 3 and pred.attrs["complete"] and (np.asarray(pred.labels) > 0).all()
+
+
+MEMORY_RUN = """
+import resource, sys
+import numpy as np, zarr
+from ncm_core.predict import predict_mosaic
+
+side = int(sys.argv[3])
+z = zarr.create_array(sys.argv[2], shape=(side, side), chunks=(256, 256), dtype=np.uint8)
+rng = np.random.default_rng(0)
+for y in range(0, side, 256):            # written chunk row by chunk row: never whole in memory
+    z[y:y + 256] = rng.integers(0, 255, (min(256, side - y), side), dtype=np.uint8)
+predict_mosaic(sys.argv[1], sys.argv[2], sys.argv[2] + ".pred.zarr", batch_size=64, max_block_pixels=512 * 512)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_mosaic_size(tiny_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "mem.py"
+    script.write_text(MEMORY_RUN)
+    peak = {}
+    for side in (1536, 3072):  # 4x the area
+        r = subprocess.run([sys.executable, str(script), str(tiny_bundle), str(tmp_path / f"m{side}.zarr"), str(side)],
+                           capture_output=True, text=True, check=True)
+        peak[side] = int(r.stdout.split()[-1])
+    assert peak[3072] <= 1.10 * peak[1536], peak
 
 
 def test_foreground_detection_skips_empty_tiles(tiny_bundle, tmp_path):

@@ -17,7 +17,13 @@ Output layout (``out``, a zarr v3 group)::
 Both sub-groups are NGFF 0.5 images (``labels`` an ``image-label`` with class
 colours and names) whose coordinate transformations overlay them on the mosaic.
 The output is written under ``<out>.partial`` and renamed when complete, so an
-interrupted run never leaves an output that looks finished.
+interrupted run never leaves an output that looks finished. ``partial/blocks``
+records which blocks are done; running the same prediction again (same bundle
+weights, mosaic, grid, masks and batch size: a fingerprint in the attributes)
+resumes there and computes only what is missing. A block whose pixels cannot
+be read is retried, then recorded as failed while the run continues; the run
+ends with :class:`PredictionIncomplete` naming the failed regions, and a re-run
+retries only those.
 """
 
 from __future__ import annotations
@@ -158,12 +164,83 @@ def _keep_cells(grid: TileGrid, mosaic: Mosaic, exclude_rows: Any, mask: Any, fo
     return keep
 
 
+class PredictionIncomplete(NcmError):
+    """Some blocks could not be read; the rest is kept in ``<out>.partial`` for a re-run."""
+
+    def __init__(self, message: str, path: str | Path, failed: list[dict[str, Any]]) -> None:
+        super().__init__(message, path)
+        self.failed = failed
+
+
+def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, grid: TileGrid, keep: np.ndarray, block: tuple[int, int],
+                 batch_size: int) -> str:
+    """Hash of everything that determines the output, so a re-run only resumes the same prediction."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    if bundle.path is not None and (bundle.path / "model.safetensors").is_file():
+        h.update((bundle.path / "model.safetensors").read_bytes())
+    else:
+        for k, v in bundle.model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+    h.update(json.dumps({"grid": grid.to_dict(), "block": list(block), "batch": batch_size, "source": mosaic.source,
+                         "shape": list(mosaic.data.shape), "dtype": str(mosaic.dtype),
+                         "input": bundle.config.input.to_dict()}, sort_keys=True).encode())
+    h.update(np.packbits(keep).tobytes())
+    return h.hexdigest()
+
+
+def _new_output(partial: Path, grid: TileGrid, block: tuple[int, int], names: list[str], scale: Any, trans: Any,
+                unit: str | None, attrs: dict[str, Any]) -> Any:
+    """Create the (empty) output group in ``partial``."""
+    import dask.array as da
+    import zarr
+
+    n_cls, (rows, cols) = len(names), grid.shape
+    colors = class_colors(n_cls)
+    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    lab_dtype = np.uint8 if n_cls < 255 else np.uint16
+    write_label_group(
+        root, "labels", da.zeros((rows, cols), dtype=lab_dtype, chunks=block), scale=scale, translate=trans,
+        unit=unit, chunks=block, colors={k + 1: colors[k] for k in range(n_cls)},
+        properties={0: {"class": "not predicted"}, **{k + 1: {"class": names[k]} for k in range(n_cls)}},
+        source="../",
+    )
+    pg = root.create_group("probabilities")
+    pg.create_array("0", shape=(n_cls, rows, cols), dtype=np.float32, chunks=(n_cls, *block), fill_value=np.nan,
+                    dimension_names=["c", "y", "x"])
+    pg.attrs["ome"] = {"version": "0.5", "multiscales": [ngff_multiscales(1, scale, trans, leading=("c",), unit=unit,
+                                                                           name="probabilities")],
+                       "omero": {"channels": [{"label": n, "color": "%02x%02x%02x" % tuple(int(c * 255) for c in colors[k][:3]),
+                                               "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
+                                              for k, n in enumerate(names)]}}
+    # one status byte per block, one chunk per block, so parallel writers never share a chunk:
+    # 0 = to do, 1 = done, 2 = failed (retried on the next run)
+    nb = (-(-rows // block[0]), -(-cols // block[1]))
+    root.create_array("blocks", shape=nb, dtype=np.uint8, chunks=(1, 1), fill_value=0, dimension_names=["y", "x"])
+    root.attrs["ncm"] = attrs
+    return root
+
+
+def _read_with_retries(read: Any, b: tuple[int, int, int, int], retries: int, delay: float) -> Any:
+    for attempt in range(retries + 1):
+        try:
+            return read(b)
+        except NcmError as exc:
+            if attempt == retries:
+                return exc
+            time.sleep(delay * (attempt + 1))
+    return None  # unreachable
+
+
 def predict_mosaic_steps(
     bundle: str | Path | ModelBundle, mosaic: Any, out: str | Path, *, tile: int | None = None,
     stride: int | None = None, offset: tuple[int, int] = (0, 0), edge: str = "pad", batch_size: int = 64,
     exclude_rows: tuple[int | None, int | None] | None = None, mask: Any = None, foreground: bool = False,
     min_fraction: float = 0.5, max_block_pixels: int = 2048 * 2048, device: str = "auto", overwrite: bool = False,
-    cancel: CancelFlag = None,
+    resume: bool = True, retries: int = 2, retry_delay: float = 0.5, cancel: CancelFlag = None,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """Generator form of :func:`predict_mosaic`: yields ``(blocks done, blocks total)``, returns the
     :class:`Prediction`. The napari widget runs it in a thread worker."""
@@ -189,92 +266,99 @@ def predict_mosaic_steps(
     names = bundle.class_names
     n_cls = len(names)
     block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), max_block_pixels)
-    rows, cols = grid.shape
-    colors = class_colors(n_cls)
     scale, trans = grid.world_transform(mosaic.pixel_size or 1.0, mosaic.translate)
     unit = mosaic.unit if mosaic.pixel_size else None
+    fp = _fingerprint(bundle, mosaic, grid, keep, block, batch_size)
+    attrs: dict[str, Any] = {
+        "kind": PREDICTION_KIND, "format_version": 1, "complete": False, "fingerprint": fp, "class_names": names,
+        "grid": grid.to_dict(), "block_shape": list(block), "batch_size": batch_size,
+        "pixel_size": mosaic.pixel_size, "unit": mosaic.unit, "translate": list(mosaic.translate),
+        "source": mosaic.source,
+        "bundle": {"path": str(bundle.path) if bundle.path else None, "architecture": bundle.config.architecture,
+                   "tile_size": bundle.config.tile_size, "pixel_size": bundle.config.pixel_size},
+        "world_transform": {"scale": list(scale), "translate": list(trans)},
+        "label_values": "0 = not predicted (masked), k + 1 = class_names[k]",
+        "exclude_rows": None if exclude_rows is None else list(exclude_rows), "foreground": foreground,
+    }
 
+    # A '.partial' group from an interrupted run of the same prediction is resumed; anything else is replaced.
     partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    ok = False
-    try:
-        root = zarr.open_group(str(partial), mode="w", zarr_format=3)
-        lab_dtype = np.uint8 if n_cls < 255 else np.uint16
-        import dask.array as da
+    root = None
+    if partial.exists() and resume:
+        try:
+            old = zarr.open_group(str(partial), mode="r+")
+            if dict(old.attrs).get("ncm", {}).get("fingerprint") == fp:
+                root = old
+        except Exception:
+            root = None
+    if root is None:
+        if partial.exists():
+            shutil.rmtree(partial)
+        root = _new_output(partial, grid, block, names, scale, trans, unit, attrs)
+    larr, parr, status_arr = root["labels/0"], root["probabilities/0"], root["blocks"]
+    status = np.asarray(status_arr[:])
+    lab_dtype = larr.dtype
+    blocks = list(grid.blocks(block))
+    todo = [b for b in blocks if status[b[0] // block[0], b[2] // block[1]] != 1]
+    H, W = mosaic.shape
 
-        write_label_group(
-            root, "labels", da.zeros((rows, cols), dtype=lab_dtype, chunks=block), scale=scale, translate=trans,
-            unit=unit, chunks=block, colors={k + 1: colors[k] for k in range(n_cls)},
-            properties={0: {"class": "not predicted"}, **{k + 1: {"class": names[k]} for k in range(n_cls)}},
-            source="../",
-        )
-        pg = root.create_group("probabilities")
-        parr = pg.create_array("0", shape=(n_cls, rows, cols), dtype=np.float32, chunks=(n_cls, *block),
-                               fill_value=np.nan, dimension_names=["c", "y", "x"])
-        pg.attrs["ome"] = {"version": "0.5", "multiscales": [ngff_multiscales(1, scale, trans, leading=("c",), unit=unit,
-                                                                               name="probabilities")],
-                           "omero": {"channels": [{"label": n, "color": "%02x%02x%02x" % tuple(int(c * 255) for c in colors[k][:3]),
-                                                   "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
-                                                  for k, n in enumerate(names)]}}
-        larr = root["labels/0"]
-        attrs: dict[str, Any] = {
-            "kind": PREDICTION_KIND, "format_version": 1, "complete": False, "class_names": names,
-            "grid": grid.to_dict(), "pixel_size": mosaic.pixel_size, "unit": mosaic.unit,
-            "translate": list(mosaic.translate), "source": mosaic.source,
-            "bundle": {"path": str(bundle.path) if bundle.path else None, "architecture": bundle.config.architecture,
-                       "tile_size": bundle.config.tile_size, "pixel_size": bundle.config.pixel_size},
-            "world_transform": {"scale": list(scale), "translate": list(trans)},
-            "label_values": "0 = not predicted (masked), k + 1 = class_names[k]",
-            "exclude_rows": None if exclude_rows is None else list(exclude_rows), "foreground": foreground,
-        }
-        root.attrs["ncm"] = attrs
-        blocks = list(grid.blocks(block))
-        H, W = mosaic.shape
+    def read(b: tuple[int, int, int, int]) -> np.ndarray | None:
+        r0, r1, c0, c1 = b
+        if not keep[r0:r1, c0:c1].any():
+            return None
+        y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
+        try:
+            return np.asarray(mosaic.data[y0:min(y1, H), x0:min(x1, W)].compute(scheduler="synchronous"))
+        except Exception as exc:  # a damaged chunk, a vanished file, a codec error
+            raise NcmError(f"cannot read pixels y {y0}:{min(y1, H)}, x {x0}:{min(x1, W)} "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                           mosaic.source) from None
 
-        def read(b: tuple[int, int, int, int]) -> np.ndarray | None:
+    n_done = len(blocks) - len(todo)
+    failed: list[dict[str, Any]] = []
+    yield n_done, len(blocks)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ncm-read") as pool:
+        futures = [pool.submit(_read_with_retries, read, b, retries, retry_delay) for b in todo[:2]]
+        for k, b in enumerate(todo):
+            check_cancel(cancel)
+            region = futures[k].result()
+            if k + 2 < len(todo):
+                futures.append(pool.submit(_read_with_retries, read, todo[k + 2], retries, retry_delay))
+            futures[k] = None  # type: ignore[call-overload]  # free the block once used
             r0, r1, c0, c1 = b
-            if not keep[r0:r1, c0:c1].any():
-                return None
-            y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
-            try:
-                return np.asarray(mosaic.data[y0:min(y1, H), x0:min(x1, W)].compute(scheduler="synchronous"))
-            except Exception as exc:  # a damaged chunk, a vanished file, a codec error
-                raise NcmError(f"cannot read pixels y {y0}:{min(y1, H)}, x {x0}:{min(x1, W)} "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
-                               mosaic.source) from None
-
-        n_pred = 0
-        yield 0, len(blocks)
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ncm-read") as pool:
-            futures = [pool.submit(read, b) for b in blocks[:2]]
-            for k, b in enumerate(blocks):
-                check_cancel(cancel)
-                region = futures[k].result()
-                if k + 2 < len(blocks):
-                    futures.append(pool.submit(read, blocks[k + 2]))
-                futures[k] = None  # type: ignore[call-overload]  # free the block once used
-                r0, r1, c0, c1 = b
-                kb = keep[r0:r1, c0:c1]
+            bi = (r0 // block[0], c0 // block[1])
+            if isinstance(region, NcmError):
+                y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
+                failed.append({"cells": [r0, r1, c0, c1], "pixels": [y0, min(y1, H), x0, min(x1, W)],
+                               "error": str(region)})
+                status_arr[bi] = 2
+            else:
                 if region is not None:
+                    kb = keep[r0:r1, c0:c1]
                     tiles = extract_tiles(region, grid, r0, r1, c0, c1)[kb]
                     probs = np.full((r1 - r0, c1 - c0, n_cls), np.nan, np.float32)
                     probs[kb] = classify_tiles(bundle, tiles, dev, batch_size)
-                    lab = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(lab_dtype)
-                    larr[r0:r1, c0:c1] = lab
+                    larr[r0:r1, c0:c1] = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(lab_dtype)
                     parr[:, r0:r1, c0:c1] = np.moveaxis(probs, -1, 0)
-                    n_pred += int(kb.sum())
-                yield k + 1, len(blocks)
-        attrs.update(complete=True, n_tiles=int(grid.size), n_predicted=n_pred, n_masked=int(grid.size - n_pred),
-                     seconds=round(time.monotonic() - t_start, 3), device=str(dev), torch=torch.__version__)
+                status_arr[bi] = 1  # after the data: a crash in between only repeats this block
+            n_done += 1
+            yield n_done, len(blocks)
+    n_pred = int(keep.sum())
+    attrs.update(n_tiles=int(grid.size), n_predicted=n_pred, n_masked=int(grid.size - n_pred),
+                 seconds=round(time.monotonic() - t_start, 3), device=str(dev), torch=torch.__version__)
+    if failed:
+        attrs["failed_blocks"] = failed
         root.attrs["ncm"] = attrs
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-        ok = True
-    finally:
-        if not ok and partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        where = "; ".join(f"y {f['pixels'][0]}:{f['pixels'][1]}, x {f['pixels'][2]}:{f['pixels'][3]}" for f in failed[:5])
+        raise PredictionIncomplete(
+            f"{len(failed)} of {len(blocks)} blocks could not be read ({where}{', ...' if len(failed) > 5 else ''}): "
+            f"{failed[0]['error']}. The rest is kept in {partial.name}; run again to retry only the failed blocks",
+            mosaic.source or out, failed)
+    attrs["complete"] = True
+    root.attrs["ncm"] = attrs
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     return open_prediction(out)
 
 
