@@ -76,3 +76,10 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     for f in ["overview.png", "confusion_matrix.png", "model/model.safetensors", "prediction.zarr/zarr.json",
               "mosaic.ome.zarr/labels/truth/zarr.json"]:
         assert (out / f).exists(), f
+
+
+def test_unreachable_dask_scheduler_is_one_line(tmp_path, tiny_bundle):
+    assert ncm("sample", "sem-mosaic", tmp_path / "m.zarr", "--shape", 100, 100).returncode == 0
+    r = ncm("predict", tiny_bundle, tmp_path / "m.zarr", tmp_path / "p.zarr", "-q", "--dask-scheduler", "tcp://127.0.0.1:9")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in r.stderr.strip().splitlines()[-1]

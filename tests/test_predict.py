@@ -217,3 +217,21 @@ def test_foreground_detection_skips_empty_tiles(tiny_bundle, tmp_path):
     lab = np.asarray(pred.labels)
     assert (lab[:, 4:] == 0).all() and (lab[:, :4] > 0).mean() > 0.7
     assert pred.attrs["n_masked"] >= 16
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_the_single_process_result(tiny_bundle, mosaic_path, tmp_path):
+    ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
+    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
+                          scheduler="local:2")
+    assert pred.attrs["complete"]
+    assert np.array_equal(np.asarray(pred.labels), np.asarray(ref.labels))
+    # workers run torch with one thread each, this process with two: oneDNN sums in another order
+    np.testing.assert_allclose(np.asarray(pred.probabilities), np.asarray(ref.probabilities), rtol=0, atol=1e-6)
+
+
+def test_distributed_needs_paths_and_a_reachable_scheduler(tiny_bundle, mosaic_path, tmp_path):
+    with pytest.raises(NcmError, match="file or zarr path"):
+        predict_mosaic(tiny_bundle, np.zeros((64, 64), np.uint8), tmp_path / "p.zarr", scheduler="local:1")
+    with pytest.raises(NcmError, match="cannot reach the dask scheduler at tcp://127.0.0.1:9"):
+        predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "q.zarr", scheduler="tcp://127.0.0.1:9")

@@ -77,7 +77,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
                        exclude_rows=a.exclude_rows, foreground=a.foreground, device=a.device,
-                       overwrite=a.overwrite, resume=not a.restart, progress=_progress("predict", a.quiet))
+                       overwrite=a.overwrite, resume=not a.restart, scheduler=a.dask_scheduler,
+                       progress=_progress("predict", a.quiet))
     at = p.attrs
     print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
           f"{at['n_predicted']} predicted, {at['n_masked']} masked, {at['seconds']:.1f} s")
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude-rows", type=_rows, help="band of rows to skip, e.g. --exclude-rows=-32:")
     r.add_argument("--foreground", action="store_true", help="skip background tiles (Otsu threshold)")
     r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--dask-scheduler", metavar="ADDRESS", help="run blocks on dask.distributed: tcp://host:8786 "
+                   "(a running scheduler) or local:N (N local worker processes)")
     r.add_argument("--restart", action="store_true", help="ignore the record of an interrupted run and start again "
                    "(by default the same command resumes it)")
     common(r)

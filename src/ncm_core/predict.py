@@ -224,15 +224,72 @@ def _new_output(partial: Path, grid: TileGrid, block: tuple[int, int], names: li
     return root
 
 
-def _read_with_retries(read: Any, b: tuple[int, int, int, int], retries: int, delay: float) -> Any:
-    for attempt in range(retries + 1):
+@dataclass
+class _BlockPlan:
+    """What one block of tiles needs, picklable so dask workers can run blocks too."""
+
+    partial: Path
+    grid: TileGrid
+    keep: np.ndarray
+    block: tuple[int, int]
+    batch_size: int
+    retries: int = 2
+    retry_delay: float = 0.5
+
+    def read(self, mosaic: Mosaic, b: tuple[int, int, int, int]) -> np.ndarray | None:
+        """The block's pixels (clipped to the image), or None when all its tiles are masked."""
+        r0, r1, c0, c1 = b
+        if not self.keep[r0:r1, c0:c1].any():
+            return None
+        H, W = mosaic.shape
+        y0, y1, x0, x1 = self.grid.region(r0, r1, c0, c1)
         try:
-            return read(b)
-        except NcmError as exc:
-            if attempt == retries:
-                return exc
-            time.sleep(delay * (attempt + 1))
-    return None  # unreachable
+            return np.asarray(mosaic.data[y0:min(y1, H), x0:min(x1, W)].compute(scheduler="synchronous"))
+        except Exception as exc:  # a damaged chunk, a vanished file, a codec error
+            raise NcmError(f"cannot read pixels y {y0}:{min(y1, H)}, x {x0}:{min(x1, W)} "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                           mosaic.source) from None
+
+    def read_with_retries(self, mosaic: Mosaic, b: tuple[int, int, int, int]) -> np.ndarray | NcmError | None:
+        for attempt in range(self.retries + 1):
+            try:
+                return self.read(mosaic, b)
+            except NcmError as exc:
+                if attempt == self.retries:
+                    return exc
+                time.sleep(self.retry_delay * (attempt + 1))
+        return None  # unreachable
+
+    def open_arrays(self) -> tuple[Any, Any, Any]:
+        import zarr
+
+        return tuple(zarr.open_array(str(self.partial / name), mode="r+")  # type: ignore[return-value]
+                     for name in ("labels/0", "probabilities/0", "blocks"))
+
+    def finish(self, bundle: ModelBundle, device: Any, b: tuple[int, int, int, int],
+               region: np.ndarray | NcmError | None, arrays: tuple[Any, Any, Any]) -> dict[str, Any] | None:
+        """Classify the block's tiles and write its chunks, then its status; returns a failure record or None.
+
+        Each block owns whole output chunks (and its own status chunk), so blocks
+        may be written by independent processes.
+        """
+        larr, parr, status = arrays
+        r0, r1, c0, c1 = b
+        bi = (r0 // self.block[0], c0 // self.block[1])
+        if isinstance(region, NcmError):
+            H, W = self.grid.image_shape
+            y0, y1, x0, x1 = self.grid.region(r0, r1, c0, c1)
+            status[bi] = 2
+            return {"cells": [r0, r1, c0, c1], "pixels": [y0, min(y1, H), x0, min(x1, W)], "error": str(region)}
+        if region is not None:
+            kb = self.keep[r0:r1, c0:c1]
+            tiles = extract_tiles(region, self.grid, r0, r1, c0, c1)[kb]
+            probs = np.full((r1 - r0, c1 - c0, bundle.config.num_outputs), np.nan, np.float32)
+            probs[kb] = classify_tiles(bundle, tiles, device, self.batch_size)
+            larr[r0:r1, c0:c1] = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(larr.dtype)
+            parr[:, r0:r1, c0:c1] = np.moveaxis(probs, -1, 0)
+        status[bi] = 1  # after the data: a crash in between only repeats this block
+        return None
 
 
 def predict_mosaic_steps(
@@ -240,7 +297,8 @@ def predict_mosaic_steps(
     stride: int | None = None, offset: tuple[int, int] = (0, 0), edge: str = "pad", batch_size: int = 64,
     exclude_rows: tuple[int | None, int | None] | None = None, mask: Any = None, foreground: bool = False,
     min_fraction: float = 0.5, max_block_pixels: int = 2048 * 2048, device: str = "auto", overwrite: bool = False,
-    resume: bool = True, retries: int = 2, retry_delay: float = 0.5, cancel: CancelFlag = None,
+    resume: bool = True, retries: int = 2, retry_delay: float = 0.5, scheduler: Any = None,
+    cancel: CancelFlag = None,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """Generator form of :func:`predict_mosaic`: yields ``(blocks done, blocks total)``, returns the
     :class:`Prediction`. The napari widget runs it in a thread worker."""
@@ -280,6 +338,10 @@ def predict_mosaic_steps(
         "label_values": "0 = not predicted (masked), k + 1 = class_names[k]",
         "exclude_rows": None if exclude_rows is None else list(exclude_rows), "foreground": foreground,
     }
+    if scheduler is not None:
+        from .distributed import check_distributable
+
+        check_distributable(bundle, mosaic)
 
     # A '.partial' group from an interrupted run of the same prediction is resumed; anything else is replaced.
     partial = out.with_name(out.name + ".partial")
@@ -295,54 +357,36 @@ def predict_mosaic_steps(
         if partial.exists():
             shutil.rmtree(partial)
         root = _new_output(partial, grid, block, names, scale, trans, unit, attrs)
-    larr, parr, status_arr = root["labels/0"], root["probabilities/0"], root["blocks"]
-    status = np.asarray(status_arr[:])
-    lab_dtype = larr.dtype
+    status = np.asarray(root["blocks"][:])
     blocks = list(grid.blocks(block))
     todo = [b for b in blocks if status[b[0] // block[0], b[2] // block[1]] != 1]
-    H, W = mosaic.shape
-
-    def read(b: tuple[int, int, int, int]) -> np.ndarray | None:
-        r0, r1, c0, c1 = b
-        if not keep[r0:r1, c0:c1].any():
-            return None
-        y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
-        try:
-            return np.asarray(mosaic.data[y0:min(y1, H), x0:min(x1, W)].compute(scheduler="synchronous"))
-        except Exception as exc:  # a damaged chunk, a vanished file, a codec error
-            raise NcmError(f"cannot read pixels y {y0}:{min(y1, H)}, x {x0}:{min(x1, W)} "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
-                           mosaic.source) from None
-
+    plan = _BlockPlan(partial, grid, keep, block, batch_size, retries, retry_delay)
     n_done = len(blocks) - len(todo)
     failed: list[dict[str, Any]] = []
     yield n_done, len(blocks)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ncm-read") as pool:
-        futures = [pool.submit(_read_with_retries, read, b, retries, retry_delay) for b in todo[:2]]
-        for k, b in enumerate(todo):
-            check_cancel(cancel)
-            region = futures[k].result()
-            if k + 2 < len(todo):
-                futures.append(pool.submit(_read_with_retries, read, todo[k + 2], retries, retry_delay))
-            futures[k] = None  # type: ignore[call-overload]  # free the block once used
-            r0, r1, c0, c1 = b
-            bi = (r0 // block[0], c0 // block[1])
-            if isinstance(region, NcmError):
-                y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
-                failed.append({"cells": [r0, r1, c0, c1], "pixels": [y0, min(y1, H), x0, min(x1, W)],
-                               "error": str(region)})
-                status_arr[bi] = 2
-            else:
-                if region is not None:
-                    kb = keep[r0:r1, c0:c1]
-                    tiles = extract_tiles(region, grid, r0, r1, c0, c1)[kb]
-                    probs = np.full((r1 - r0, c1 - c0, n_cls), np.nan, np.float32)
-                    probs[kb] = classify_tiles(bundle, tiles, dev, batch_size)
-                    larr[r0:r1, c0:c1] = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(lab_dtype)
-                    parr[:, r0:r1, c0:c1] = np.moveaxis(probs, -1, 0)
-                status_arr[bi] = 1  # after the data: a crash in between only repeats this block
+    if scheduler is not None:
+        from .distributed import run_blocks
+
+        for result in run_blocks(scheduler, plan, bundle, mosaic, todo, device, cancel):
+            if result:
+                failed.append(result)
             n_done += 1
             yield n_done, len(blocks)
+    else:
+        arrays = plan.open_arrays()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ncm-read") as pool:
+            futures = [pool.submit(plan.read_with_retries, mosaic, b) for b in todo[:2]]
+            for k, b in enumerate(todo):
+                check_cancel(cancel)
+                region = futures[k].result()
+                if k + 2 < len(todo):
+                    futures.append(pool.submit(plan.read_with_retries, mosaic, todo[k + 2]))
+                futures[k] = None  # type: ignore[call-overload]  # free the block once used
+                result = plan.finish(bundle, dev, b, region, arrays)
+                if result:
+                    failed.append(result)
+                n_done += 1
+                yield n_done, len(blocks)
     n_pred = int(keep.sum())
     attrs.update(n_tiles=int(grid.size), n_predicted=n_pred, n_masked=int(grid.size - n_pred),
                  seconds=round(time.monotonic() - t_start, 3), device=str(dev), torch=torch.__version__)
@@ -386,6 +430,13 @@ def predict_mosaic(
         it is foreground. Skipped tiles get label 0 and NaN probabilities.
     batch_size
         Tiles per forward pass.
+    resume
+        Continue an interrupted run of the same prediction from ``<out>.partial``.
+    scheduler
+        Run the blocks on dask.distributed: a ``distributed.Client``, a
+        scheduler address (``"tcp://host:8786"``) or ``"local:N"`` for a
+        LocalCluster of N worker processes. The model is loaded once per
+        worker; the result is identical to a single-process run.
     """
     gen = predict_mosaic_steps(bundle, mosaic, out, cancel=cancel, **kwargs)
     while True:
