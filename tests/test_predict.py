@@ -235,3 +235,77 @@ def test_distributed_needs_paths_and_a_reachable_scheduler(tiny_bundle, mosaic_p
         predict_mosaic(tiny_bundle, np.zeros((64, 64), np.uint8), tmp_path / "p.zarr", scheduler="local:1")
     with pytest.raises(NcmError, match="cannot reach the dask scheduler at tcp://127.0.0.1:9"):
         predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "q.zarr", scheduler="tcp://127.0.0.1:9")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_nothing(tiny_bundle, tmp_path):
+    import os
+    import signal
+
+    from distributed import Client, LocalCluster
+
+    img = synth.sem_mosaic((1024, 1024), seed=6).image  # 32 x 32 tiles in 256 blocks of 2 x 2
+    mp = write_ome_zarr(tmp_path / "m.zarr", img, chunks=64)
+    ref = predict_mosaic(tiny_bundle, mp, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
+    killed = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+
+        def progress(done, total, msg):
+            if done >= 20 and not killed:
+                os.kill(pids[0], signal.SIGKILL)  # a worker dies mid-run
+                killed.append((done, total))
+
+        pred = predict_mosaic(tiny_bundle, mp, tmp_path / "p.zarr", max_block_pixels=64 * 64, scheduler=client,
+                              progress=progress)
+    assert killed and killed[0][0] < killed[0][1]  # it died while blocks were still running
+    assert pred.attrs["complete"] and np.array_equal(np.asarray(pred.labels), np.asarray(ref.labels))
+
+
+def _local_bundle():
+    """A model of known answer for dense mode: its trunk is an 8 x 8 average pool (purely local,
+    feature stride 8), so a tile's window of a block's feature map is exactly the tile's own features."""
+    import torch
+
+    from ncm_core.bundle import BundleConfig, ModelBundle
+    from ncm_core.preprocess import InputSpec
+
+    class LocalNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 1)
+            self.fc = torch.nn.Linear(4, 3)
+            torch.manual_seed(0)
+            torch.nn.init.normal_(self.conv.weight, std=3.0)
+            torch.nn.init.normal_(self.fc.weight, std=3.0)
+
+        def forward_features(self, x):
+            return torch.nn.functional.avg_pool2d(torch.tanh(self.conv(x - 0.4)), 8)
+
+        def forward_head(self, f):
+            return self.fc(f.amax(dim=(2, 3)))  # max pooling: sensitive to which cells are in the window
+
+        def forward(self, x):
+            return self.forward_head(self.forward_features(x))
+
+    cfg = BundleConfig(architecture="localnet", class_names=["a", "b", "c"], input=InputSpec(1, (32, 32)),
+                       tile_size=32)
+    return ModelBundle(LocalNet().eval(), cfg)
+
+
+def test_dense_mode_equals_exact_for_a_local_model(mosaic_path, tmp_path):
+    b = _local_bundle()
+    exact = predict_mosaic(b, mosaic_path, tmp_path / "e.zarr", stride=16, max_block_pixels=96 * 96)
+    dense = predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", stride=16, dense=True, max_block_pixels=96 * 96)
+    assert dense.grid.shape == exact.grid.shape == (14, 19) and dense.attrs["dense"]
+    np.testing.assert_allclose(np.asarray(dense.probabilities), np.asarray(exact.probabilities), atol=1e-5)
+    assert np.asarray(exact.probabilities).std(axis=(1, 2)).max() > 0.01  # outputs differ from tile to tile
+
+
+def test_dense_mode_checks_the_stride(mosaic_path, tmp_path):
+    b = _local_bundle()
+    with pytest.raises(NcmError, match="multiple of 8 px"):
+        predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", stride=12, dense=True)
+    with pytest.raises(NcmError, match="overlapping tiles"):
+        predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", dense=True)

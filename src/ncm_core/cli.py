@@ -77,7 +77,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
                        exclude_rows=a.exclude_rows, foreground=a.foreground, device=a.device,
-                       overwrite=a.overwrite, resume=not a.restart, scheduler=a.dask_scheduler,
+                       overwrite=a.overwrite, resume=not a.restart, scheduler=a.dask_scheduler, dense=a.dense,
                        progress=_progress("predict", a.quiet))
     at = p.attrs
     print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stride", type=_positive, help="tile stride in pixels (default: tile)")
     r.add_argument("--batch-size", type=_positive, default=64)
     r.add_argument("--exclude-rows", type=_rows, help="band of rows to skip, e.g. --exclude-rows=-32:")
-    r.add_argument("--foreground", action="store_true", help="skip background tiles (Otsu threshold)")
+    r.add_argument("--foreground", action="store_true", help="skip empty (flat) background tiles")
+    r.add_argument("--dense", action="store_true", help="overlapping tiles (stride < tile): run the trunk once per "
+                   "block and pool each tile's features (faster, approximate near tile borders)")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--dask-scheduler", metavar="ADDRESS", help="run blocks on dask.distributed: tcp://host:8786 "
                    "(a running scheduler) or local:N (N local worker processes)")

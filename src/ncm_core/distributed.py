@@ -89,8 +89,8 @@ def _block_task(plan: Any, source: str, block: tuple[int, int, int, int], plugin
 
     state = get_worker().plugins[plugin]
     mosaic = state.mosaic(source)
-    region = plan.read_with_retries(mosaic, block)
-    return plan.finish(state.bundle, state.dev, block, region, plan.open_arrays())
+    prepared = plan.prepare(state.bundle, mosaic, block, state.dev)
+    return plan.finish(state.bundle, state.dev, block, prepared, plan.open_arrays())
 
 
 def run_blocks(scheduler: Any, plan: Any, bundle: Any, mosaic: Any, blocks: list[tuple[int, int, int, int]],

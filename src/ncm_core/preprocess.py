@@ -48,11 +48,39 @@ def intensity_scale(dtype: np.dtype) -> float:
     return 1.0
 
 
-def tiles_to_tensor(tiles: np.ndarray, spec: InputSpec, device: Any = "cpu"):
+def tiles_to_array(tiles: np.ndarray, spec: InputSpec) -> np.ndarray | None:
+    """Numpy version of :func:`tiles_to_tensor` for tiles already at the input size: ``(N, H, W, C)``
+    float32, i.e. channels-last. Returns None when a resize is needed (that is done by torch).
+
+    Plain numpy keeps reader threads off torch's thread pool, which the model uses at the same time.
+    """
+    if tuple(tiles.shape[1:3]) != tuple(spec.input_size):
+        return None
+    x = tiles.astype(np.float32)
+    x *= np.float32(1.0 / intensity_scale(tiles.dtype))
+    if x.ndim == 3:
+        x = x[..., None]
+    elif x.shape[-1] == 4:
+        x = x[..., :3]
+    c = x.shape[-1]
+    if c != spec.in_chans:
+        x = x.mean(axis=-1, keepdims=True) if spec.in_chans == 1 else np.repeat(x, 3, axis=-1) if c == 1 else x[..., :3]
+    if spec.mean is not None and spec.std is not None:
+        x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def tiles_to_tensor(tiles: np.ndarray, spec: InputSpec, device: Any = "cpu", channels_last: bool = False):
     """``(N, h, w)`` or ``(N, h, w, C)`` tiles -> float tensor ``(N, in_chans, H, W)``."""
     import torch
     import torch.nn.functional as F
 
+    arr = tiles_to_array(tiles, spec)
+    if arr is not None:  # already at the input size: numpy did it all; NHWC memory is channels-last
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        if not channels_last:
+            x = x.contiguous()
+        return x.to(device, non_blocking=True)
     scale = intensity_scale(tiles.dtype)
     x = torch.from_numpy(np.ascontiguousarray(tiles))
     if x.ndim == 3:
@@ -71,4 +99,6 @@ def tiles_to_tensor(tiles: np.ndarray, spec: InputSpec, device: Any = "cpu"):
         mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x

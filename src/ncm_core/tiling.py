@@ -152,13 +152,9 @@ class TileGrid:
         return cls(tuple(d["image_shape"]), int(d["tile"]), int(d["stride"]), tuple(d["offset"]), d["edge"])
 
 
-def extract_tiles(region: np.ndarray, grid: TileGrid, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """Cut the tiles of cells ``[r0, r1) x [c0, c1)`` out of ``region``.
-
-    ``region`` is the image clipped to :meth:`TileGrid.region` of those cells;
-    parts past the image border are filled by reflection. Returns
-    ``(r1-r0, c1-c0, tile, tile[, C])``, a view where possible.
-    """
+def pad_region(region: np.ndarray, grid: TileGrid, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """``region`` (the image clipped to :meth:`TileGrid.region` of the cells) brought to the full
+    region: parts past the image border are filled by reflection, surplus rows/columns dropped."""
     y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
     need = (y1 - y0, x1 - x0)
     region = region[: need[0], : need[1]]  # with edge="drop" the image may extend past the last tile
@@ -168,6 +164,17 @@ def extract_tiles(region: np.ndarray, grid: TileGrid, r0: int, r1: int, c0: int,
         if any(p[1] >= region.shape[k] for k, p in enumerate(pad[:2])):
             mode = "symmetric"
         region = np.pad(region, pad, mode=mode)
+    return region
+
+
+def extract_tiles(region: np.ndarray, grid: TileGrid, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Cut the tiles of cells ``[r0, r1) x [c0, c1)`` out of ``region``.
+
+    ``region`` is the image clipped to :meth:`TileGrid.region` of those cells;
+    parts past the image border are filled by reflection. Returns
+    ``(r1-r0, c1-c0, tile, tile[, C])``, a view where possible.
+    """
+    region = pad_region(region, grid, r0, r1, c0, c1)
     t, s = grid.tile, grid.stride
     win = np.lib.stride_tricks.sliding_window_view(region, (t, t), axis=(0, 1))[::s, ::s]
     win = win[: r1 - r0, : c1 - c0]
