@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QApplication
 def main(demo: str = "ncm-demo", out: str = "docs/images/napari-prediction.png") -> None:
     demo_dir = Path(demo)
     viewer = napari.Viewer(title="napari-ncm")
-    viewer.window._qt_window.resize(1700, 900)
+    viewer.window.resize(1700, 900)
     viewer.open(str(demo_dir / "mosaic.ome.zarr"), plugin="napari-ncm")
     _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Predict")
     widget.image.value = viewer.layers["sem_mosaic"]

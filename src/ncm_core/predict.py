@@ -409,15 +409,15 @@ def predict_mosaic_steps(
     bundle.model.to(dev).eval()
     names = bundle.class_names
     n_cls = len(names)
-    block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), max_block_pixels)
-    scale, trans = grid.world_transform(mosaic.pixel_size or 1.0, mosaic.translate)
-    unit = mosaic.unit if mosaic.pixel_size else None
     dense_geometry = None
     if dense:
         from .dense import check_dense
 
         dense_geometry = check_dense(bundle, grid)
-        block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), min(max_block_pixels, 1024 * 1024))
+        max_block_pixels = min(max_block_pixels, 1024 * 1024)  # one trunk pass per block: keep activations small
+    block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), max_block_pixels)
+    scale, trans = grid.world_transform(mosaic.pixel_size or 1.0, mosaic.translate)
+    unit = mosaic.unit if mosaic.pixel_size else None
     fp = _fingerprint(bundle, mosaic, grid, keep, block, batch_size, dense)
     attrs: dict[str, Any] = {
         "kind": PREDICTION_KIND, "format_version": 1, "complete": False, "fingerprint": fp, "class_names": names,
