@@ -48,19 +48,18 @@ def intensity_scale(dtype: np.dtype) -> float:
     return 1.0
 
 
-def tiles_to_array(tiles: np.ndarray, spec: InputSpec) -> np.ndarray | None:
-    """Numpy version of :func:`tiles_to_tensor` for tiles already at the input size: ``(N, H, W, C)``
-    float32, i.e. channels-last. Returns None when a resize is needed (that is done by torch).
+def tiles_to_array(tiles: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Tiles ``(N, h, w[, C])`` -> float32 ``(N, h, w, in_chans)``: intensity scaling, channel
+    conversion and normalisation, at the tiles' own size.
 
-    Plain numpy keeps reader threads off torch's thread pool, which the model uses at the same time.
+    Plain numpy keeps background threads off torch's thread pool, which the
+    model uses at the same time.
     """
-    if tuple(tiles.shape[1:3]) != tuple(spec.input_size):
-        return None
     x = tiles.astype(np.float32)
     x *= np.float32(1.0 / intensity_scale(tiles.dtype))
     if x.ndim == 3:
         x = x[..., None]
-    elif x.shape[-1] == 4:
+    elif x.shape[-1] == 4:  # drop alpha
         x = x[..., :3]
     c = x.shape[-1]
     if c != spec.in_chans:
@@ -71,34 +70,17 @@ def tiles_to_array(tiles: np.ndarray, spec: InputSpec) -> np.ndarray | None:
 
 
 def tiles_to_tensor(tiles: np.ndarray, spec: InputSpec, device: Any = "cpu", channels_last: bool = False):
-    """``(N, h, w)`` or ``(N, h, w, C)`` tiles -> float tensor ``(N, in_chans, H, W)``."""
+    """``(N, h, w)`` or ``(N, h, w, C)`` tiles -> float tensor ``(N, in_chans, H, W)`` at ``spec.input_size``.
+
+    Everything but the resize is done by :func:`tiles_to_array` (normalising
+    and resizing commute: both are linear per channel); the NHWC array is
+    channels-last memory as it stands.
+    """
     import torch
     import torch.nn.functional as F
 
-    arr = tiles_to_array(tiles, spec)
-    if arr is not None:  # already at the input size: numpy did it all; NHWC memory is channels-last
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
-        if not channels_last:
-            x = x.contiguous()
-        return x.to(device, non_blocking=True)
-    scale = intensity_scale(tiles.dtype)
-    x = torch.from_numpy(np.ascontiguousarray(tiles))
-    if x.ndim == 3:
-        x = x[:, None]
-    else:
-        x = x.permute(0, 3, 1, 2)
-        if x.shape[1] == 4:  # drop alpha
-            x = x[:, :3]
-    x = x.to(device=device, dtype=torch.float32, non_blocking=True) / scale
-    c = x.shape[1]
-    if c != spec.in_chans:
-        x = x.mean(dim=1, keepdim=True) if spec.in_chans == 1 else x.expand(-1, 3, -1, -1) if c == 1 else x[:, :3]
+    x = torch.from_numpy(tiles_to_array(tiles, spec)).permute(0, 3, 1, 2)
     if tuple(x.shape[-2:]) != tuple(spec.input_size):
         x = F.interpolate(x, size=tuple(spec.input_size), mode="bilinear", align_corners=False, antialias=True)
-    if spec.mean is not None and spec.std is not None:
-        mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x.to(device, non_blocking=True)
