@@ -101,7 +101,10 @@ def run_blocks(scheduler: Any, plan: Any, bundle: Any, mosaic: Any, blocks: list
     name = f"ncm-model-{Path(bundle.path).resolve()}-{device}"
     with connect(scheduler) as client:
         client.register_plugin(ModelOnWorker(str(Path(bundle.path).resolve()), device), name=name)
-        futures = client.map(_block_task, [plan] * len(blocks), [str(Path(mosaic.source).resolve())] * len(blocks),
+        # the plan (with its grid-sized mask) goes to each worker once, not with every task
+        plan_on_workers = client.scatter(plan, broadcast=True)
+        source = str(Path(mosaic.source).resolve())
+        futures = client.map(_block_task, [plan_on_workers] * len(blocks), [source] * len(blocks),
                              blocks, [name] * len(blocks), pure=False, retries=2)
         try:
             for fut in as_completed(futures):

@@ -320,6 +320,10 @@ class _BlockPlan:
                 time.sleep(self.retry_delay * (attempt + 1))
         return None  # unreachable
 
+    def status_index(self, b: tuple[int, int, int, int]) -> tuple[int, int]:
+        """Position of block ``b`` in the ``blocks`` status array."""
+        return b[0] // self.block[0], b[2] // self.block[1]
+
     def open_arrays(self) -> tuple[Any, Any, Any]:
         import zarr
 
@@ -356,7 +360,7 @@ class _BlockPlan:
         """
         larr, parr, status = arrays
         r0, r1, c0, c1 = b
-        bi = (r0 // self.block[0], c0 // self.block[1])
+        bi = self.status_index(b)
         if isinstance(prepared, NcmError):
             H, W = self.grid.image_shape
             y0, y1, x0, x1 = self.grid.region(r0, r1, c0, c1)
@@ -408,7 +412,6 @@ def predict_mosaic_steps(
     dev = resolve_device(device)
     bundle.model.to(dev).eval()
     names = bundle.class_names
-    n_cls = len(names)
     dense_geometry = None
     if dense:
         from .dense import check_dense
@@ -453,11 +456,11 @@ def predict_mosaic_steps(
         root = _new_output(partial, grid, block, names, scale, trans, unit, attrs)
     else:  # a resumed run computes the rest exactly as the first part was computed
         attrs["memory_format"] = dict(root.attrs)["ncm"].get("memory_format", "contiguous")
-    status = np.asarray(root["blocks"][:])
-    blocks = list(grid.blocks(block))
-    todo = [b for b in blocks if status[b[0] // block[0], b[2] // block[1]] != 1]
     plan = _BlockPlan(partial, grid, keep, block, batch_size, retries, retry_delay,
                       channels_last=attrs["memory_format"] == "channels_last", dense=dense_geometry)
+    status = np.asarray(root["blocks"][:])
+    blocks = list(grid.blocks(block))
+    todo = [b for b in blocks if status[plan.status_index(b)] != 1]
     n_done = len(blocks) - len(todo)
     failed: list[dict[str, Any]] = []
     yield n_done, len(blocks)
