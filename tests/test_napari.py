@@ -62,8 +62,9 @@ def test_predict_widget_in_a_real_thread_worker(viewer_with_sample, tiny_bundle,
     widget = _predict_widget(viewer, tiny_bundle)
     worker = widget.run()
     assert worker is not None and widget.cancel_button.enabled
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    # the widget's own 'finished' handler (connected before the worker started) clears widget.worker;
+    # waiting on that cannot miss a signal emitted before this line
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     qtbot.waitUntil(lambda: "SEM mosaic classes" in viewer.layers, timeout=10_000)
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     assert widget.status.value.startswith("Done")
@@ -74,9 +75,9 @@ def test_cancel_in_the_worker_adds_nothing(viewer_with_sample, tiny_bundle, qtbo
     widget = _predict_widget(viewer, tiny_bundle)
     n = len(viewer.layers)
     worker = widget.run()
-    widget.cancel()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    assert worker is not None
+    widget.cancel()  # may stop the worker before it even starts: wait on the widget, not on the signal
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert len(viewer.layers) == n and widget.status.value == "Cancelled"
 
 
