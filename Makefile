@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench bench-predict bench-sem
 
 setup:
 	@bash scripts/setup.sh
@@ -10,5 +10,10 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: setup
+bench: bench-predict bench-sem
+
+bench-predict: setup
 	.venv/bin/python benchmarks/run.py
+
+bench-sem: setup
+	.venv/bin/python benchmarks/sem_classification.py

@@ -1,6 +1,6 @@
-"""Benchmark suite for mosaic prediction; writes docs/benchmarks.md.
+"""Mosaic prediction benchmark; writes its section of docs/benchmarks.md.
 
-    make bench            # or: .venv/bin/python benchmarks/run.py [--quick]
+    make bench-predict    # or: .venv/bin/python benchmarks/run.py [--quick]
 
 Every figure is a ratio of two timings taken in the same run on the same
 machine (these machines are noisy; absolute numbers move, ratios much less).
@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _report import write_section  # noqa: E402
 
 
 def machine() -> str:
@@ -235,9 +238,9 @@ def main() -> None:
                      f"{dist_s:.1f} vs {single_s:.1f} s", f"{single_s / dist_s:.2f}", "speed-up"))
 
     lines = [
-        "# Benchmarks",
+        "## Mosaic prediction",
         "",
-        "Written by `make bench` (`benchmarks/run.py`). Each ratio compares two timings taken in the same run.",
+        "Written by `make bench-predict` (`benchmarks/run.py`). Each ratio compares two timings taken in the same run.",
         "",
         f"- Machine: {machine()}",
         f"- Model: {a.arch} with 12 outputs, {tile} px tiles, batch {batch}; mosaic {side} x {side} px uint8 "
@@ -254,7 +257,8 @@ def main() -> None:
         *[f"| {m} | {v} | {r} | {g} |" for m, v, r, g in rows],
         "",
     ]
-    Path(a.out).write_text("\n".join(lines))
+    if not a.quick:
+        write_section(Path(a.out), "prediction", "\n".join(lines))
     print("\n".join(lines))
 
 

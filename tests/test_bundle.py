@@ -16,7 +16,7 @@ from ncm_core.models import build_model
 def test_round_trip_gives_the_same_outputs(tiny_bundle):
     b = load_bundle(tiny_bundle)
     assert len(b.config.class_names) == 3 and b.config.input.input_size == (32, 32)
-    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["config.json", "extra.safetensors", "model.safetensors"]
     x = torch.rand(2, 1, 32, 32)
     with torch.inference_mode():
         y1 = b.model(x)

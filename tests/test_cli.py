@@ -28,14 +28,18 @@ def test_console_script_is_installed():
     (["predict", "{bundle}", "{tmp}/small.png", "{tmp}/out.zarr"], ["smaller than one tile"]),
     (["train", "{tmp}/nodata", "{tmp}/b"], ["nodata", "dataset folder not found"]),
     (["predict", "{bundle}", "{tmp}/small.png", "{tmp}/out.zarr", "--tile", "0"], ["must be at least 1"]),
+    (["crops", "{frames}", "{tmp}/out.zarr", "--size", "500"], ["larger than the frame", ".png"]),
+    (["crops", "{tmp}/nodata", "{tmp}/out.zarr"], ["nodata", "dataset folder not found"]),
+    (["train", "{frames}", "{tmp}/b", "--augment", "mirror"], ["unknown augmentation"]),
+    (["evaluate", "{bundle}", "{tmp}"], ["no class folders"]),
 ])
-def test_bad_input_is_one_line_without_traceback(tmp_path, tiny_bundle, args, words):
+def test_bad_input_is_one_line_without_traceback(tmp_path, tiny_bundle, sem_folders, args, words):
     import numpy as np
     from PIL import Image
 
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
-    r = ncm(*[a.format(tmp=tmp_path, bundle=tiny_bundle) for a in args])
+    r = ncm(*[a.format(tmp=tmp_path, bundle=tiny_bundle, frames=sem_folders) for a in args])
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -83,3 +87,20 @@ def test_unreachable_dask_scheduler_is_one_line(tmp_path, tiny_bundle):
     r = ncm("predict", tiny_bundle, tmp_path / "m.zarr", tmp_path / "p.zarr", "-q", "--dask-scheduler", "tcp://127.0.0.1:9")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in r.stderr.strip().splitlines()[-1]
+
+
+def test_crops_train_evaluate_from_the_command_line(tmp_path, sem_folders):
+    r = ncm("crops", sem_folders, tmp_path / "crops", "--size", 32, "--per-frame", 6, "--val-fraction", 0.34,
+            "--test-fraction", 0.34, "--exclude-rows=-16:", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "3 classes; train 18 crops of 3 frames, val 18 crops of 3 frames, test 18 crops of 3 frames" in r.stdout
+    r = ncm("train", tmp_path / "crops", tmp_path / "b", "--task", "classify", "--arch", "resnet10t", "--epochs", 2,
+            "--batch-size", 8, "--opt", "adam", "--lr", 3e-3, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "best validation accuracy" in r.stdout and (tmp_path / "b" / "model.safetensors").is_file()
+    r = ncm("evaluate", tmp_path / "b", tmp_path / "crops", "--split", "test", "--out", tmp_path / "ev", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "image accuracy" in r.stdout and "composition" in r.stdout and "state" in r.stdout
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["split"] == "test" and m["images"]["n"] == 3 and m["tiles"]["n"] == 18
+    assert (tmp_path / "ev" / "tiles_confusion_matrix.png").stat().st_size > 1000

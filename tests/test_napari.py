@@ -2,6 +2,8 @@
 widget run synchronously and in a real thread worker, layers aligned with the tiles they came from,
 reader and writer round trips."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,104 @@ def test_first_torch_import_inside_napari_does_not_crash(tiny_bundle, tmp_path):
     r = subprocess.run([sys.executable, str(script), str(tiny_bundle)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     assert "NCM811_cycled100 frame classes" in r.stdout
+
+
+# ----------------------------------------------------------------------------------------- training
+def _paint_three_classes(viewer, widget):
+    """Paint two separate 96 px squares inside the regions of three truth classes, on a new annotation layer."""
+    truth = np.asarray(viewer.layers["truth"].data)
+    widget.image.value = viewer.layers["SEM mosaic"]
+    layer = widget.new_annotation_layer()
+    assert layer.data.shape == truth.shape and tuple(layer.scale) == tuple(viewer.layers["SEM mosaic"].scale)
+    assert list(layer.features["class"])[1:] == widget.class_names()
+    data = np.array(layer.data)
+    for v in (1, 5, 9):
+        ys, xs = np.nonzero(truth == v)
+        y0, y1, x0, x1 = ys.min() + 24, ys.max() - 24, xs.min() + 24, xs.max() - 24
+        data[y0:y0 + 96, x0:x0 + 96] = v
+        data[y1 - 96:y1, x1 - 96:x1] = v
+    layer.data = data
+    return layer
+
+
+def test_train_widget_from_painted_annotations_adds_a_bundle(viewer_with_sample, tmp_path):
+    viewer = viewer_with_sample
+    _, predict = viewer.window.add_plugin_dock_widget("napari-ncm", "Predict")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
+    _paint_three_classes(viewer, widget)
+    widget.arch.value = "resnet10t"
+    widget.tile.value = 32
+    widget.epochs.value = 2
+    widget.output.value = str(tmp_path / "bundle")
+    result = widget.run(sync=True)
+    assert result is not None, widget.status.value
+    assert (tmp_path / "bundle" / "model.safetensors").is_file() and (tmp_path / "bundle" / "config.json").is_file()
+    from ncm_core.bundle import load_bundle
+
+    cfg = load_bundle(result.bundle).config
+    names = widget.class_names()
+    assert cfg.class_names == sorted([names[0], names[4], names[8]]) and cfg.tile_size == 32
+    assert not set(cfg.training["train_groups"]) & set(cfg.training["val_groups"])  # painted regions held out
+    assert len(widget.history) == 2 and widget.figure.axes  # live curves were drawn
+    assert str(predict.bundle.value) == str(result.bundle)  # the new bundle is ready to predict with
+    assert widget.status.value.startswith("Done")
+
+
+def test_train_widget_in_a_real_thread_worker(make_napari_viewer, sem_folders, tmp_path, qtbot):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
+    widget.data.value = str(sem_folders)
+    widget.arch.value = "resnet10t"
+    widget.tile.value = 32
+    widget.epochs.value = 2
+    widget.output.value = str(tmp_path / "bundle")
+    worker = widget.run()
+    assert worker is not None and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=300_000)
+    assert widget.result is not None, widget.status.value
+    assert len(widget.history) == 2 and (tmp_path / "bundle" / "model.safetensors").is_file()
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_train_widget_reports_unaligned_annotations(viewer_with_sample, tmp_path):
+    viewer = viewer_with_sample
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
+    widget.source.value = "Annotations in this viewer"
+    widget.image.value = viewer.layers["SEM mosaic"]
+    widget.labels.value = viewer.add_labels(np.zeros((1100, 1500), np.uint8), name="painted")  # scale 1, not 0.05
+    widget.output.value = str(tmp_path / "b")
+    assert widget.run(sync=True) is None
+    assert widget.status.value.startswith("Error:") and "not aligned" in widget.status.value
+
+
+def test_clicking_a_tile_shows_its_class_probabilities(viewer_with_sample, tiny_bundle, tmp_path):
+    viewer = viewer_with_sample
+    widget = _predict_widget(viewer, tiny_bundle)
+    widget.output.value = str(tmp_path / "pred.zarr")
+    pred = widget.run(sync=True)
+    dock = widget.probabilities_dock()
+    assert dock is not None and dock._on_mouse in viewer.mouse_drag_callbacks
+    image = viewer.layers["SEM mosaic"]
+    for i, j in [(3, 4), (20, 30)]:
+        y0, y1, x0, x1 = pred.grid.cell_rect(i, j)
+        world = image.data_to_world((y0 + 3, x1 - 4))  # a pixel near the tile's corner, not its centre
+        event = SimpleNamespace(type="mouse_press", position=tuple(world))
+        for callback in viewer.mouse_drag_callbacks:
+            callback(viewer, event)
+        assert dock.shown["cell"] == (i, j)
+        expected = np.asarray(pred.probabilities[:, i, j])
+        assert np.allclose(dock.shown["probabilities"], expected)
+        bars = [p.get_width() for p in dock.ax.patches]
+        assert np.allclose(bars, expected) and len(bars) == len(pred.class_names)
+        assert pred.class_names[int(expected.argmax())] in dock.info.text()
+
+
+def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path):
+    viewer = viewer_with_sample
+    widget = _predict_widget(viewer, tiny_bundle)
+    pred = widget.run(sync=True)
+    layer = viewer.layers["SEM mosaic out-of-distribution"]
+    assert layer.data.shape == pred.grid.shape
+    assert np.array_equal(np.asarray(layer.data), (np.asarray(pred.ood) > 1).astype(np.uint8))
+    assert tuple(layer.scale) == tuple(viewer.layers["SEM mosaic classes"].scale)
+    assert "unlike the training tiles" in widget.status.value

@@ -54,4 +54,14 @@ def prediction_layers(pred: Any, name: str = "prediction") -> list[LayerData]:
                "axis_labels": ("class", "y", "x"), "colormap": "viridis", "contrast_limits": (0.0, 1.0),
                "opacity": 0.6, "visible": False,
                "metadata": {**meta, "axis_0": "class", "axis_0_names": pred.class_names}}
-    return [(pred.labels, labels_kw, "labels"), (conf, conf_kw, "image"), (probs, prob_kw, "image")]
+    layers = [(pred.labels, labels_kw, "labels"), (conf, conf_kw, "image"), (probs, prob_kw, "image")]
+    ood = pred.ood
+    if ood is not None:
+        flagged = (ood > 1).astype(np.uint8)  # NaN (not predicted) compares False
+        frac = pred.attrs.get("ood_fraction", float("nan"))
+        ood_kw = {"name": f"{name} out-of-distribution", "scale": scale, "translate": trans, "opacity": 0.6,
+                  "colormap": label_colormap({1: (1.0, 0.1, 0.1, 1.0)}), "visible": frac > 0.05,
+                  "features": {"index": [0, 1], "class": ["in distribution", "unlike the training tiles"]},
+                  "metadata": {**meta, "ood_fraction": frac, "ood": pred.attrs.get("ood")}}
+        layers.append((flagged, ood_kw, "labels"))
+    return layers

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, create_widget
 
+from napari_ncm._background import RunsInBackground
+
 if TYPE_CHECKING:
     import napari
 
@@ -41,8 +43,10 @@ def layer_to_mosaic(layer: Any):
                   source=f"napari layer {layer.name!r}", name=layer.name)
 
 
-class PredictWidget(Container):
+class PredictWidget(RunsInBackground, Container):
     """Classify the tiles of an image layer with a model bundle; adds class, confidence and probability layers."""
+
+    task_name = "Predict"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         import napari.layers
@@ -126,24 +130,15 @@ class PredictWidget(Container):
 
     def _start_worker(self, gen):
         from napari.qt.threading import create_worker
-        from napari.utils import progress
 
         def steps():
             result = yield from gen
             return result
 
-        self._pbar = progress(total=0, desc=f"Predicting {self._name}")
         worker = create_worker(steps, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = "Running..."
-        worker.start()
-        return worker
+        return self._start(worker, f"Predicting {self._name}")
 
     def cancel(self) -> None:
         """Stop the running prediction after the current block; nothing partial is kept."""
@@ -153,6 +148,10 @@ class PredictWidget(Container):
         self.status.value = "Cancelling..."
 
     # ------------------------------------------------------------ callbacks (main thread)
+    def use_bundle(self, path: str) -> None:
+        """Predict with ``path`` (the Train widget calls this with the bundle it has just written)."""
+        self.bundle.value = path
+
     def _on_progress(self, value: tuple[int, int]) -> None:
         done, total = value
         if self._pbar is not None:
@@ -171,26 +170,24 @@ class PredictWidget(Container):
         for data, kw, kind in prediction_layers(prediction, name=self._name):
             getattr(self._viewer, f"add_{kind}")(data, **kw)
         at = prediction.attrs
-        self.status.value = (f"Done: {at['n_predicted']} tiles in {at['seconds']:.1f} s "
-                             f"({prediction.grid.tile} px) -> {prediction.path.name}")
+        msg = f"Done: {at['n_predicted']} tiles in {at['seconds']:.1f} s ({prediction.grid.tile} px)"
+        if at.get("ood_fraction") is not None:
+            msg += f"; {at['ood_fraction']:.0%} unlike the training tiles"
+            if at["ood_fraction"] > 0.2:
+                from napari.utils.notifications import show_warning
 
-    def _on_error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
+                show_warning(f"{at['ood_fraction']:.0%} of the tiles of {self._name!r} look unlike the model's "
+                             "training tiles: their classes are unreliable (see the out-of-distribution layer)")
+        self.status.value = msg + f" -> {prediction.path.name}"
+        self.probabilities_dock()
 
-        from ncm_core.errors import Cancelled
+    def probabilities_dock(self):
+        """The Tile probabilities dock (opened on first use): click a tile to see its class bars."""
+        try:
+            _, dock = self._viewer.window.add_plugin_dock_widget("napari-ncm", "Tile probabilities")
+        except Exception:  # a viewer without a window (scripts)
+            return None
+        return dock
 
-        if isinstance(exc, Cancelled):
-            self.status.value = "Cancelled"
-            return
-        self.status.value = f"Error: {exc}"
-        show_error(f"Predict: {exc}")
-
-    def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        if self._cancel.is_set() and self.prediction is None:
-            self.status.value = "Cancelled"
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
-        self.worker = None
+    def _has_result(self) -> bool:
+        return self.prediction is not None

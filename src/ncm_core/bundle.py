@@ -21,6 +21,7 @@ from .preprocess import InputSpec
 FORMAT = "ncm-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+EXTRA = "extra.safetensors"  # tensors that are not model weights (the OOD detector's statistics)
 CONFIG = "config.json"
 
 
@@ -37,6 +38,7 @@ class BundleConfig:
     pixel_size: float | None = None  # micrometres per pixel of the training images
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, Any] = field(default_factory=dict)  # out-of-distribution detector (see ncm_core.ood)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,7 +63,7 @@ class BundleConfig:
                 class_names=list(d.get("class_names") or []), target_names=list(d.get("target_names") or []),
                 input=InputSpec.from_dict(d["input"]), tile_size=int(d["tile_size"]),
                 pixel_size=d.get("pixel_size"), model_kwargs=dict(d.get("model_kwargs") or {}),
-                training=dict(d.get("training") or {}), versions=dict(d.get("versions") or {}),
+                training=dict(d.get("training") or {}), ood=dict(d.get("ood") or {}), versions=dict(d.get("versions") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise NcmError(f"bundle config is missing or has a bad field ({type(exc).__name__}: {exc})", where) from None
@@ -89,16 +91,17 @@ class ModelBundle:
     model: Any
     config: BundleConfig
     path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
         return self.config.class_names
 
     def save(self, path: str | Path) -> Path:
-        return save_bundle(self.model, self.config, path)
+        return save_bundle(self.model, self.config, path, extra=self.extra or None)
 
 
-def save_bundle(model: Any, config: BundleConfig, path: str | Path) -> Path:
+def save_bundle(model: Any, config: BundleConfig, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s weights (safetensors) and ``config`` (JSON) to directory ``path``.
 
     Files are written under temporary names and renamed, so a crash never
@@ -114,6 +117,11 @@ def save_bundle(model: Any, config: BundleConfig, path: str | Path) -> Path:
     tmp_w, tmp_c = path / (WEIGHTS + ".tmp"), path / (CONFIG + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT, "architecture": config.architecture})
     tmp_c.write_text(json.dumps(config.to_dict(), indent=2))
+    if extra:
+        save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(path / (EXTRA + ".tmp")))
+        (path / (EXTRA + ".tmp")).replace(path / EXTRA)
+    elif (path / EXTRA).exists():
+        (path / EXTRA).unlink()
     tmp_w.replace(path / WEIGHTS)
     tmp_c.replace(path / CONFIG)
     return path
@@ -159,4 +167,10 @@ def load_bundle(path: str | Path | ModelBundle, device: str = "cpu") -> ModelBun
                        f"channel(s), {cfg.num_outputs} outputs): " + "; ".join(parts), path)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    return ModelBundle(model=model, config=cfg, path=path)
+    extra = {}
+    if (path / EXTRA).is_file():
+        try:
+            extra = load_file(str(path / EXTRA), device=device)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise NcmError(f"file is damaged or not safetensors ({exc})", path / EXTRA) from None
+    return ModelBundle(model=model, config=cfg, path=path, extra=extra)

@@ -65,11 +65,28 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train import train
 
     r = train(a.data, a.out, architecture=a.arch, tile_size=a.tile, input_size=a.input_size, epochs=a.epochs,
-              batch_size=a.batch_size, lr=a.lr, optimizer=a.opt, weight_decay=a.weight_decay,
-              val_fraction=a.val_fraction, crops_per_image=a.crops, exclude_rows=a.exclude_rows,
-              augment=not a.no_augment, normalize=a.normalize, pretrained=a.pretrained, patience=a.patience,
+              batch_size=a.batch_size, lr=a.lr, optimizer=a.opt, momentum=a.momentum, weight_decay=a.weight_decay,
+              scheduler=a.sched, warmup_epochs=a.warmup_epochs, val_fraction=a.val_fraction,
+              crops_per_image=a.crops, exclude_rows=a.exclude_rows,
+              augment="none" if a.no_augment else a.augment, normalize=a.normalize, pretrained=a.pretrained,
+              patience=a.patience, monitor=a.monitor, amp=a.amp, resume=not a.restart, ood=not a.no_ood,
               seed=a.seed, device=a.device, pixel_size=a.pixel_size, progress=_progress("train", a.quiet))
-    print(f"bundle: {r.bundle}  best validation accuracy {r.best_val_accuracy:.1%} (epoch {r.best_epoch}), {r.seconds:.0f} s")
+    if r.resumed_from:
+        print(f"resumed from the checkpoint after epoch {r.resumed_from}")
+    print(f"bundle: {r.bundle}  best validation accuracy {r.best_val_accuracy:.1%} (epoch {r.best_epoch} of "
+          f"{len(r.history)}), {r.seconds:.0f} s")
+
+
+def cmd_crops(a: argparse.Namespace) -> None:
+    from .crops import build_crops
+
+    ts = build_crops(a.data, a.out, size=a.size, per_frame=a.per_frame, val_fraction=a.val_fraction,
+                     test_fraction=a.test_fraction, exclude_rows=a.exclude_rows, masks=a.masks,
+                     max_masked=a.max_masked, seed=a.seed, overwrite=a.overwrite, progress=_progress("crops", a.quiet))
+    counts = ts.counts()
+    parts = ", ".join(f"{s} {sum(counts.get(s, {}).values())} crops of {len(ts.groups(s))} frames"
+                      for s in ("train", "val", "test") if s in counts)
+    print(f"tile set: {ts.root}  {len(ts.class_names)} classes; {parts}")
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
@@ -78,10 +95,24 @@ def cmd_predict(a: argparse.Namespace) -> None:
     p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
                        exclude_rows=a.exclude_rows, foreground=a.foreground, device=a.device,
                        overwrite=a.overwrite, resume=not a.restart, scheduler=a.dask_scheduler, dense=a.dense,
+                       ood=not a.no_ood,
                        progress=_progress("predict", a.quiet))
     at = p.attrs
     print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
           f"{at['n_predicted']} predicted, {at['n_masked']} masked, {at['seconds']:.1f} s")
+    from .evaluate import _write_rows, summarize_prediction
+
+    rows = summarize_prediction(p, _truth(a.regions)[0] if a.regions else None)
+    whole = rows[0] if not a.regions else summarize_prediction(p)[0]
+    if whole["tiles"]:
+        print(f"whole image: {whole['predicted']} (mean probability {whole['confidence']:.2f}); majority "
+              f"{whole['majority']} ({whole['majority_fraction']:.0%} of tiles)")
+    if "ood_fraction" in whole and whole["tiles"]:
+        warn = "  WARNING: much of this image is unlike the training data" if whole["ood_fraction"] > 0.2 else ""
+        print(f"out-of-distribution tiles: {whole['ood_fraction']:.1%}{warn}")
+    if a.summary:
+        _write_rows(Path(a.summary), rows)
+        print(f"summary written to {a.summary}")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -97,9 +128,14 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     else:
         if not (a.bundle and a.data):
             raise NcmError("evaluate needs BUNDLE and DATA (class folders), or --prediction and --truth")
-        m = evaluate(a.bundle, a.data, out=a.out, device=a.device, progress=_progress("evaluate", a.quiet))
-        print(f"image accuracy {m['images']['accuracy']:.1%} ({m['images']['n']} images), "
-              f"tile accuracy {m['tiles']['accuracy']:.1%} ({m['tiles']['n']} tiles)")
+        m = evaluate(a.bundle, a.data, out=a.out, split=a.split, device=a.device,
+                     progress=_progress("evaluate", a.quiet))
+        for level in ("images", "tiles"):
+            mm = m[level]
+            extra = "".join(f", {f} {mm[f + '_accuracy']:.1%}" for f in mm.get("marginals", {}))
+            print(f"{level[:-1]} accuracy {mm['accuracy']:.1%} ({mm['n']} {level}){extra}")
+        if "ood_fraction" in m:
+            print(f"out-of-distribution tiles: {m['ood_fraction']:.1%}")
     if a.out:
         print(f"metrics written to {a.out}")
 
@@ -154,25 +190,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_sample)
 
-    t = sub.add_parser("train", help="train a classifier from class folders")
-    t.add_argument("data", help="folder with one sub-folder of images per class")
-    t.add_argument("out", help="bundle folder to write")
+    c = sub.add_parser("crops", help="random crops of class-folder frames into a tile set, frames held out first")
+    c.add_argument("data", help="folder with one sub-folder of frames per class")
+    c.add_argument("out", help="tile-set folder to write (train/, val/, test/, manifest.csv, manifest.json)")
+    c.add_argument("--size", type=_positive, default=224, help="crop size in pixels (default 224)")
+    c.add_argument("--per-frame", type=_positive, default=32, help="crops per frame (default 32)")
+    c.add_argument("--val-fraction", type=float, default=0.2, help="share of each class's frames for validation")
+    c.add_argument("--test-fraction", type=float, default=0.2, help="share of each class's frames for testing")
+    c.add_argument("--exclude-rows", type=_rows, help="band no crop may touch, e.g. --exclude-rows=-32: (SEM info bar)")
+    c.add_argument("--masks", help="folder like DATA with <class>/<frame stem>.png masks, non-zero = avoid")
+    c.add_argument("--max-masked", type=float, default=0.0, help="largest masked share of a crop (default 0)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--overwrite", action="store_true")
+    common(c, device=False)
+    c.set_defaults(func=cmd_crops)
+
+    t = sub.add_parser("train", help="train a classifier from class folders of frames or a tile set")
+    t.add_argument("data", help="folder with one sub-folder of frames per class, or a tile set ('ncm crops')")
+    t.add_argument("out", help="bundle folder to write (an interrupted run resumes from its checkpoint there)")
     t.add_argument("--task", choices=["classify"], default="classify")
     t.add_argument("--arch", default="efficientnet_b0", help="timm architecture (default efficientnet_b0)")
-    t.add_argument("--tile", type=_positive, default=96, help="crop size in image pixels")
+    t.add_argument("--tile", type=_positive, help="tile size in image pixels (default: the tile set's, or 96)")
     t.add_argument("--input-size", type=_positive, help="model input size (default: tile)")
     t.add_argument("--epochs", type=_positive, default=10)
     t.add_argument("--batch-size", type=_positive, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--opt", default="adamw", help="timm optimizer name (adam, adamw, sgd, lookahead_radam, ...)")
+    t.add_argument("--momentum", type=float, default=0.9, help="momentum for SGD")
     t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--sched", default="cosine", help="timm scheduler (cosine, step, plateau, ...)")
+    t.add_argument("--warmup-epochs", type=int, default=1)
     t.add_argument("--val-fraction", type=float, default=0.25)
     t.add_argument("--crops", type=_positive, default=32, help="random crops per image per epoch")
     t.add_argument("--exclude-rows", type=_rows, help="band of rows to ignore, e.g. --exclude-rows=-32: for a 32-row SEM info bar")
-    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--augment", default="flip,rot90", help="flip, rot90, both (default) or none")
+    t.add_argument("--no-augment", action="store_true", help="same as --augment none")
     t.add_argument("--normalize", action="store_true", help="standardise inputs by the training set's mean/std")
     t.add_argument("--pretrained", help="local weights file (.safetensors) to start from")
     t.add_argument("--patience", type=_positive, help="early-stopping patience in epochs")
+    t.add_argument("--monitor", choices=["accuracy", "balanced_accuracy", "loss"], default="accuracy",
+                   help="validation metric that picks the best epoch")
+    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="mixed precision (auto: on for GPUs)")
+    t.add_argument("--no-ood", action="store_true", help="do not fit the out-of-distribution detector")
+    t.add_argument("--restart", action="store_true", help="ignore a checkpoint in OUT and start again")
     t.add_argument("--pixel-size", type=float, help="micrometres per pixel of the training images")
     t.add_argument("--seed", type=int, default=0)
     common(t)
@@ -190,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dense", action="store_true", help="overlapping tiles (stride < tile): run the trunk once per "
                    "block and pool each tile's features (faster, approximate near tile borders)")
     r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--summary", help="CSV with the aggregate (mean probabilities, majority, confidence, OOD share) "
+                   "of the whole image, or of each region with --regions")
+    r.add_argument("--regions", help="per-pixel region map (e.g. OME-Zarr labels) to aggregate tiles by")
+    r.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution scores")
     r.add_argument("--dask-scheduler", metavar="ADDRESS", help="run blocks on dask.distributed: tcp://host:8786 "
                    "(a running scheduler) or local:N (N local worker processes)")
     r.add_argument("--restart", action="store_true", help="ignore the record of an interrupted run and start again "
@@ -202,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", nargs="?", help="folder with one sub-folder of images per class")
     e.add_argument("--prediction", help="a prediction written by 'ncm predict'")
     e.add_argument("--truth", help="per-pixel class map (e.g. mosaic.ome.zarr/labels/truth)")
-    e.add_argument("--out", help="folder for metrics.json and CSV files")
+    e.add_argument("--split", default="test", help="split of a tile set to evaluate (default test)")
+    e.add_argument("--out", help="folder for metrics.json, confusion matrices (CSV, PNG) and per-image/tile CSVs")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -220,8 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .predict import PredictionIncomplete
 
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = lambda msg, cat, *rest, **kw: print(f"ncm: warning: {msg}", file=sys.stderr)
     try:
         args.func(args)
     except PredictionIncomplete as exc:

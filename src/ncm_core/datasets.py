@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -90,11 +91,43 @@ def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = 
     return img
 
 
+AUGMENTATIONS = ("flip", "rot90")
+
+
+def parse_augment(augment: bool | str | Iterable[str] | None) -> tuple[str, ...]:
+    """Augmentations as a tuple of names: ``True`` is all of :data:`AUGMENTATIONS`, ``"flip,rot90"`` a selection."""
+    if augment is True:
+        return AUGMENTATIONS
+    if augment in (False, None, "", "none"):
+        return ()
+    items = [s.strip() for s in augment.split(",")] if isinstance(augment, str) else list(augment)
+    unknown = sorted(set(items) - set(AUGMENTATIONS))
+    if unknown:
+        raise NcmError(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)} or none")
+    return tuple(a for a in AUGMENTATIONS if a in items)
+
+
+def _augment(c: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
+    if "rot90" in ops:
+        c = np.rot90(c, rng.integers(4))
+    if "flip" in ops and rng.random() < 0.5:
+        c = c[:, ::-1]
+    return c
+
+
+def augment_tiles(tiles: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
+    """A randomly flipped / 90-degree-turned copy of square tiles ``(N, t, t[, C])``."""
+    if not ops:
+        return tiles
+    return np.stack([np.ascontiguousarray(_augment(t, rng, ops)) for t in tiles])
+
+
 def random_crops(
     images: list[np.ndarray], labels: list[int], size: int, per_image: int, rng: np.random.Generator,
-    augment: bool = True,
+    augment: bool | tuple[str, ...] = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``per_image`` random ``size`` x ``size`` crops of every image, with flips and 90-degree turns."""
+    ops = parse_augment(augment)
     crops, ys = [], []
     for img, y in zip(images, labels):
         h, w = img.shape[:2]
@@ -102,11 +135,7 @@ def random_crops(
             raise NcmError(f"crop size {size} px is larger than an image ({h}x{w} px)")
         for _ in range(per_image):
             y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-            c = img[y0:y0 + size, x0:x0 + size]
-            if augment:
-                c = np.rot90(c, rng.integers(4))
-                if rng.random() < 0.5:
-                    c = c[:, ::-1]
+            c = _augment(img[y0:y0 + size, x0:x0 + size], rng, ops)
             crops.append(np.ascontiguousarray(c))
             ys.append(y)
     return np.stack(crops), np.asarray(ys)

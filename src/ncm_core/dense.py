@@ -53,8 +53,10 @@ def check_dense(bundle: Any, grid: TileGrid) -> tuple[float, int]:
 
 
 def dense_block_probs(bundle: Any, region: np.ndarray, grid: TileGrid, cells: tuple[int, int, int, int],
-                      device: Any, scale: float, r: int, channels_last: bool = False) -> np.ndarray:
-    """Class probabilities ``(rows, cols, classes)`` for the cells of a block from one trunk pass.
+                      device: Any, scale: float, r: int, channels_last: bool = False,
+                      ood: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities ``(rows, cols, classes)`` for the cells of a block from one trunk pass,
+    and (with ``ood``) their out-of-distribution ratios ``(rows, cols)``.
 
     ``region`` is the block's padded pixel region (``TileGrid.region`` of the cells).
     """
@@ -82,4 +84,9 @@ def dense_block_probs(bundle: Any, region: np.ndarray, grid: TileGrid, cells: tu
         n_r, n_c = wins.shape[2], wins.shape[3]
         wins = wins.permute(0, 2, 3, 1, 4, 5).reshape(n_r * n_c, feats.shape[1], k, k)
         logits = model.forward_head(wins).float()
-    return F.softmax(logits, dim=1).reshape(n_r, n_c, -1).cpu().numpy()
+        ratio = None
+        if ood:
+            from .ood import ood_ratio
+
+            ratio = ood_ratio(bundle, model.forward_head(wins, pre_logits=True)).reshape(n_r, n_c).cpu().numpy()
+    return F.softmax(logits, dim=1).reshape(n_r, n_c, -1).cpu().numpy(), ratio

@@ -13,13 +13,42 @@ from .bundle import ModelBundle, load_bundle
 from .datasets import load_image, scan_class_folders
 from .errors import NcmError
 from .mosaic import open_mosaic
-from .predict import Prediction, classify_tiles, open_prediction
+from .predict import Prediction, classify_tensor, open_prediction
 from .progress import CancelFlag, ProgressFn, check_cancel, report
 from .tiling import TileGrid, extract_tiles
 
 
+def class_factors(class_names: list[str], names: tuple[str, str] = ("composition", "state"),
+                  sep: str = "_") -> dict[str, list[str]]:
+    """Split class names ``<a><sep><b>`` into two factors (``NCM811_cycled100`` -> composition
+    ``NCM811``, state ``cycled100``); empty when any name does not split."""
+    parts = [n.split(sep, 1) for n in class_names]
+    if len(class_names) < 2 or any(len(p) != 2 for p in parts):
+        return {}
+    return {names[0]: [p[0] for p in parts], names[1]: [p[1] for p in parts]}
+
+
+def marginal_metrics(cm: Any, factor: list[str]) -> dict[str, Any]:
+    """Accuracy and confusion matrix of one factor of the classes, by summing the full confusion matrix
+    ``cm`` (rows true, columns predicted) over the classes that share a level of ``factor``.
+
+    A prediction counts as right for the factor when its level matches the
+    truth's, whatever the other factor (e.g. composition right, state wrong).
+    """
+    cm = np.asarray(cm)
+    levels = list(dict.fromkeys(factor))
+    onehot = np.zeros((len(factor), len(levels)), np.int64)
+    for k, lv in enumerate(factor):
+        onehot[k, levels.index(lv)] = 1
+    m = onehot.T @ cm @ onehot
+    total = m.sum()
+    return {"accuracy": float(np.trace(m) / total) if total else float("nan"), "class_names": levels,
+            "confusion_matrix": m.tolist()}
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix (scikit-learn)."""
+    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix (scikit-learn),
+    with marginal (e.g. composition-only and state-only) accuracies when the class names factor."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
@@ -32,7 +61,15 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
                       for k, name in enumerate(class_names)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
-    }
+    } | _marginals(confusion_matrix(y_true, y_pred, labels=labels), class_names)
+
+
+def _marginals(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    factors = class_factors(class_names)
+    if not factors:
+        return {}
+    marg = {f: marginal_metrics(cm, levels) for f, levels in factors.items()}
+    return {"marginals": marg, **{f"{f}_accuracy": m["accuracy"] for f, m in marg.items()}}
 
 
 def tile_truth(grid: TileGrid, truth: Any, n_classes: int, block: tuple[int, int] = (32, 32),
@@ -101,72 +138,203 @@ def evaluate_prediction(prediction: str | Path | Prediction, truth: Any,
     return m
 
 
-def evaluate(
-    bundle: str | Path | ModelBundle, data: str | Path, *, out: str | Path | None = None, stride: int | None = None,
-    exclude_rows: tuple[int | None, int | None] | None = None, batch_size: int = 64, device: str = "auto",
-    progress: ProgressFn | None = None, cancel: CancelFlag = None,
-) -> dict[str, Any]:
-    """Evaluate a classifier on a class-per-folder dataset.
+def aggregate_probabilities(probs: np.ndarray, class_names: list[str], ood: np.ndarray | None = None) -> dict[str, Any]:
+    """One answer for a frame or region from its tiles' probabilities ``(n, classes)``.
 
-    Each image is tiled at the bundle's tile size (excluding ``exclude_rows``,
-    by default the band excluded in training); tiles are classified, and the
-    image's class is the argmax of its mean tile probability. Returns tile-
-    and image-level metrics; with ``out``, writes ``metrics.json``,
-    ``confusion_matrix.csv`` and ``predictions.csv`` (one row per image with
-    all class probabilities) there.
+    ``predicted`` is the argmax of the mean probability (its value is
+    ``confidence``); ``majority`` is the most frequent tile class and
+    ``majority_fraction`` its share of the tiles; ``ood_fraction`` the share of
+    tiles flagged out of distribution.
     """
-    from .train import resolve_device
+    probs = probs[~np.isnan(probs).any(1)]
+    if len(probs) == 0:
+        return {"tiles": 0, "predicted": "", "confidence": float("nan"), "majority": "",
+                "majority_fraction": float("nan")}
+    mean = probs.mean(0)
+    votes = np.bincount(probs.argmax(1), minlength=len(class_names))
+    row = {"tiles": int(len(probs)), "predicted": class_names[int(mean.argmax())], "confidence": float(mean.max()),
+           "majority": class_names[int(votes.argmax())], "majority_fraction": float(votes.max() / len(probs))}
+    if ood is not None:
+        row["ood_fraction"] = float(np.mean(ood[~np.isnan(ood)] > 1)) if np.isfinite(ood).any() else float("nan")
+    row.update({f"p_{n}": float(mean[c]) for c, n in enumerate(class_names)})
+    return row
 
-    b = load_bundle(bundle)
-    names = b.class_names
-    ds = scan_class_folders(data, class_names=names)
+
+def summarize_prediction(prediction: str | Path | Prediction, regions: Any = None,
+                         region_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """Per-frame (whole mosaic) or per-region aggregates of a prediction's tiles.
+
+    ``regions`` is a per-pixel map of region ids (0 = none), e.g. painted
+    frames or sample areas; each tile belongs to the region covering most of
+    it. Returns one row per region (or one for the whole mosaic) from
+    :func:`aggregate_probabilities`.
+    """
+    pred = prediction if isinstance(prediction, Prediction) else open_prediction(prediction)
+    probs = np.moveaxis(np.asarray(pred.probabilities), 0, -1)  # (rows, cols, classes): grid-sized
+    ood = None if pred.ood is None else np.asarray(pred.ood)
+    if regions is None:
+        row = aggregate_probabilities(probs.reshape(-1, probs.shape[-1]), pred.class_names,
+                                      None if ood is None else ood.ravel())
+        return [{"region": "all", **row}]
+    ids = np.asarray(open_mosaic(regions).data.max().compute())
+    cell_region = tile_truth(pred.grid, regions, int(ids) + 1)
+    rows = []
+    for r in sorted(int(v) for v in np.unique(cell_region) if v > 0):
+        sel = cell_region == r
+        row = aggregate_probabilities(probs[sel], pred.class_names, None if ood is None else ood[sel])
+        rows.append({"region": (region_names or {}).get(r, str(r)), **row})
+    return rows
+
+
+def _tiles_of_folders(b: ModelBundle, data: Path, exclude_rows: Any, stride: int | None):
+    """Count and iterator of (source name, true class, tiles, records) per image of class folders,
+    each image tiled at the bundle's tile size."""
+    ds = scan_class_folders(data, class_names=b.class_names)
     if exclude_rows is None and b.config.training.get("exclude_rows"):
         exclude_rows = tuple(b.config.training["exclude_rows"])
-    dev = resolve_device(device)
-    b.model.to(dev)
-    tile_true, tile_pred, img_true, img_pred, rows = [], [], [], [], []
-    for k, (f, y) in enumerate(zip(ds.files, ds.labels)):
-        check_cancel(cancel)
+    return len(ds.files), _iter_folders(b, ds, exclude_rows, stride)
+
+
+def _iter_folders(b: ModelBundle, ds: Any, exclude_rows: Any, stride: int | None):
+    for f, y in zip(ds.files, ds.labels):
         img = load_image(f, exclude_rows)
         try:
             grid = TileGrid(img.shape[:2], b.config.tile_size, stride, edge="drop")
         except NcmError as exc:
             raise NcmError(str(exc), f) from None
         win = extract_tiles(img, grid, 0, grid.shape[0], 0, grid.shape[1])
-        tiles = win.reshape(-1, *win.shape[2:])
-        probs = classify_tiles(b, tiles, dev, batch_size)
-        mean = probs.mean(0)
+        yield str(f.relative_to(ds.root)), y, win.reshape(-1, *win.shape[2:]), [None] * (grid.size)
+
+
+def _tiles_of_set(b: ModelBundle, data: Path, split: str):
+    """Count and iterator of (source frame, true class, tiles, records) per source of one split of a tile set."""
+    from .tilesets import open_tile_set
+
+    ts = open_tile_set(data)
+    if ts.tile_size != b.config.tile_size:
+        raise NcmError(f"the tile set's tiles are {ts.tile_size} px but the model was trained on "
+                       f"{b.config.tile_size} px tiles", data)
+    unknown = sorted(set(ts.class_names) - set(b.class_names))
+    if unknown:
+        raise NcmError(f"classes {unknown} of the tile set are not classes of the model ({len(b.class_names)} "
+                       f"classes: {', '.join(b.class_names[:6])}{', ...' if len(b.class_names) > 6 else ''})", data)
+    if not ts.split(split):
+        raise NcmError(f"the tile set has no {split!r} tiles (splits: {', '.join(sorted(ts.counts()))})", data)
+    x, y, _ = ts.load(split)
+    recs = ts.split(split)
+    by_source: dict[str, list[int]] = {}
+    for k, r in enumerate(recs):
+        by_source.setdefault(r.source, []).append(k)
+    return len(by_source), ((src, b.class_names.index(ts.class_names[y[idx[0]]]), x[idx], [recs[k] for k in idx])
+                            for src, idx in by_source.items())
+
+
+def evaluate(
+    bundle: str | Path | ModelBundle, data: str | Path, *, out: str | Path | None = None, split: str = "test",
+    stride: int | None = None, exclude_rows: tuple[int | None, int | None] | None = None, batch_size: int = 64,
+    device: str = "auto", progress: ProgressFn | None = None, cancel: CancelFlag = None,
+) -> dict[str, Any]:
+    """Evaluate a classifier on class folders of frames or on one split of a tile set.
+
+    Frames are tiled at the bundle's tile size (excluding ``exclude_rows``, by
+    default the band excluded in training); a tile set's ``split`` (default
+    ``test``) is used as it is. Returns tile- and image-level metrics (an
+    image's class is the argmax of its tiles' mean probability) with
+    per-class precision/recall/F1 and, when class names are
+    ``<composition>_<state>``, the composition-only and state-only accuracies.
+    With ``out``, writes ``metrics.json``, confusion matrices (CSV and PNG),
+    ``per_class.csv``, ``predictions.csv`` (one row per image: mean
+    probabilities of all classes, majority vote, confidence, out-of-distribution
+    share) and ``tiles.csv`` (one row per tile).
+    """
+    from .ood import has_ood
+    from .preprocess import tiles_to_tensor
+    from .tilesets import is_tile_set
+    from .train import resolve_device
+
+    b = load_bundle(bundle)
+    if b.config.task != "classify":
+        raise NcmError("this evaluation is for classification bundles", b.path)
+    names = b.class_names
+    data = Path(data).expanduser()
+    n_items, items = (_tiles_of_set(b, data, split) if is_tile_set(data)
+                      else _tiles_of_folders(b, data, exclude_rows, stride))
+    dev = resolve_device(device)
+    b.model.to(dev)
+    use_ood = has_ood(b)
+    tile_true, tile_pred, img_true, img_pred, rows, tile_rows = [], [], [], [], [], []
+    k = 0
+    for k, (src, y, tiles, recs) in enumerate(items, start=1):
+        check_cancel(cancel)
+        x = tiles_to_tensor(tiles, b.config.input, "cpu")
+        if use_ood:
+            probs, ood = classify_tensor(b, x, dev, batch_size, ood=True)
+        else:
+            probs, ood = classify_tensor(b, x, dev, batch_size), None
+        agg = aggregate_probabilities(probs, names, ood)
         tile_true += [y] * len(probs)
         tile_pred += probs.argmax(1).tolist()
         img_true.append(y)
-        img_pred.append(int(mean.argmax()))
-        rows.append({"image": str(f.relative_to(ds.root)), "true": names[y], "predicted": names[int(mean.argmax())],
-                     "confidence": float(mean.max()), "tiles": len(probs),
-                     **{f"p_{n}": float(mean[c]) for c, n in enumerate(names)}})
-        report(progress, k + 1, len(ds.files), f.name)
+        img_pred.append(names.index(agg["predicted"]))
+        rows.append({"image": src, "true": names[y], **agg})
+        for t, (p, r) in enumerate(zip(probs, recs)):
+            tr = {"image": src, "tile": t if r is None else r.file, "true": names[y],
+                  "predicted": names[int(p.argmax())], "confidence": float(p.max())}
+            if ood is not None:
+                tr["ood_ratio"] = float(ood[t])
+            tile_rows.append({**tr, **{f"p_{n}": float(p[c]) for c, n in enumerate(names)}})
+        report(progress, k, n_items, src)
+    if not rows:
+        raise NcmError("no images to evaluate", data)
     metrics = {"tiles": classification_metrics(np.array(tile_true), np.array(tile_pred), names),
                "images": classification_metrics(np.array(img_true), np.array(img_pred), names),
-               "bundle": str(b.path), "data": str(ds.root)}
+               "bundle": str(b.path), "data": str(data), "split": split if is_tile_set(data) else None}
+    if use_ood:
+        flagged = np.array([r["ood_ratio"] > 1 for r in tile_rows])
+        metrics["ood_fraction"] = float(flagged.mean())
     if out is not None:
-        write_metrics(metrics, out, rows)
+        write_metrics(metrics, out, rows, tile_rows)
     return metrics
 
 
-def write_metrics(metrics: dict[str, Any], out: str | Path, rows: list[dict[str, Any]] | None = None) -> Path:
-    """Write ``metrics.json``, the confusion matrix CSV(s) and optional per-item rows to folder ``out``."""
+def write_metrics(metrics: dict[str, Any], out: str | Path, rows: list[dict[str, Any]] | None = None,
+                  tile_rows: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``metrics.json`` and, for each set of classification metrics in it, the confusion matrix
+    (CSV and PNG), per-class precision/recall/F1 (CSV) and marginal confusion matrices; plus the
+    per-image ``predictions.csv`` and per-tile ``tiles.csv`` rows, to folder ``out``."""
+    from .figures import confusion_matrix_figure
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for key, m in [("", metrics)] + [(k + "_", v) for k, v in metrics.items() if isinstance(v, dict)]:
-        if "confusion_matrix" in m:
-            with open(out / f"{key}confusion_matrix.csv", "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["true \\ predicted", *m["class_names"]])
-                for name, row in zip(m["class_names"], m["confusion_matrix"]):
-                    w.writerow([name, *row])
+        if "confusion_matrix" not in m:
+            continue
+        _write_cm(out / f"{key}confusion_matrix.csv", m["confusion_matrix"], m["class_names"])
+        acc = m.get("accuracy", m.get("tile_accuracy"))
+        what = {"tiles_": "Tiles", "images_": "Images"}.get(key, "Tiles")
+        confusion_matrix_figure(m["confusion_matrix"], m["class_names"], out / f"{key}confusion_matrix.png",
+                                title=f"{what}: accuracy {acc:.1%} (n = {m['n']})")
+        _write_rows(out / f"{key}per_class.csv", [{"class": n, **v} for n, v in m["per_class"].items()])
+        for factor, mm in m.get("marginals", {}).items():
+            _write_cm(out / f"{key}{factor}_confusion_matrix.csv", mm["confusion_matrix"], mm["class_names"])
     if rows:
-        with open(out / "predictions.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        _write_rows(out / "predictions.csv", rows)
+    if tile_rows:
+        _write_rows(out / "tiles.csv", tile_rows)
     return out
+
+
+def _write_cm(path: Path, cm: Any, names: list[str]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, cm):
+            w.writerow([name, *row])
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)

@@ -91,12 +91,13 @@ def prediction_overview(
     return Path(path)
 
 
-def confusion_matrix_figure(cm: Any, class_names: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
-    """PNG of a confusion matrix (rows: true class; columns: predicted), row-normalised colours, counts printed."""
+def draw_confusion_matrix(fig: Any, cm: Any, class_names: list[str], title: str = "Confusion matrix") -> None:
+    """A confusion matrix on ``fig`` (cleared first): rows true class, columns predicted, colours
+    normalised per row, counts printed."""
     cm = np.asarray(cm)
     n = len(class_names)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig = _figure(2.5 + 0.55 * n, 2.0 + 0.5 * n)
+    fig.clear()
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
@@ -111,5 +112,55 @@ def confusion_matrix_figure(cm: Any, class_names: list[str], path: str | Path, t
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of true class")
     fig.tight_layout()
+
+
+def confusion_matrix_figure(cm: Any, class_names: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    """PNG of a confusion matrix (see :func:`draw_confusion_matrix`)."""
+    n = len(class_names)
+    fig = _figure(2.5 + 0.55 * n, 2.0 + 0.5 * n)
+    draw_confusion_matrix(fig, cm, class_names, title)
     fig.savefig(path)
     return Path(path)
+
+
+def draw_training_curves(fig: Any, history: list[dict[str, float]], title: str | None = None) -> None:
+    """Loss and accuracy per epoch (training and validation) on ``fig`` (cleared first); the napari
+    Train widget redraws its live plot with this after every epoch."""
+    fig.clear()
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["train_loss"] for h in history], "o-", ms=3, label="train")
+    ax2.plot(ep, [h["train_accuracy"] for h in history], "o-", ms=3, label="train")
+    if history and "val_loss" in history[0]:
+        ax1.plot(ep, [h.get("val_loss", np.nan) for h in history], "s-", ms=3, label="validation")
+        ax2.plot(ep, [h.get("val_accuracy", np.nan) for h in history], "s-", ms=3, label="validation")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+
+
+def training_curves_figure(history: list[dict[str, float]], path: str | Path, title: str | None = None) -> Path:
+    """PNG of the training curves (see :func:`draw_training_curves`)."""
+    fig = _figure(9, 3.6)
+    draw_training_curves(fig, history, title)
+    fig.savefig(path)
+    return Path(path)
+
+
+def probability_bars(ax: Any, probs: Any, class_names: list[str], colors: list[Any] | None = None,
+                     title: str | None = None) -> None:
+    """Horizontal bars of one tile's class probabilities on ``ax`` (the napari probability dock)."""
+    ax.clear()
+    y = np.arange(len(class_names))
+    ax.barh(y, probs, color=None if colors is None else [c[:3] for c in colors])
+    ax.set_yticks(y, class_names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability")
+    if title:
+        ax.set_title(title, fontsize=9)

@@ -13,6 +13,8 @@ Output layout (``out``, a zarr v3 group)::
     out/                   attrs["ncm"]: grid geometry, classes, bundle, counts, complete flag
     out/labels/0           uint8/uint16 (rows, cols): 0 = not predicted (masked), k + 1 = class k
     out/probabilities/0    float32 (classes, rows, cols): NaN where not predicted
+    out/ood/0              float32 (rows, cols): out-of-distribution score / threshold (> 1 = unlike
+                           the training tiles; see ncm_core.ood), when the bundle has a detector
 
 Both sub-groups are NGFF 0.5 images (``labels`` an ``image-label`` with class
 colours and names) whose coordinate transformations overlay them on the mosaic.
@@ -74,6 +76,15 @@ class Prediction:
         return da.from_zarr(str(self.path), component="probabilities/0")
 
     @property
+    def ood(self):
+        """Dask array (rows, cols) of out-of-distribution ratios (> 1 = flagged), or None."""
+        import dask.array as da
+
+        if not self.attrs.get("ood"):
+            return None
+        return da.from_zarr(str(self.path), component="ood/0")
+
+    @property
     def classes(self) -> np.ndarray:
         """Class index per cell (-1 where not predicted), in memory (the grid is small)."""
         return np.asarray(self.labels).astype(np.int32) - 1
@@ -127,24 +138,37 @@ def _use_channels_last(model: Any) -> None:
 
 
 def classify_tensor(bundle: ModelBundle, x: Any, device: Any = "cpu", batch_size: int = 64,
-                    channels_last: bool = False) -> np.ndarray:
+                    channels_last: bool = False, ood: bool = False) -> Any:
     """Class probabilities ``(N, classes)`` for a prepared input tensor ``(N, C, H, W)`` (on any device;
-    batches are moved to ``device`` asynchronously when ``x`` is in pinned memory)."""
+    batches are moved to ``device`` asynchronously when ``x`` is in pinned memory).
+
+    With ``ood`` (the bundle must have a detector), returns ``(probabilities, ood_ratio)``.
+    """
     import torch
+
+    from .ood import forward_with_features, ood_ratio
 
     model = bundle.model
     dev = torch.device(device)
     if channels_last:
         _use_channels_last(model)
-    out = []
+    out, scores = [], []
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     with torch.inference_mode(), torch.autocast(**amp):
         for k in range(0, len(x), batch_size):
             xb = x[k:k + batch_size].to(dev, non_blocking=True)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            out.append(torch.softmax(model(xb).float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, bundle.config.num_outputs), np.float32)
+            if ood:
+                logits, feats = forward_with_features(model, xb)
+                scores.append(ood_ratio(bundle, feats).cpu().numpy())
+            else:
+                logits = model(xb)
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, bundle.config.num_outputs), np.float32)
+    if ood:
+        return probs, (np.concatenate(scores) if scores else np.zeros(0, np.float32))
+    return probs
 
 
 def classify_tiles(bundle: ModelBundle, tiles: np.ndarray, device: Any = "cpu", batch_size: int = 64,
@@ -230,7 +254,7 @@ class PredictionIncomplete(NcmError):
 
 
 def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, grid: TileGrid, keep: np.ndarray, block: tuple[int, int],
-                 batch_size: int, dense: bool) -> str:
+                 batch_size: int, dense: bool, ood: bool = False) -> str:
     """Hash of everything that determines the output, so a re-run only resumes the same prediction."""
     import hashlib
     import json
@@ -243,6 +267,7 @@ def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, grid: TileGrid, keep: np.n
             h.update(k.encode())
             h.update(v.detach().cpu().numpy().tobytes())
     h.update(json.dumps({"grid": grid.to_dict(), "block": list(block), "batch": batch_size, "dense": dense,
+                         "ood": bundle.config.ood if ood else None,
                          "source": mosaic.source,
                          "shape": list(mosaic.data.shape), "dtype": str(mosaic.dtype),
                          "input": bundle.config.input.to_dict()}, sort_keys=True).encode())
@@ -251,7 +276,7 @@ def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, grid: TileGrid, keep: np.n
 
 
 def _new_output(partial: Path, grid: TileGrid, block: tuple[int, int], names: list[str], scale: Any, trans: Any,
-                unit: str | None, attrs: dict[str, Any]) -> Any:
+                unit: str | None, attrs: dict[str, Any], ood: bool = False) -> Any:
     """Create the (empty) output group in ``partial``."""
     import dask.array as da
     import zarr
@@ -274,6 +299,11 @@ def _new_output(partial: Path, grid: TileGrid, block: tuple[int, int], names: li
                        "omero": {"channels": [{"label": n, "color": "%02x%02x%02x" % tuple(int(c * 255) for c in colors[k][:3]),
                                                "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
                                               for k, n in enumerate(names)]}}
+    if ood:
+        og = root.create_group("ood")
+        og.create_array("0", shape=(rows, cols), dtype=np.float32, chunks=block, fill_value=np.nan,
+                        dimension_names=["y", "x"])
+        og.attrs["ome"] = {"version": "0.5", "multiscales": [ngff_multiscales(1, scale, trans, unit=unit, name="ood")]}
     # one status byte per block, one chunk per block, so parallel writers never share a chunk:
     # 0 = to do, 1 = done, 2 = failed (retried on the next run)
     nb = (-(-rows // block[0]), -(-cols // block[1]))
@@ -295,6 +325,7 @@ class _BlockPlan:
     retry_delay: float = 0.5
     channels_last: bool = False
     dense: tuple[float, int] | None = None  # (input/tile scale, feature stride) in dense mode
+    ood: bool = False  # also write out-of-distribution ratios
 
     def read(self, mosaic: Mosaic, b: tuple[int, int, int, int]) -> np.ndarray | None:
         """The block's pixels (clipped to the image), or None when all its tiles are masked."""
@@ -324,11 +355,12 @@ class _BlockPlan:
         """Position of block ``b`` in the ``blocks`` status array."""
         return b[0] // self.block[0], b[2] // self.block[1]
 
-    def open_arrays(self) -> tuple[Any, Any, Any]:
+    def open_arrays(self) -> tuple[Any, Any, Any, Any]:
         import zarr
 
-        return tuple(zarr.open_array(str(self.partial / name), mode="r+")  # type: ignore[return-value]
-                     for name in ("labels/0", "probabilities/0", "blocks"))
+        names = ("labels/0", "probabilities/0", "blocks", "ood/0" if self.ood else None)
+        return tuple(zarr.open_array(str(self.partial / n), mode="r+") if n else None  # type: ignore[return-value]
+                     for n in names)
 
     def prepare(self, bundle: ModelBundle, mosaic: Mosaic, b: tuple[int, int, int, int], device: Any) -> Any:
         """Everything before the model, for a background thread: read (with retries), cut and convert.
@@ -351,14 +383,14 @@ class _BlockPlan:
         return x
 
     def finish(self, bundle: ModelBundle, device: Any, b: tuple[int, int, int, int], prepared: Any,
-               arrays: tuple[Any, Any, Any]) -> dict[str, Any] | None:
+               arrays: tuple[Any, Any, Any, Any]) -> dict[str, Any] | None:
         """Run the model on a prepared block and write its chunks, then its status; returns a failure
         record or None.
 
         Each block owns whole output chunks (and its own status chunk), so blocks
         may be written by independent processes.
         """
-        larr, parr, status = arrays
+        larr, parr, status, oarr = arrays
         r0, r1, c0, c1 = b
         bi = self.status_index(b)
         if isinstance(prepared, NcmError):
@@ -369,15 +401,24 @@ class _BlockPlan:
         if prepared is not None:
             kb = self.keep[r0:r1, c0:c1]
             probs = np.full((r1 - r0, c1 - c0, bundle.config.num_outputs), np.nan, np.float32)
+            ratio = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
             if self.dense:
                 from .dense import dense_block_probs
 
-                probs[kb] = dense_block_probs(bundle, prepared, self.grid, b, device, *self.dense,
-                                              channels_last=self.channels_last)[kb]
+                p, o = dense_block_probs(bundle, prepared, self.grid, b, device, *self.dense,
+                                         channels_last=self.channels_last, ood=self.ood)
+                probs[kb] = p[kb]
+                if self.ood:
+                    ratio[kb] = o[kb]
+            elif self.ood:
+                probs[kb], ratio[kb] = classify_tensor(bundle, prepared, device, self.batch_size,
+                                                       self.channels_last, ood=True)
             else:
                 probs[kb] = classify_tensor(bundle, prepared, device, self.batch_size, self.channels_last)
             larr[r0:r1, c0:c1] = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(larr.dtype)
             parr[:, r0:r1, c0:c1] = np.moveaxis(probs, -1, 0)
+            if oarr is not None:
+                oarr[r0:r1, c0:c1] = ratio
         status[bi] = 1  # after the data: a crash in between only repeats this block
         return None
 
@@ -388,7 +429,7 @@ def predict_mosaic_steps(
     exclude_rows: tuple[int | None, int | None] | None = None, mask: Any = None, foreground: bool = False,
     min_fraction: float = 0.5, max_block_pixels: int = 2048 * 2048, device: str = "auto", overwrite: bool = False,
     resume: bool = True, retries: int = 2, retry_delay: float = 0.5, scheduler: Any = None,
-    memory_format: str = "auto", dense: bool = False, cancel: CancelFlag = None,
+    memory_format: str = "auto", dense: bool = False, ood: bool = True, cancel: CancelFlag = None,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """Generator form of :func:`predict_mosaic`: yields ``(blocks done, blocks total)``, returns the
     :class:`Prediction`. The napari widget runs it in a thread worker."""
@@ -411,6 +452,9 @@ def predict_mosaic_steps(
         raise NcmError("output exists; pass overwrite=True (CLI: --overwrite) to replace it", out)
     dev = resolve_device(device)
     bundle.model.to(dev).eval()
+    from .ood import has_ood
+
+    ood = ood and has_ood(bundle)
     names = bundle.class_names
     dense_geometry = None
     if dense:
@@ -421,7 +465,7 @@ def predict_mosaic_steps(
     block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), max_block_pixels)
     scale, trans = grid.world_transform(mosaic.pixel_size or 1.0, mosaic.translate)
     unit = mosaic.unit if mosaic.pixel_size else None
-    fp = _fingerprint(bundle, mosaic, grid, keep, block, batch_size, dense)
+    fp = _fingerprint(bundle, mosaic, grid, keep, block, batch_size, dense, ood)
     attrs: dict[str, Any] = {
         "kind": PREDICTION_KIND, "format_version": 1, "complete": False, "fingerprint": fp, "class_names": names,
         "grid": grid.to_dict(), "block_shape": list(block), "batch_size": batch_size,
@@ -432,7 +476,7 @@ def predict_mosaic_steps(
         "world_transform": {"scale": list(scale), "translate": list(trans)},
         "label_values": "0 = not predicted (masked), k + 1 = class_names[k]",
         "exclude_rows": None if exclude_rows is None else list(exclude_rows), "foreground": foreground,
-        "dense": dense,
+        "dense": dense, "ood": dict(bundle.config.ood) if ood else None,
     }
     if scheduler is not None:
         from .distributed import check_distributable
@@ -453,11 +497,11 @@ def predict_mosaic_steps(
         if partial.exists():
             shutil.rmtree(partial)
         attrs["memory_format"] = choose_memory_format(bundle, batch_size, dev, int(keep.sum()), memory_format)
-        root = _new_output(partial, grid, block, names, scale, trans, unit, attrs)
+        root = _new_output(partial, grid, block, names, scale, trans, unit, attrs, ood)
     else:  # a resumed run computes the rest exactly as the first part was computed
         attrs["memory_format"] = dict(root.attrs)["ncm"].get("memory_format", "contiguous")
     plan = _BlockPlan(partial, grid, keep, block, batch_size, retries, retry_delay,
-                      channels_last=attrs["memory_format"] == "channels_last", dense=dense_geometry)
+                      channels_last=attrs["memory_format"] == "channels_last", dense=dense_geometry, ood=ood)
     status = np.asarray(root["blocks"][:])
     blocks = list(grid.blocks(block))
     todo = [b for b in blocks if status[plan.status_index(b)] != 1]
@@ -498,6 +542,10 @@ def predict_mosaic_steps(
             f"{len(failed)} of {len(blocks)} blocks could not be read ({where}{', ...' if len(failed) > 5 else ''}): "
             f"{failed[0]['error']}. The rest is kept in {partial.name}; run again to retry only the failed blocks",
             mosaic.source or out, failed)
+    if ood:
+        ratio = np.asarray(root["ood/0"][:])
+        attrs["n_ood"] = int(np.nansum(ratio > 1))
+        attrs["ood_fraction"] = attrs["n_ood"] / max(n_pred, 1)
     attrs["complete"] = True
     root.attrs["ncm"] = attrs
     if out.exists():

@@ -1,28 +1,47 @@
-"""Training a tile classifier from a class-per-folder dataset.
+"""Training a tile classifier, from class folders of frames or from a tile set.
 
-Each epoch draws fresh random crops of ``tile_size`` pixels from every training
-image (the published SEM workflow trains on random crops of frames), with
-flips and 90-degree turns. Validation uses fixed, seeded crops of images held
-out before cropping, so no image feeds both sides. The best epoch by
-validation accuracy (not training accuracy) is what the bundle keeps.
-Optimisers and schedules come from timm's factories.
+Two sources feed the same loop:
+
+* **class folders** of frames (``data/<class>/*``): each epoch draws fresh
+  random crops of ``tile_size`` px from every training frame; validation uses
+  fixed, seeded crops of frames held out before cropping;
+* a **tile set** (``ncm crops`` or napari annotations, see
+  :mod:`ncm_core.tilesets`): its ``train`` and ``val`` splits, already
+  separated by source frame or painted region.
+
+Tiles are resized to the model input, optionally flipped and turned by 90
+degrees, and optionally standardised (off by default: the SEM study found it
+hurt). Models, optimisers (Adam, AdamW, SGD, Lookahead-RAdam, ...) and
+schedules come from timm's factories; validation metrics from scikit-learn.
+The best epoch by the validation metric (not the training accuracy) is what
+the bundle keeps, with early stopping. Every epoch writes a checkpoint
+(safetensors + JSON, no pickle) to ``out/checkpoint``; the same call after an
+interruption resumes from it and gives the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from .bundle import BundleConfig, save_bundle
-from .datasets import load_image, random_crops, scan_class_folders, split_by_image
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import augment_tiles, load_image, parse_augment, random_crops, scan_class_folders, split_by_image
 from .errors import NcmError
-from .preprocess import InputSpec, tiles_to_tensor
+from .preprocess import InputSpec, intensity_scale, tiles_to_tensor
 from .progress import CancelFlag, ProgressFn, check_cancel, report
+from .tilesets import is_tile_set, open_tile_set
+
+MONITORS = ("accuracy", "balanced_accuracy", "loss")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
@@ -32,6 +51,7 @@ class TrainResult:
     best_val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int = 0  # epochs taken from a checkpoint
 
 
 def resolve_device(device: str = "auto"):
@@ -48,61 +68,54 @@ def resolve_device(device: str = "auto"):
     return dev
 
 
-def _evaluate_batches(model: Any, x: np.ndarray, y: np.ndarray, spec: InputSpec, device: Any, batch: int) -> tuple[float, float]:
-    import torch
-    import torch.nn.functional as F
+def amp_dtype(amp: str, device: Any):
+    """The autocast dtype for ``amp`` on ``device`` (None = full precision).
 
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    with torch.inference_mode():
-        for k in range(0, len(x), batch):
-            xb = tiles_to_tensor(x[k:k + batch], spec, device)
-            yb = torch.as_tensor(y[k:k + batch], device=device)
-            logits = model(xb).float()
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct += (logits.argmax(1) == yb).sum().item()
-    return correct / len(x), loss_sum / len(x)
-
-
-def train(
-    data: str | Path, out: str | Path, *, architecture: str = "efficientnet_b0", tile_size: int = 96,
-    input_size: int | None = None, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
-    optimizer: str = "adamw", weight_decay: float = 0.01, scheduler: str = "cosine", warmup_epochs: int = 1,
-    val_fraction: float = 0.25, crops_per_image: int = 32, val_crops_per_image: int = 16,
-    exclude_rows: tuple[int | None, int | None] | None = None, augment: bool = True, normalize: bool = False,
-    pretrained: str | Path | None = None, patience: int | None = None, seed: int = 0, device: str = "auto",
-    pixel_size: float | None = None, progress: ProgressFn | None = None, cancel: CancelFlag = None,
-) -> TrainResult:
-    """Train a classifier on ``data/<class>/*`` and write a bundle to ``out``.
-
-    Parameters
-    ----------
-    tile_size
-        Crop size in pixels of the source images; the same tile size is used
-        when the bundle predicts mosaics.
-    input_size
-        Model input size in pixels (crops are resized); defaults to ``tile_size``.
-    exclude_rows
-        A band of rows ``(start, stop)`` to drop from every image before
-        cropping, e.g. ``(-32, None)`` for a 32-row SEM information bar.
-    normalize
-        Standardise inputs with the training set's mean and std (off by
-        default: the SEM study found it hurt).
-    patience
-        Stop when validation accuracy has not improved for this many epochs.
+    ``auto`` is bfloat16 on GPUs that support it (float16 with loss scaling on
+    older ones) and off on CPUs, where autocast is slower than float32.
     """
     import torch
-    import torch.nn.functional as F
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
 
-    from .models import build_model
+    if amp not in AMP_MODES:
+        raise NcmError(f"mixed precision must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        if device.type != "cuda":
+            raise NcmError("float16 mixed precision needs a CUDA device; use bf16 or off on a CPU")
+        return torch.float16
+    return torch.bfloat16
 
-    t0 = time.monotonic()
-    if epochs < 1 or batch_size < 1:
-        raise NcmError(f"epochs and batch size must be positive (got {epochs}, {batch_size})")
-    if tile_size < 8:
-        raise NcmError(f"tile size must be at least 8 px, got {tile_size}")
+
+# ---------------------------------------------------------------------------------------- data sources
+@dataclass
+class _Data:
+    """What the loop needs from a data source."""
+
+    root: Path
+    kind: str  # "frames" or "tiles"
+    class_names: list[str]
+    in_chans: int
+    tile_size: int
+    val_x: np.ndarray
+    val_y: np.ndarray
+    epoch: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    sample: Callable[[np.random.Generator], np.ndarray]  # tiles for normalisation statistics
+    train_groups: list[str]
+    val_groups: list[str]
+    n_train: int  # tiles per epoch
+    dtype: Any = np.uint8
+
+
+def _channels(arrays: Iterable[np.ndarray], where: Any) -> int:
+    chans = {1 if a.ndim == 2 else a.shape[2] for a in arrays}
+    if len(chans) > 1:
+        raise NcmError("dataset mixes grayscale and colour images; convert them to one kind", where)
+    return 1 if chans == {1} else 3
+
+
+def _frames(data: Path, tile_size: int, val_fraction: float, crops: int, val_crops: int,
+            exclude_rows: Any, ops: tuple[str, ...], seed: int) -> _Data:
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
@@ -110,42 +123,217 @@ def train(
     images = [load_image(f, exclude_rows) for f in ds.files]
     for f, img in zip(ds.files, images):
         if min(img.shape[:2]) < tile_size:
-            raise NcmError(f"image is {img.shape[0]}x{img.shape[1]} px, smaller than the tile size "
-                           f"{tile_size} px", f)
-    channels = {1 if im.ndim == 2 else im.shape[2] for im in images}
-    if len(channels) > 1:
-        raise NcmError("dataset mixes grayscale and colour images; convert them to one kind", ds.root)
-    in_chans = 1 if channels == {1} else 3
+            raise NcmError(f"image is {img.shape[0]}x{img.shape[1]} px (without excluded rows), smaller than "
+                           f"the tile size {tile_size} px", f)
+    in_chans = _channels(images, ds.root)
+    tr_img, tr_lab = [images[i] for i in train_idx], [ds.labels[i] for i in train_idx]
+    val_x, val_y = random_crops([images[i] for i in val_idx], [ds.labels[i] for i in val_idx],
+                                tile_size, val_crops, np.random.default_rng(seed + 1), augment=False)
+    rel = lambda i: str(ds.files[i].relative_to(ds.root))  # noqa: E731
+    return _Data(ds.root, "frames", ds.class_names, in_chans, tile_size, val_x, val_y,
+                 epoch=lambda rng: random_crops(tr_img, tr_lab, tile_size, crops, rng, ops),
+                 sample=lambda rng: random_crops(tr_img, [0] * len(tr_img), tile_size, 4, rng, False)[0],
+                 train_groups=[rel(i) for i in train_idx], val_groups=[rel(i) for i in val_idx],
+                 n_train=len(train_idx) * crops, dtype=images[0].dtype)
+
+
+def _tiles(data: Path, tile_size: int | None, ops: tuple[str, ...]) -> _Data:
+    ts = open_tile_set(data)
+    if tile_size is not None and tile_size != ts.tile_size:
+        raise NcmError(f"the tile set's tiles are {ts.tile_size} px; train with tile size {ts.tile_size} "
+                       f"(or leave it unset), not {tile_size}", data)
+    x, y, groups = ts.load("train")
+    if len(x) == 0:
+        raise NcmError("the tile set has no training tiles", data)
+    present = sorted(set(y.tolist()))
+    if len(present) < 2:
+        raise NcmError(f"the tile set's training split holds one class only ({ts.class_names[present[0]]!r})", data)
+    vx, vy, vgroups = ts.load("val")
+    in_chans = _channels([x[0]] + ([vx[0]] if len(vx) else []), data)
+    if len(vx) and vx.shape[1:] != x.shape[1:]:
+        raise NcmError(f"validation tiles are {vx.shape[1:]} but training tiles {x.shape[1:]}", data)
+    return _Data(ts.root, "tiles", ts.class_names, in_chans, ts.tile_size, vx, vy,
+                 epoch=lambda rng: (augment_tiles(x, rng, ops), y),
+                 sample=lambda rng: x[rng.permutation(len(x))[:512]],
+                 train_groups=sorted(set(groups)), val_groups=sorted(set(vgroups)), n_train=len(x), dtype=x.dtype)
+
+
+def _normalisation(data: _Data, rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    s = data.sample(rng).astype(np.float64) / intensity_scale(data.dtype)
+    axes = tuple(range(3))
+    m, sd = np.atleast_1d(s.mean(axis=axes)), np.atleast_1d(s.std(axis=axes)) + 1e-6
+    if data.in_chans == 3 and len(m) == 1:
+        m, sd = np.repeat(m, 3), np.repeat(sd, 3)
+    return tuple(m.tolist()), tuple(sd.tolist())
+
+
+# ---------------------------------------------------------------------------------------- loop parts
+def validate(model: Any, x: np.ndarray, y: np.ndarray, spec: InputSpec, device: Any, batch: int,
+             class_names: list[str]) -> dict[str, float]:
+    """Validation loss, accuracy and balanced accuracy (scikit-learn) of ``model`` on tiles ``x``."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    model.eval()
+    preds, loss_sum = [], 0.0
+    with torch.inference_mode():
+        for k in range(0, len(x), batch):
+            xb = tiles_to_tensor(x[k:k + batch], spec, device)
+            yb = torch.as_tensor(y[k:k + batch], device=device)
+            logits = model(xb).float()
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            preds.append(logits.argmax(1).cpu().numpy())
+    p = np.concatenate(preds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class absent from validation
+        bal = balanced_accuracy_score(y, p)
+    return {"val_loss": loss_sum / len(x), "val_accuracy": float(accuracy_score(y, p)),
+            "val_balanced_accuracy": float(bal)}
+
+
+def _score(rec: dict[str, float], monitor: str) -> tuple[float, float]:
+    """Larger is better; ties on the metric go to the lower validation loss."""
+    if monitor == "loss":
+        return (-rec["val_loss"], 0.0)
+    return (rec[f"val_{monitor}"], -rec["val_loss"])
+
+
+def _fingerprint(settings: dict[str, Any], data: _Data) -> str:
+    blob = json.dumps({"settings": settings, "train": data.train_groups, "val": data.val_groups,
+                       "classes": data.class_names}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def train(
+    data: str | Path, out: str | Path, *, architecture: str = "efficientnet_b0", tile_size: int | None = None,
+    input_size: int | None = None, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
+    optimizer: str = "adamw", weight_decay: float = 0.01, momentum: float = 0.9, scheduler: str = "cosine",
+    warmup_epochs: int = 1, val_fraction: float = 0.25, crops_per_image: int = 32, val_crops_per_image: int = 16,
+    exclude_rows: tuple[int | None, int | None] | None = None, augment: bool | str | Iterable[str] = True,
+    normalize: bool = False, pretrained: str | Path | None = None, patience: int | None = None,
+    monitor: str = "accuracy", amp: str = "auto", resume: bool = True, ood: bool = True, seed: int = 0,
+    device: str = "auto", pixel_size: float | None = None, progress: ProgressFn | None = None,
+    cancel: CancelFlag = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a classifier on ``data`` (class folders of frames, or a tile set) and write a bundle to ``out``.
+
+    Parameters
+    ----------
+    tile_size
+        Pixels of the source images per tile (default: the tile set's, or 96
+        for frames); prediction tiles mosaics at the same size.
+    input_size
+        Model input size in pixels (tiles are resized); defaults to ``tile_size``.
+    optimizer
+        Any timm optimizer name: ``adam``, ``adamw``, ``sgd`` (with ``momentum``),
+        ``lookahead_radam``, ...
+    exclude_rows
+        For frames: a band of rows ``(start, stop)`` to drop before cropping,
+        e.g. ``(-32, None)`` for a 32-row SEM information bar.
+    augment
+        ``True`` (flips and 90-degree turns), ``False``, or a selection such as
+        ``"flip"`` or ``("rot90",)``.
+    normalize
+        Standardise inputs with the training set's mean and std.
+    patience
+        Stop when the validation metric has not improved for this many epochs.
+    monitor
+        Validation metric that picks the best epoch: ``accuracy``,
+        ``balanced_accuracy`` or ``loss``.
+    amp
+        Mixed precision: ``auto`` (on for GPUs), ``off``, ``bf16`` or ``fp16``.
+    resume
+        Continue from ``out/checkpoint`` when it was written with the same
+        settings and data (False: start again).
+    ood
+        Fit the out-of-distribution detector (feature statistics of the
+        training tiles, see :mod:`ncm_core.ood`) into the bundle.
+    on_epoch
+        Called with each epoch's record (losses, accuracies, learning rate):
+        the napari widget draws its curves from it.
+    """
+    import torch
+    import torch.nn.functional as F
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from .models import build_model, check_architecture
+
+    t0 = time.monotonic()
+    if epochs < 1 or batch_size < 1:
+        raise NcmError(f"epochs and batch size must be positive (got {epochs}, {batch_size})")
+    if monitor not in MONITORS:
+        raise NcmError(f"monitor must be one of {', '.join(MONITORS)}, got {monitor!r}")
+    if tile_size is not None and tile_size < 8:
+        raise NcmError(f"tile size must be at least 8 px, got {tile_size}")
+    check_architecture(architecture)
+    ops = parse_augment(augment)
+    src = Path(data).expanduser()
+    if is_tile_set(src):
+        d = _tiles(src, tile_size, ops)
+    else:
+        d = _frames(src, tile_size or 96, val_fraction, crops_per_image, val_crops_per_image, exclude_rows, ops, seed)
+    tile_size = d.tile_size
+    if len(d.val_x) == 0:
+        warnings.warn(f"{d.root}: no validation tiles; the last epoch is kept and no early stopping is done",
+                      stacklevel=2)
+    dev = resolve_device(device)
+    dtype = amp_dtype(amp, dev)
+    settings = {"architecture": architecture, "tile_size": tile_size, "input_size": input_size or tile_size,
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                "weight_decay": weight_decay, "momentum": momentum, "scheduler": scheduler,
+                "warmup_epochs": warmup_epochs, "val_fraction": val_fraction, "crops_per_image": crops_per_image,
+                "val_crops_per_image": val_crops_per_image, "augment": list(ops), "normalize": normalize,
+                "exclude_rows": None if exclude_rows is None else list(exclude_rows), "monitor": monitor,
+                "pretrained": None if pretrained is None else str(pretrained), "amp": str(dtype), "seed": seed,
+                "data": d.kind}
+    fp = _fingerprint(settings, d)
+    out = Path(out).expanduser()
+    ckpt_dir = out / "checkpoint"
+    ckpt = load_checkpoint(ckpt_dir) if resume else None
+    if ckpt is not None and ckpt.get("fingerprint") != fp:
+        raise NcmError("this folder holds a checkpoint of a training run with other settings or data; "
+                       "choose another output folder, or start again (--restart / resume=False)", ckpt_dir)
+
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    val_x, val_y = random_crops([images[i] for i in val_idx], [ds.labels[i] for i in val_idx],
-                                tile_size, val_crops_per_image, np.random.default_rng(seed + 1), augment=False)
     mean = std = None
     if normalize:
-        sample, _ = random_crops([images[i] for i in train_idx], [0] * len(train_idx), tile_size, 4, rng, False)
-        s = sample.astype(np.float64) / (255.0 if sample.dtype == np.uint8 else 65535.0 if sample.dtype == np.uint16 else 1.0)
-        axes = (0, 1, 2)
-        m, sd = s.mean(axis=axes), s.std(axis=axes) + 1e-6
-        mean, std = tuple(np.atleast_1d(m).tolist()), tuple(np.atleast_1d(sd).tolist())
-        if in_chans == 3 and len(mean) == 1:
-            mean, std = mean * 3, std * 3
-    spec = InputSpec(in_chans=in_chans, input_size=(input_size or tile_size,) * 2, mean=mean, std=std)
-    dev = resolve_device(device)
-    model = build_model(architecture, len(ds.class_names), in_chans=in_chans, pretrained=pretrained).to(dev)
-    opt = create_optimizer_v2(model, opt=optimizer, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, (len(train_idx) * crops_per_image + batch_size - 1) // batch_size)
+        mean, std = _normalisation(d, rng)
+    spec = InputSpec(in_chans=d.in_chans, input_size=(input_size or tile_size,) * 2, mean=mean, std=std)
+    model = build_model(architecture, len(d.class_names), in_chans=d.in_chans, pretrained=pretrained).to(dev)
+    opt_kw = {"momentum": momentum} if optimizer.lower().endswith(("sgd", "momentum", "nesterov")) else {}
+    opt = create_optimizer_v2(model, opt=optimizer, lr=lr, weight_decay=weight_decay, **opt_kw)
+    steps_per_epoch = max(1, (d.n_train + batch_size - 1) // batch_size)
     sched, _ = create_scheduler_v2(opt, sched=scheduler, num_epochs=epochs, warmup_epochs=min(warmup_epochs, epochs - 1),
                                    warmup_lr=lr * 0.01, min_lr=lr * 0.01, updates_per_epoch=steps_per_epoch)
-    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    total = epochs * steps_per_epoch
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     history: list[dict[str, float]] = []
-    best = (-1.0, float("inf"))
-    best_state, best_epoch, since_best = None, 0, 0
-    step = 0
-    for epoch in range(1, epochs + 1):
+    best_score, best_epoch, best_state, since_best, step, start = None, 0, None, 0, 0, 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        history, best_epoch, since_best, step = ckpt["history"], ckpt["best_epoch"], ckpt["since_best"], ckpt["step"]
+        best_score = tuple(ckpt["best_score"]) if ckpt["best_score"] is not None else None
+        best_state = ckpt["best_model"]
+        start = ckpt["epoch"] + 1
+        for rec in history:
+            if on_epoch is not None:
+                on_epoch(rec)
+    resumed_from = start - 1
+    total = epochs * steps_per_epoch
+    stopped = ckpt is not None and ckpt.get("stopped", False)
+    elapsed0 = history[-1]["seconds"] if history else 0.0
+    for epoch in range(start, epochs + 1):
+        if stopped:
+            break
         model.train()
-        x, y = random_crops([images[i] for i in train_idx], [ds.labels[i] for i in train_idx],
-                            tile_size, crops_per_image, rng, augment)
+        t_epoch = time.monotonic()
+        x, y = d.epoch(rng)
         order = rng.permutation(len(x))
         loss_sum, correct = 0.0, 0
         for k in range(0, len(order), batch_size):
@@ -153,42 +341,64 @@ def train(
             b = order[k:k + batch_size]
             xb = tiles_to_tensor(x[b], spec, dev)
             yb = torch.as_tensor(y[b], device=dev)
-            with torch.autocast(**amp):
+            with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             sched.step_update(num_updates=step)
             loss_sum += loss.item() * len(b)
             correct += (logits.argmax(1) == yb).sum().item()
             report(progress, step, total, f"epoch {epoch}/{epochs} loss {loss.item():.3f}")
         sched.step(epoch)
-        val_acc, val_loss = _evaluate_batches(model, val_x, val_y, spec, dev, batch_size * 2)
         rec = {"epoch": epoch, "train_loss": loss_sum / len(x), "train_accuracy": correct / len(x),
-               "val_loss": val_loss, "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
-               "seconds": time.monotonic() - t0}
+               "lr": opt.param_groups[0]["lr"], "train_seconds": time.monotonic() - t_epoch,
+               "tiles": int(len(x))}
+        if len(d.val_x):
+            rec.update(validate(model, d.val_x, d.val_y, spec, dev, batch_size * 2, d.class_names))
+        rec["seconds"] = elapsed0 + time.monotonic() - t0
         history.append(rec)
-        report(progress, step, total, f"epoch {epoch}/{epochs} val accuracy {val_acc:.3f}")
-        if (val_acc, -val_loss) > (best[0], -best[1]):
-            best, best_epoch, since_best = (val_acc, val_loss), epoch, 0
+        if on_epoch is not None:
+            on_epoch(rec)
+        msg = f"epoch {epoch}/{epochs} val accuracy {rec['val_accuracy']:.3f}" if "val_accuracy" in rec else f"epoch {epoch}/{epochs}"
+        report(progress, step, total, msg)
+        score = _score(rec, monitor) if "val_loss" in rec else (float(epoch), 0.0)
+        if best_score is None or score > best_score:
+            best_score, best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
             since_best += 1
-            if patience is not None and since_best >= patience:
-                break
+            stopped = patience is not None and since_best >= patience
+        save_checkpoint(ckpt_dir, {
+            "fingerprint": fp, "epoch": epoch, "step": step, "history": history, "best_epoch": best_epoch,
+            "best_score": None if best_score is None else list(best_score), "since_best": since_best,
+            "stopped": stopped, "model": model.state_dict(), "best_model": best_state,
+            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
     model.load_state_dict(best_state)
+    best_rec = history[best_epoch - 1]
     cfg = BundleConfig(
-        architecture=architecture, task="classify", class_names=ds.class_names, input=spec, tile_size=tile_size,
+        architecture=architecture, task="classify", class_names=d.class_names, input=spec, tile_size=tile_size,
         pixel_size=pixel_size,
-        training={"data": str(ds.root), "epochs": epochs, "epochs_run": len(history), "best_epoch": best_epoch,
-                  "best_val_accuracy": best[0], "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                  "weight_decay": weight_decay, "scheduler": scheduler, "crops_per_image": crops_per_image,
-                  "exclude_rows": None if exclude_rows is None else list(exclude_rows), "augment": augment,
-                  "seed": seed, "pretrained": None if pretrained is None else str(pretrained),
-                  "train_images": [str(ds.files[i].relative_to(ds.root)) for i in train_idx],
-                  "val_images": [str(ds.files[i].relative_to(ds.root)) for i in val_idx], "history": history},
+        training={**settings, "data": str(d.root), "data_kind": d.kind, "epochs_run": len(history),
+                  "best_epoch": best_epoch, "best_val_accuracy": best_rec.get("val_accuracy"),
+                  "train_images" if d.kind == "frames" else "train_groups": d.train_groups,
+                  "val_images" if d.kind == "frames" else "val_groups": d.val_groups,
+                  "exclude_rows": None if exclude_rows is None else list(exclude_rows), "history": history},
     )
-    path = save_bundle(model.cpu(), cfg, out)
-    return TrainResult(path, best_epoch, best[0], history, time.monotonic() - t0)
+    extra = None
+    if ood:
+        from .ood import fit_ood
+
+        report(progress, total, total, "fitting the out-of-distribution detector")
+        ox, oy = d.epoch(np.random.default_rng(seed + 2))
+        cfg.ood, extra = fit_ood(model, ox, oy, d.val_x, spec, dev, len(d.class_names))
+    path = save_bundle(model.cpu(), cfg, out, extra=extra)
+    import shutil
+
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return TrainResult(path, best_epoch, float(best_rec.get("val_accuracy", float("nan"))), history,
+                       time.monotonic() - t0, resumed_from)

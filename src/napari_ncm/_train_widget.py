@@ -1,0 +1,339 @@
+"""The Train dock widget: train a classifier from folders or from annotations painted in napari.
+
+Two sources:
+
+* **Folder**: class folders of frames, or a tile set written by ``ncm crops``;
+* **Annotations**: an image layer with a Labels layer painted with class
+  values (value k = k-th name of *Classes*) and/or a Shapes layer of
+  rectangles (class from its ``class`` feature, else the layer's name). Each
+  painted region or rectangle is held out whole (see
+  :mod:`ncm_core.annotations`).
+
+The work is ``ncm_core.annotations.tiles_from_annotations`` and
+``ncm_core.train.train`` (then ``ncm_core.evaluate.evaluate`` on the test
+split, if there is one), run in a napari thread worker with napari's progress
+bar, a Cancel button and live loss/accuracy curves; or synchronously for
+tests. A cancelled run keeps its checkpoint: Run again resumes it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton,
+                              SpinBox, create_widget)
+from qtpy.QtCore import QObject, Signal
+
+from napari_ncm._background import RunsInBackground
+
+if TYPE_CHECKING:
+    import napari
+
+FOLDER, ANNOTATIONS = "Folder (class folders or tile set)", "Annotations in this viewer"
+
+
+class _Bridge(QObject):
+    """Carries progress from the worker thread to the main thread (queued Qt signals)."""
+
+    progress = Signal(object)
+    epoch = Signal(object)
+
+
+def default_class_names() -> str:
+    from ncm_core.synth import CLASS_NAMES
+
+    return ", ".join(CLASS_NAMES)
+
+
+def shapes_to_rectangles(shapes: Any, image: Any) -> list:
+    """Rectangles of a Shapes layer in the image's pixel indices (half-open), with their classes.
+
+    napari puts pixel centres at integer coordinates, so a box drawn from
+    world corner a to b covers pixel indices ``floor(a + 0.5)`` to ``b + 0.5``.
+    """
+    import numpy as np
+
+    from ncm_core.annotations import Rectangle
+
+    classes = None
+    if "class" in getattr(shapes, "features", {}):
+        classes = [str(c) for c in shapes.features["class"]]
+    rects = []
+    for k, verts in enumerate(shapes.data):
+        px = np.array([image.world_to_data(shapes.data_to_world(v))[-2:] for v in verts])
+        (y0, x0), (y1, x1) = px.min(0) + 0.5, px.max(0) + 0.5
+        cls = classes[k] if classes and classes[k] not in ("", "nan", "None") else shapes.name
+        rects.append(Rectangle(cls, float(y0), float(x0), float(y1), float(x1)))
+    return rects
+
+
+class TrainWidget(RunsInBackground, Container):
+    """Train a classifier bundle; shows live curves and, after training, the test confusion matrix."""
+
+    task_name = "Train"
+    cancelled_text = "Cancelled (run again with the same settings and bundle folder to resume)"
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        import napari.layers
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(labels=True)
+        self._viewer = viewer = napari_viewer
+        self.source = ComboBox(choices=[FOLDER, ANNOTATIONS], value=FOLDER, label="Train from")
+        self.data = FileEdit(mode="d", label="Data folder", tooltip="class folders of frames, or a tile set (ncm crops)")
+        self.image = create_widget(annotation=napari.layers.Image, label="Image", options={"nullable": True})
+        self.labels = create_widget(annotation=napari.layers.Labels, label="Painted labels",
+                                    options={"nullable": True})
+        self.shapes = create_widget(annotation=napari.layers.Shapes, label="Rectangles", options={"nullable": True})
+        self.classes = LineEdit(value=default_class_names(), label="Classes",
+                                tooltip="names of label values 1, 2, ... (comma separated)")
+        self.new_labels = PushButton(text="New annotation layer")
+        self.exclude_rows = LineEdit(value="", label="Exclude rows",
+                                     tooltip="frames: rows no crop may touch, e.g. -32: for a 32-row SEM info bar")
+        self.tile = SpinBox(value=96, min=8, max=4096, label="Tile (px)",
+                            tooltip="tile size for annotations and class folders (a tile set keeps its own)")
+        self.arch = LineEdit(value="efficientnet_b0", label="Architecture", tooltip="any timm model name")
+        self.pretrained = FileEdit(mode="r", label="Pretrained weights", filter="*.safetensors *.pth *.pt *.bin",
+                                   tooltip="optional local weights file; nothing is downloaded")
+        self.input_size = SpinBox(value=0, min=0, max=2048, label="Input size (px)", tooltip="0 = tile size")
+        self.epochs = SpinBox(value=10, min=1, max=10000, label="Epochs")
+        self.batch_size = SpinBox(value=32, min=1, max=4096, label="Batch size")
+        self.lr = LineEdit(value="0.001", label="Learning rate")
+        self.optimizer = ComboBox(choices=["adamw", "adam", "sgd", "lookahead_radam"], value="adamw", label="Optimizer")
+        self.augment = ComboBox(choices=["flip,rot90", "flip", "rot90", "none"], value="flip,rot90", label="Augment")
+        self.normalize = CheckBox(value=False, text="Normalise by dataset mean/std")
+        self.patience = SpinBox(value=0, min=0, max=1000, label="Early stop", tooltip="epochs without improvement; 0 = off")
+        self.val_fraction = FloatSpinBox(value=0.25, min=0.05, max=0.8, step=0.05, label="Validation share")
+        self.output = FileEdit(mode="d", label="Bundle folder", tooltip="empty = a temporary folder")
+        self.run_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([self.source, self.data, self.exclude_rows, self.image, self.labels, self.shapes, self.classes,
+                     self.new_labels, self.tile, self.arch, self.pretrained, self.input_size, self.epochs, self.batch_size, self.lr,
+                     self.optimizer, self.augment, self.normalize, self.patience, self.val_fraction, self.output,
+                     self.run_button, self.cancel_button, self.status])
+        self.figure = Figure(figsize=(4.5, 2.6), dpi=80)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(200)
+        self.native.layout().addWidget(self.canvas)
+        self.cm_figure = Figure(figsize=(4.5, 4.2), dpi=80)
+        self.cm_canvas = FigureCanvasQTAgg(self.cm_figure)
+        self.cm_canvas.setMinimumHeight(300)
+        self.cm_canvas.setVisible(False)
+        self.native.layout().addWidget(self.cm_canvas)
+        self.source.changed.connect(self._show_source)
+        self.new_labels.changed.connect(lambda: self.new_annotation_layer())
+        self.run_button.changed.connect(lambda: self.run())
+        self.cancel_button.changed.connect(self.cancel)
+        for w in (self.image, self.labels, self.shapes):
+            viewer.layers.events.inserted.connect(w.reset_choices)
+            viewer.layers.events.removed.connect(w.reset_choices)
+        self._bridge = _Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._bridge.epoch.connect(self._on_epoch)
+        self._show_source()
+        self.history: list[dict[str, float]] = []
+        self.result = None
+        self.metrics = None
+        self.worker = None
+        self._cancel = threading.Event()
+        self._pbar = None
+
+    def _show_source(self) -> None:
+        ann = self.source.value == ANNOTATIONS
+        self.data.visible = self.exclude_rows.visible = not ann
+        for w in (self.image, self.labels, self.shapes, self.classes, self.new_labels):
+            w.visible = ann
+
+    def class_names(self) -> list[str]:
+        return [n.strip() for n in self.classes.value.split(",") if n.strip()]
+
+    def new_annotation_layer(self):
+        """A Labels layer over the chosen image, one value per class of *Classes*, with class colours and names."""
+        import numpy as np
+
+        from napari.utils.notifications import show_error
+        from napari_ncm._layers import class_labels_kwargs
+        from ncm_core.colors import class_colors
+
+        image = self.image.value
+        if image is None:
+            show_error("Train: choose the image to annotate first")
+            return None
+        names = self.class_names()
+        data = image.data[0] if image.multiscale else image.data
+        shape = data.shape[:2] if image.rgb else data.shape[-2:]
+        kw = class_labels_kwargs(names, class_colors(len(names)), "unlabelled")
+        layer = self._viewer.add_labels(np.zeros(shape, np.uint8 if len(names) < 255 else np.uint16),
+                                        name=f"{image.name} annotations", scale=image.scale[-2:],
+                                        translate=image.translate[-2:], **kw)
+        self.source.value = ANNOTATIONS
+        self.labels.value = layer
+        return layer
+
+    # ------------------------------------------------------------ the job
+    def _job(self):
+        """A function running the whole task in the calling thread; its callbacks report to the main thread."""
+        from napari_ncm._torch import guard_triton
+
+        guard_triton()
+        from ncm_core.errors import NcmError
+
+        out_text = str(self.output.value)
+        out = Path(tempfile.mkdtemp(prefix="ncm-bundle-")) if out_text in ("", ".") else Path(out_text)
+        try:
+            lr = float(self.lr.value)
+            if not 0 < lr < 10:
+                raise ValueError
+        except ValueError:
+            raise NcmError(f"learning rate must be a positive number such as 0.001, got {self.lr.value!r}") from None
+        kwargs = dict(architecture=self.arch.value.strip(), input_size=self.input_size.value or None,
+                      epochs=self.epochs.value, batch_size=self.batch_size.value, lr=lr,
+                      optimizer=self.optimizer.value, augment=self.augment.value, normalize=self.normalize.value,
+                      patience=self.patience.value or None, val_fraction=self.val_fraction.value,
+                      pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value))
+        from ncm_core.tiling import parse_rows
+
+        ann, data = None, None
+        rows = parse_rows(self.exclude_rows.value)
+        if self.source.value == ANNOTATIONS:
+            ann = self._annotations()
+            tiles_dir = out.with_name(out.name + "_tiles")
+        else:
+            if str(self.data.value) in ("", "."):
+                raise NcmError("choose a data folder (class folders of frames or a tile set)")
+            data = Path(str(self.data.value))
+        self._cancel = threading.Event()
+        cancel, bridge = self._cancel, self._bridge
+        tile = self.tile.value
+
+        def task():
+            from ncm_core.evaluate import evaluate
+            from ncm_core.tilesets import is_tile_set, open_tile_set
+            from ncm_core.train import train
+
+            src = data
+            if ann is not None:
+                from ncm_core.annotations import tiles_from_annotations
+
+                bridge.progress.emit((0, 0, "cutting annotated tiles"))
+                ts = tiles_from_annotations(ann["image"], tiles_dir, tile=tile, labels=ann["labels"], names=ann["names"],
+                                            rectangles=ann["rectangles"], val_fraction=kwargs["val_fraction"],
+                                            overwrite=True, cancel=cancel)
+                src = ts.root
+            r = train(src, out, tile_size=None if is_tile_set(src) else tile, exclude_rows=rows, cancel=cancel,
+                      progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                      on_epoch=lambda rec: bridge.epoch.emit(dict(rec)), **kwargs)
+            metrics = None
+            if is_tile_set(src) and open_tile_set(src).split("test"):
+                bridge.progress.emit((0, 0, "evaluating on the test split"))
+                metrics = evaluate(r.bundle, src, split="test", out=Path(r.bundle) / "evaluation", cancel=cancel)
+            return r, metrics
+
+        return task
+
+    def _annotations(self) -> dict[str, Any]:
+        from napari_ncm._widget import layer_to_mosaic
+        from ncm_core.errors import NcmError
+
+        image, labels, shapes = self.image.value, self.labels.value, self.shapes.value
+        if image is None:
+            raise NcmError("choose the image that was annotated")
+        if labels is None and shapes is None:
+            raise NcmError("choose a painted Labels layer and/or a Shapes layer of rectangles")
+        lab = None
+        if labels is not None:
+            if tuple(labels.scale[-2:]) != tuple(image.scale[-2:]) or tuple(labels.translate[-2:]) != tuple(image.translate[-2:]):
+                raise NcmError(f"labels layer {labels.name!r} is not aligned with image {image.name!r} (different "
+                               "scale or translate); paint on a layer made with 'New annotation layer'")
+            lab = labels.data[0] if labels.multiscale else labels.data
+        rects = shapes_to_rectangles(shapes, image) if shapes is not None else []
+        return {"image": layer_to_mosaic(image), "labels": lab, "rectangles": rects, "names": self.class_names()}
+
+    def run(self, sync: bool = False):
+        """Start training. ``sync=True`` runs it in the calling thread (tests, scripts)."""
+        from napari.utils.notifications import show_error
+
+        from ncm_core.errors import Cancelled, NcmError
+
+        try:
+            task = self._job()
+        except NcmError as exc:
+            self.status.value = f"Error: {exc}"
+            show_error(f"Train: {exc}")
+            return None
+        self.history, self.result, self.metrics = [], None, None
+        if sync:
+            try:
+                self._on_done(task())
+            except (NcmError, Cancelled) as exc:
+                self._on_error(exc)
+            return self.result
+        return self._start_worker(task)
+
+    def _start_worker(self, task):
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(task, _start_thread=False)
+        worker.returned.connect(self._on_done)
+        return self._start(worker, "Training", "Training...")
+
+    def cancel(self) -> None:
+        """Stop after the current batch; the checkpoint of the last finished epoch is kept for a resume."""
+        self._cancel.set()
+        self.status.value = "Cancelling..."
+
+    # ------------------------------------------------------------ callbacks (main thread)
+    def _on_progress(self, value: tuple[int, int, str]) -> None:
+        done, total, msg = value
+        if self._pbar is not None:
+            if total and self._pbar.total != total:
+                self._pbar.total = total
+            self._pbar.n = done
+            self._pbar.set_description(f"Training: {msg}" if msg else "Training")
+            self._pbar.refresh()
+        self.status.value = msg or f"{done}/{total}"
+
+    def _on_epoch(self, rec: dict[str, float]) -> None:
+        from ncm_core.figures import draw_training_curves
+
+        self.history.append(rec)
+        draw_training_curves(self.figure, self.history)
+        self.canvas.draw_idle()
+
+    def _on_done(self, value: Any) -> None:
+        from ncm_core.figures import draw_confusion_matrix
+
+        if value is None:
+            return
+        self.result, self.metrics = value
+        r = self.result
+        msg = f"Done: {r.bundle} (validation accuracy {r.best_val_accuracy:.1%}, epoch {r.best_epoch})"
+        if self.metrics is not None:
+            tm = self.metrics["tiles"]
+            msg += f"; test accuracy {tm['accuracy']:.1%}"
+            draw_confusion_matrix(self.cm_figure, tm["confusion_matrix"], tm["class_names"],
+                                  title=f"Test tiles: accuracy {tm['accuracy']:.1%}")
+            self.cm_canvas.setVisible(True)
+            self.cm_canvas.draw_idle()
+        self.status.value = msg
+        self._offer_bundle(str(r.bundle))
+
+    def _offer_bundle(self, path: str) -> None:
+        """Hand the new bundle to the Predict widget(s) docked in this viewer."""
+        from napari_ncm._widget import PredictWidget
+
+        try:
+            docked = list(self._viewer.window.dock_widgets.values())
+        except Exception:  # a viewer without a window
+            return
+        for w in docked:
+            if isinstance(w, PredictWidget):
+                w.use_bundle(path)
+
+    def _has_result(self) -> bool:
+        return self.result is not None
