@@ -22,15 +22,16 @@ def main(out: str = "docs/images/napari-train.png") -> None:
     layer = widget.new_annotation_layer()
     truth = np.asarray(viewer.layers["truth"].data)
     data = np.array(layer.data)
-    for v in (1, 4, 7, 10):  # four classes, each painted in two separate regions
+    for v in (1, 4, 7, 10):  # four classes, each painted in three separate strips
         ys, xs = np.nonzero(truth == v)
-        y0, y1, x0, x1 = ys.min() + 20, ys.max() - 20, xs.min() + 20, xs.max() - 20
-        data[y0:y0 + 120, x0:x0 + 120] = v
-        data[y1 - 120:y1, x1 - 120:x1] = v
+        y0, y1, x0, x1 = ys.min() + 12, ys.max() - 12, xs.min() + 12, xs.max() - 12
+        h = (y1 - y0 - 24) // 3
+        for k in range(3):
+            data[y0 + k * (h + 12):y0 + k * (h + 12) + h, x0:x1] = v
     layer.data = data
     widget.arch.value = "resnet10t"
     widget.tile.value = 32
-    widget.epochs.value = 8
+    widget.epochs.value = 12
     widget.lr.value = "0.002"
     widget.output.value = str(Path(tempfile.mkdtemp()) / "painted-model")
     widget.run(sync=True)

@@ -27,6 +27,7 @@ class TileProbabilities(QWidget):
         self._viewer = napari_viewer
         self.figure = Figure(figsize=(3.6, 3.4), dpi=90)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(280)
         self.ax = self.figure.add_subplot(1, 1, 1)
         self.info = QLabel("Click a tile of a prediction layer.")
         self.info.setWordWrap(True)
