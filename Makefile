@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem
+.PHONY: setup demo test bench bench-predict bench-sem bench-tune
 
 setup:
 	@bash scripts/setup.sh
@@ -10,10 +10,13 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem
+bench: bench-predict bench-sem bench-tune
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
 
 bench-sem: setup
 	.venv/bin/python benchmarks/sem_classification.py
+
+bench-tune: setup
+	.venv/bin/python benchmarks/tuning.py

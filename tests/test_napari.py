@@ -247,3 +247,29 @@ def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path):
     assert np.array_equal(np.asarray(layer.data), (np.asarray(pred.ood) > 1).astype(np.uint8))
     assert tuple(layer.scale) == tuple(viewer.layers["SEM mosaic classes"].scale)
     assert "unlike the training tiles" in widget.status.value
+
+
+# ----------------------------------------------------------------------------------------- tuning
+def test_tune_widget_runs_a_tiny_study_and_hands_over_the_best_bundle(make_napari_viewer, sem_folders, tmp_path):
+    import json
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Tune")
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}}))
+    widget.data.value = str(sem_folders)
+    widget.space.value = str(space)
+    widget.trials.value = 3
+    widget.max_epochs.value = 2
+    widget.arch.value = "resnet10t"
+    widget.tile.value = 32
+    widget.exclude_rows.value = "-16:"
+    widget.output.value = str(tmp_path / "study")
+    result = widget.run(sync=True)
+    assert result is not None, widget.status.value
+    assert len(widget.rows) == 3 and len(widget.table.data.to_list()) == 3  # one row per finished trial
+    assert {r["state"] for r in widget.rows} <= {"COMPLETE", "PRUNED"} and widget.figure.axes
+    assert widget.use_best.enabled
+    widget.use_best_bundle()
+    predict = next(w for w in viewer.window.dock_widgets.values() if type(w).__name__ == "PredictWidget")
+    assert str(predict.bundle.value) == str(result.best_bundle) == str(tmp_path / "study" / "best")

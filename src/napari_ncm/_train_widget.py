@@ -256,48 +256,13 @@ class TrainWidget(RunsInBackground, Container):
 
     def run(self, sync: bool = False):
         """Start training. ``sync=True`` runs it in the calling thread (tests, scripts)."""
-        from napari.utils.notifications import show_error
-
-        from ncm_core.errors import Cancelled, NcmError
-
-        try:
-            task = self._job()
-        except NcmError as exc:
-            self.status.value = f"Error: {exc}"
-            show_error(f"Train: {exc}")
+        task = self._prepare()
+        if task is None:
             return None
         self.history, self.result, self.metrics = [], None, None
-        if sync:
-            try:
-                self._on_done(task())
-            except (NcmError, Cancelled) as exc:
-                self._on_error(exc)
-            return self.result
-        return self._start_worker(task)
-
-    def _start_worker(self, task):
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(task, _start_thread=False)
-        worker.returned.connect(self._on_done)
-        return self._start(worker, "Training", "Training...")
-
-    def cancel(self) -> None:
-        """Stop after the current batch; the checkpoint of the last finished epoch is kept for a resume."""
-        self._cancel.set()
-        self.status.value = "Cancelling..."
+        return self._run_function(task, sync, "Training", "Training...")
 
     # ------------------------------------------------------------ callbacks (main thread)
-    def _on_progress(self, value: tuple[int, int, str]) -> None:
-        done, total, msg = value
-        if self._pbar is not None:
-            if total and self._pbar.total != total:
-                self._pbar.total = total
-            self._pbar.n = done
-            self._pbar.set_description(f"Training: {msg}" if msg else "Training")
-            self._pbar.refresh()
-        self.status.value = msg or f"{done}/{total}"
-
     def _on_epoch(self, rec: dict[str, float]) -> None:
         from ncm_core.figures import draw_training_curves
 
@@ -321,19 +286,9 @@ class TrainWidget(RunsInBackground, Container):
             self.cm_canvas.setVisible(True)
             self.cm_canvas.draw_idle()
         self.status.value = msg
-        self._offer_bundle(str(r.bundle))
+        from napari_ncm._widget import hand_bundle_to_predict
 
-    def _offer_bundle(self, path: str) -> None:
-        """Hand the new bundle to the Predict widget(s) docked in this viewer."""
-        from napari_ncm._widget import PredictWidget
-
-        try:
-            docked = list(self._viewer.window.dock_widgets.values())
-        except Exception:  # a viewer without a window
-            return
-        for w in docked:
-            if isinstance(w, PredictWidget):
-                w.use_bundle(path)
+        hand_bundle_to_predict(self._viewer, str(r.bundle))
 
     def _has_result(self) -> bool:
         return self.result is not None

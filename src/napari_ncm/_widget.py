@@ -43,6 +43,20 @@ def layer_to_mosaic(layer: Any):
                   source=f"napari layer {layer.name!r}", name=layer.name)
 
 
+def hand_bundle_to_predict(viewer: Any, path: str, open_if_missing: bool = False) -> int:
+    """Set ``path`` as the model of the Predict widget(s) docked in ``viewer`` (opening one when asked);
+    returns how many received it. The Train and Tune widgets call this with the bundle they made."""
+    try:
+        docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, PredictWidget)]
+        if not docked and open_if_missing:
+            docked = [viewer.window.add_plugin_dock_widget("napari-ncm", "Predict")[1]]
+    except Exception:  # a viewer without a window (scripts)
+        return 0
+    for w in docked:
+        w.use_bundle(path)
+    return len(docked)
+
+
 class PredictWidget(RunsInBackground, Container):
     """Classify the tiles of an image layer with a model bundle; adds class, confidence and probability layers."""
 
@@ -106,17 +120,12 @@ class PredictWidget(RunsInBackground, Container):
 
     def run(self, sync: bool = False):
         """Start a prediction. ``sync=True`` runs it in the calling thread (tests, scripts)."""
-        from napari.utils.notifications import show_error
-
         from ncm_core.errors import NcmError
 
-        try:
-            gen, name = self._job()
-        except NcmError as exc:
-            self.status.value = f"Error: {exc}"
-            show_error(str(exc))
+        job = self._prepare()
+        if job is None:
             return None
-        self._name = name
+        gen, self._name = job
         if sync:
             try:
                 while True:

@@ -25,11 +25,15 @@ _EXPORTS = {
     "ModelBundle": "bundle",
     "load_bundle": "bundle",
     "save_bundle": "bundle",
+    "build_crops": "crops",
+    "tiles_from_annotations": "annotations",
     "train": "train",
+    "tune": "tune",
     "predict_mosaic": "predict",
     "open_prediction": "predict",
     "evaluate": "evaluate",
     "evaluate_prediction": "evaluate",
+    "summarize_prediction": "evaluate",
     "run_demo": "demo",
 }
 

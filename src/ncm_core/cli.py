@@ -77,6 +77,22 @@ def cmd_train(a: argparse.Namespace) -> None:
           f"{len(r.history)}), {r.seconds:.0f} s")
 
 
+def cmd_tune(a: argparse.Namespace) -> None:
+    from .tune import tune
+
+    fixed = {k: v for k, v in dict(architecture=a.arch, tile_size=a.tile, exclude_rows=a.exclude_rows,
+                                   crops_per_image=a.crops, device=a.device, seed=a.seed).items() if v is not None}
+    r = tune(a.data, a.out, space=a.space, n_trials=a.trials, max_epochs=a.max_epochs, min_epochs=a.min_epochs,
+             reduction_factor=a.reduction_factor, pruner=a.pruner, n_jobs=a.jobs, scheduler=a.dask_scheduler,
+             resume=a.resume, seed=a.seed, train_kwargs=fixed, retrain=a.retrain, progress=_progress("tune", a.quiet))
+    print(f"trials: {r.n_complete} complete, {r.n_pruned} pruned, {r.n_failed} failed; {r.epochs_run} epochs in all")
+    if r.best_bundle is None:
+        print("no trial finished; nothing to report")
+        return
+    print(f"best: trial {r.best_trial}, validation accuracy {r.best_value:.1%}, {json.dumps(r.best_params)}")
+    print(f"best bundle: {r.best_bundle}; report: {r.out / 'best.json'}, {r.out / 'trials.csv'}")
+
+
 def cmd_crops(a: argparse.Namespace) -> None:
     from .crops import build_crops
 
@@ -238,6 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     common(t)
     t.set_defaults(func=cmd_train)
+
+    u = sub.add_parser("tune", help="tune training hyperparameters with ASHA (Optuna)")
+    u.add_argument("data", help="class folders of frames, or a tile set")
+    u.add_argument("out", help="study folder: study.journal, trials/, best/, best.json, trials.csv, plots")
+    u.add_argument("--space", help="search space (YAML or JSON); default: the SEM study's (see docs/tuning.md)")
+    u.add_argument("--trials", type=_positive, default=20, help="complete + pruned trials in all (default 20)")
+    u.add_argument("--max-epochs", type=_positive, default=20, help="epochs of a trial that is never pruned")
+    u.add_argument("--min-epochs", type=_positive, default=1, help="epochs before the first pruning decision")
+    u.add_argument("--reduction-factor", type=_positive, default=3)
+    u.add_argument("--pruner", choices=["asha", "hyperband", "none"], default="asha")
+    u.add_argument("--jobs", type=_positive, default=1, help="trials in parallel worker processes")
+    u.add_argument("--dask-scheduler", metavar="ADDRESS", help="run trials on dask workers: local:N or "
+                   "tcp://host:8786 (the study file must be on a file system all workers share)")
+    u.add_argument("--resume", action="store_true", help="continue the study in OUT (killed trials run again)")
+    u.add_argument("--retrain", action="store_true", help="train the best configuration again on training + "
+                   "validation data into OUT/best (default: keep the best trial's own bundle)")
+    u.add_argument("--arch", help="fixed architecture (unless the space varies it)")
+    u.add_argument("--tile", type=_positive, help="fixed tile size")
+    u.add_argument("--crops", type=_positive, help="random crops per frame and epoch (frames)")
+    u.add_argument("--exclude-rows", type=_rows, help="band of rows to ignore, e.g. --exclude-rows=-32:")
+    u.add_argument("--seed", type=int, default=0)
+    common(u)
+    u.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("predict", help="classify every tile of a mosaic")
     r.add_argument("bundle", help="model bundle folder")

@@ -115,11 +115,14 @@ def _channels(arrays: Iterable[np.ndarray], where: Any) -> int:
 
 
 def _frames(data: Path, tile_size: int, val_fraction: float, crops: int, val_crops: int,
-            exclude_rows: Any, ops: tuple[str, ...], seed: int) -> _Data:
+            exclude_rows: Any, ops: tuple[str, ...], seed: int, holdout: bool = True) -> _Data:
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
-    train_idx, val_idx = split_by_image(ds, val_fraction, seed)
+    if holdout:
+        train_idx, val_idx = split_by_image(ds, val_fraction, seed)
+    else:
+        train_idx, val_idx = list(range(len(ds.files))), []
     images = [load_image(f, exclude_rows) for f in ds.files]
     for f, img in zip(ds.files, images):
         if min(img.shape[:2]) < tile_size:
@@ -127,8 +130,11 @@ def _frames(data: Path, tile_size: int, val_fraction: float, crops: int, val_cro
                            f"the tile size {tile_size} px", f)
     in_chans = _channels(images, ds.root)
     tr_img, tr_lab = [images[i] for i in train_idx], [ds.labels[i] for i in train_idx]
-    val_x, val_y = random_crops([images[i] for i in val_idx], [ds.labels[i] for i in val_idx],
-                                tile_size, val_crops, np.random.default_rng(seed + 1), augment=False)
+    if val_idx:
+        val_x, val_y = random_crops([images[i] for i in val_idx], [ds.labels[i] for i in val_idx],
+                                    tile_size, val_crops, np.random.default_rng(seed + 1), augment=False)
+    else:
+        val_x, val_y = np.zeros((0, tile_size, tile_size), images[0].dtype), np.zeros(0, np.int64)
     rel = lambda i: str(ds.files[i].relative_to(ds.root))  # noqa: E731
     return _Data(ds.root, "frames", ds.class_names, in_chans, tile_size, val_x, val_y,
                  epoch=lambda rng: random_crops(tr_img, tr_lab, tile_size, crops, rng, ops),
@@ -137,7 +143,7 @@ def _frames(data: Path, tile_size: int, val_fraction: float, crops: int, val_cro
                  n_train=len(train_idx) * crops, dtype=images[0].dtype)
 
 
-def _tiles(data: Path, tile_size: int | None, ops: tuple[str, ...]) -> _Data:
+def _tiles(data: Path, tile_size: int | None, ops: tuple[str, ...], holdout: bool = True) -> _Data:
     ts = open_tile_set(data)
     if tile_size is not None and tile_size != ts.tile_size:
         raise NcmError(f"the tile set's tiles are {ts.tile_size} px; train with tile size {ts.tile_size} "
@@ -149,6 +155,9 @@ def _tiles(data: Path, tile_size: int | None, ops: tuple[str, ...]) -> _Data:
     if len(present) < 2:
         raise NcmError(f"the tile set's training split holds one class only ({ts.class_names[present[0]]!r})", data)
     vx, vy, vgroups = ts.load("val")
+    if not holdout and len(vx):  # train on train + validation tiles (e.g. the final model after tuning)
+        x, y, groups = np.concatenate([x, vx]), np.concatenate([y, vy]), groups + vgroups
+        vx, vy, vgroups = vx[:0], vy[:0], []
     in_chans = _channels([x[0]] + ([vx[0]] if len(vx) else []), data)
     if len(vx) and vx.shape[1:] != x.shape[1:]:
         raise NcmError(f"validation tiles are {vx.shape[1:]} but training tiles {x.shape[1:]}", data)
@@ -212,7 +221,8 @@ def train(
     warmup_epochs: int = 1, val_fraction: float = 0.25, crops_per_image: int = 32, val_crops_per_image: int = 16,
     exclude_rows: tuple[int | None, int | None] | None = None, augment: bool | str | Iterable[str] = True,
     normalize: bool = False, pretrained: str | Path | None = None, patience: int | None = None,
-    monitor: str = "accuracy", amp: str = "auto", resume: bool = True, ood: bool = True, seed: int = 0,
+    monitor: str = "accuracy", amp: str = "auto", resume: bool = True, ood: bool = True, holdout: bool = True,
+    seed: int = 0,
     device: str = "auto", pixel_size: float | None = None, progress: ProgressFn | None = None,
     cancel: CancelFlag = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
@@ -246,6 +256,10 @@ def train(
     resume
         Continue from ``out/checkpoint`` when it was written with the same
         settings and data (False: start again).
+    holdout
+        Hold images (frames) or the ``val`` split (tile sets) out for validation. ``False`` trains on
+        everything for exactly ``epochs`` epochs (the last one is kept), e.g. the final model with
+        parameters found by tuning.
     ood
         Fit the out-of-distribution detector (feature statistics of the
         training tiles, see :mod:`ncm_core.ood`) into the bundle.
@@ -271,11 +285,12 @@ def train(
     ops = parse_augment(augment)
     src = Path(data).expanduser()
     if is_tile_set(src):
-        d = _tiles(src, tile_size, ops)
+        d = _tiles(src, tile_size, ops, holdout)
     else:
-        d = _frames(src, tile_size or 96, val_fraction, crops_per_image, val_crops_per_image, exclude_rows, ops, seed)
+        d = _frames(src, tile_size or 96, val_fraction, crops_per_image, val_crops_per_image, exclude_rows, ops, seed,
+                    holdout)
     tile_size = d.tile_size
-    if len(d.val_x) == 0:
+    if len(d.val_x) == 0 and holdout:
         warnings.warn(f"{d.root}: no validation tiles; the last epoch is kept and no early stopping is done",
                       stacklevel=2)
     dev = resolve_device(device)
@@ -287,7 +302,7 @@ def train(
                 "val_crops_per_image": val_crops_per_image, "augment": list(ops), "normalize": normalize,
                 "exclude_rows": None if exclude_rows is None else list(exclude_rows), "monitor": monitor,
                 "pretrained": None if pretrained is None else str(pretrained), "amp": str(dtype), "seed": seed,
-                "data": d.kind}
+                "data": d.kind, "holdout": holdout}
     fp = _fingerprint(settings, d)
     out = Path(out).expanduser()
     ckpt_dir = out / "checkpoint"

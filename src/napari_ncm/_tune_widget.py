@@ -1,0 +1,176 @@
+"""The Tune dock widget: ASHA hyperparameter search (``ncm_core.tune.tune``) with a live trials table.
+
+Runs in a napari thread worker with napari's progress bar and a Cancel button; Cancel stops the
+running trial after its current epoch and keeps the finished ones (Run again with *Resume* ticked
+continues the study). Each finished trial adds a row to the table and a point to the best-so-far
+plot; *Use best bundle* hands the best trial's bundle to the Predict widget.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Table
+from qtpy.QtCore import QObject, Signal
+
+from napari_ncm._background import RunsInBackground
+
+if TYPE_CHECKING:
+    import napari
+
+
+class _Bridge(QObject):
+    progress = Signal(object)
+    trial = Signal(object)
+
+
+class TuneWidget(RunsInBackground, Container):
+    """Tune learning rate, batch size, normalisation, ... with ASHA; shows every trial as it finishes."""
+
+    task_name = "Tune"
+    cancelled_text = "Cancelled: finished trials are kept (tick Resume and run again to continue)"
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.data = FileEdit(mode="d", label="Data folder", tooltip="class folders of frames, or a tile set")
+        self.space = FileEdit(mode="r", label="Search space", filter="*.yaml *.yml *.json",
+                              tooltip="YAML/JSON file; empty = the SEM study's space (docs/tuning.md)")
+        self.trials = SpinBox(value=12, min=1, max=10000, label="Trials")
+        self.max_epochs = SpinBox(value=12, min=1, max=1000, label="Max epochs / trial")
+        self.min_epochs = SpinBox(value=1, min=1, max=1000, label="Min epochs")
+        self.reduction = SpinBox(value=3, min=2, max=10, label="Reduction factor")
+        self.pruner = ComboBox(choices=["asha", "hyperband", "none"], value="asha", label="Pruner")
+        self.arch = LineEdit(value="", label="Architecture", tooltip="fixed model; empty = the space decides")
+        self.tile = SpinBox(value=96, min=8, max=4096, label="Tile (px)", tooltip="for class folders of frames")
+        self.exclude_rows = LineEdit(value="", label="Exclude rows", tooltip="e.g. -32: for an SEM info bar")
+        self.output = FileEdit(mode="d", label="Study folder")
+        self.resume = CheckBox(value=False, text="Resume the study in this folder")
+        self.run_button = PushButton(text="Tune")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.use_best = PushButton(text="Use best bundle in Predict", enabled=False)
+        self.status = Label(value="")
+        self.table = Table(value={"data": [], "columns": ["trial", "state", "accuracy", "epochs", "parameters"]})
+        self.extend([self.data, self.space, self.trials, self.max_epochs, self.min_epochs, self.reduction,
+                     self.pruner, self.arch, self.tile, self.exclude_rows, self.output, self.resume,
+                     self.run_button, self.cancel_button, self.use_best, self.status, self.table])
+        self.figure = Figure(figsize=(4.5, 2.4), dpi=80)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.native.layout().addWidget(self.canvas)
+        self.run_button.changed.connect(lambda: self.run())
+        self.cancel_button.changed.connect(self.cancel)
+        self.use_best.changed.connect(self.use_best_bundle)
+        self._bridge = _Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._bridge.trial.connect(self._on_trial)
+        self.rows: list[dict[str, Any]] = []
+        self.result = None
+        self.worker = None
+        self._cancel = threading.Event()
+        self._pbar = None
+
+    def _job(self):
+        from napari_ncm._torch import guard_triton
+
+        guard_triton()
+        from ncm_core.errors import NcmError
+        from ncm_core.tiling import parse_rows
+        from ncm_core.tune import tune
+
+        if str(self.data.value) in ("", "."):
+            raise NcmError("choose a data folder (class folders of frames or a tile set)")
+        if str(self.output.value) in ("", "."):
+            raise NcmError("choose a study folder (the study, its trials and the best bundle are kept there)")
+        space = None if str(self.space.value) in ("", ".") else str(self.space.value)
+        fixed: dict[str, Any] = {"tile_size": self.tile.value}
+        rows = parse_rows(self.exclude_rows.value)
+        if rows is not None:
+            fixed["exclude_rows"] = rows
+        if self.arch.value.strip():
+            fixed["architecture"] = self.arch.value.strip()
+        from ncm_core.tilesets import is_tile_set
+
+        if is_tile_set(Path(str(self.data.value))):
+            fixed.pop("tile_size")
+        kwargs = dict(space=space, n_trials=self.trials.value, max_epochs=self.max_epochs.value,
+                      min_epochs=self.min_epochs.value, reduction_factor=self.reduction.value,
+                      pruner=self.pruner.value, resume=self.resume.value, train_kwargs=fixed)
+        data, out = Path(str(self.data.value)), Path(str(self.output.value))
+        self._cancel = threading.Event()
+        cancel, bridge = self._cancel, self._bridge
+
+        def task():
+            return tune(data, out, cancel=cancel, progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                        on_trial=lambda tr: bridge.trial.emit(_row(tr)), **kwargs)
+
+        return task
+
+    def run(self, sync: bool = False):
+        """Start the search; ``sync=True`` runs it in the calling thread (tests, scripts)."""
+        task = self._prepare()
+        if task is None:
+            return None
+        self.rows, self.result = [], None
+        self.table.value = {"data": [], "columns": ["trial", "state", "accuracy", "epochs", "parameters"]}
+        return self._run_function(task, sync, "Tuning", "Tuning...")
+
+    # ------------------------------------------------------------ callbacks (main thread)
+    def _on_trial(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.table.value = {"data": [[r["trial"], r["state"], "" if r["value"] is None else f"{r['value']:.3f}",
+                                      r["epochs"], r["params"]] for r in self.rows],
+                            "columns": ["trial", "state", "accuracy", "epochs", "parameters"]}
+        self._draw()
+
+    def _draw(self) -> None:
+        import numpy as np
+
+        self.figure.clear()
+        ax = self.figure.add_subplot(1, 1, 1)
+        vals = [r["value"] for r in self.rows]
+        x = np.arange(1, len(vals) + 1)
+        done = [(k, v) for k, v in zip(x, vals) if v is not None]
+        if done:
+            ax.plot(*zip(*done), "o", ms=4, label="complete trial")
+            best = np.maximum.accumulate([v if v is not None else -np.inf for v in vals])
+            ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", label="best so far")
+        pruned = [k for k, r in zip(x, self.rows) if r["state"] == "PRUNED"]
+        if pruned:
+            ax.plot(pruned, [0.0] * len(pruned), "x", color="grey", label="pruned")
+        ax.set(xlabel="finished trials", ylabel="validation accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+        self.figure.tight_layout()
+        self.canvas.draw_idle()
+
+    def _on_done(self, result: Any) -> None:
+        if result is None:
+            return
+        self.result = result
+        self.use_best.enabled = result.best_bundle is not None
+        self.status.value = (f"Done: {result.n_complete} complete, {result.n_pruned} pruned; best trial "
+                             f"{result.best_trial} ({result.best_value:.1%}) -> {result.best_bundle}")
+
+    def use_best_bundle(self) -> None:
+        """Hand the best trial's bundle to the Predict widget (opened if needed)."""
+        from napari_ncm._widget import hand_bundle_to_predict
+
+        if self.result is not None and self.result.best_bundle is not None:
+            hand_bundle_to_predict(self._viewer, str(self.result.best_bundle), open_if_missing=True)
+
+    def _has_result(self) -> bool:
+        return self.result is not None
+
+
+def _row(trial: Any) -> dict[str, Any]:
+    """A finished trial as plain values (safe to send between threads)."""
+    import json
+
+    return {"trial": trial.number, "state": trial.state.name, "value": trial.value,
+            "epochs": len(trial.intermediate_values), "params": json.dumps(trial.params)}
