@@ -147,14 +147,16 @@ def _storage(out):
 def test_a_two_worker_local_cluster_runs_one_study(tmp_path):
     def objective(trial):  # defined here: cloudpickle ships it to the workers by value
         import os as _os
+        import time as _time
 
         x = trial.suggest_float("x", -3, 3)
         trial.set_user_attr("pid", _os.getpid())
+        _time.sleep(0.5)  # one worker alone would need 6 s: the other has long started by then
         return -(x - 1) ** 2
 
-    study = optimize(tmp_path / "s", objective, identity={"toy": 2}, n_trials=10, scheduler="local:2")
+    study = optimize(tmp_path / "s", objective, identity={"toy": 2}, n_trials=12, scheduler="local:2")
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(done) >= 10 and len({t.user_attrs["pid"] for t in done}) == 2  # both workers ran trials
+    assert len(done) >= 12 and len({t.user_attrs["pid"] for t in done}) == 2  # both workers ran trials
     assert len({t.number for t in done}) == len(done)
 
 
