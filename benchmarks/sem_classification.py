@@ -90,7 +90,6 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.frames, a.per_frame, a.epochs, a.size = 3, 8, 1, 32
-    import torch
 
     from ncm_core import synth
     from ncm_core.crops import build_crops

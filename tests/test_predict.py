@@ -105,11 +105,11 @@ def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_pa
     assert r.returncode == -9  # killed mid-run
     assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").exists()
     seen = []
-    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
-                          progress=lambda d, t, m: seen.append(d))
+    predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
+                   progress=lambda d, t, m: seen.append(d))
     assert seen[0] == 5  # only the missing blocks were computed
-    ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
-    for name in ("labels/0", "probabilities/0"):
+    predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
+    for name in ("labels/0", "probabilities/0", "ood/0"):
         a = np.asarray(zarr.open_array(str(tmp_path / "p.zarr" / name), mode="r")[...])
         b = np.asarray(zarr.open_array(str(tmp_path / "ref.zarr" / name), mode="r")[...])
         assert a.tobytes() == b.tobytes(), name

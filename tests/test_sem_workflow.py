@@ -4,7 +4,6 @@ training that resumes, evaluation with marginal accuracies, whole-image aggregat
 import csv
 import json
 import threading
-import warnings
 
 import numpy as np
 import pytest

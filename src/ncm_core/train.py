@@ -290,6 +290,9 @@ def train(
         d = _frames(src, tile_size or 96, val_fraction, crops_per_image, val_crops_per_image, exclude_rows, ops, seed,
                     holdout)
     tile_size = d.tile_size
+    if d.kind == "tiles" and exclude_rows is None:  # the band the crops avoided: evaluation skips it too
+        band = open_tile_set(src).params.get("exclude_rows")
+        exclude_rows = tuple(band) if band else None
     if len(d.val_x) == 0 and holdout:
         warnings.warn(f"{d.root}: no validation tiles; the last epoch is kept and no early stopping is done",
                       stacklevel=2)
