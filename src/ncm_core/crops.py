@@ -76,6 +76,8 @@ def build_crops(
         raise NcmError(f"crop size must be at least 8 px, got {size}")
     if per_frame < 1:
         raise NcmError(f"crops per frame must be at least 1, got {per_frame}")
+    if seed < 0:
+        raise NcmError(f"seed must be a non-negative whole number, got {seed}")
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
