@@ -43,6 +43,8 @@ def _check_labels(labels: Any, shape: tuple[int, int]) -> np.ndarray:
         raise NcmError(f"labels must be a 2-D array like the image, got {lab.ndim} dimensions")
     H, W = shape
     h, w = lab.shape
+    if (h, w) == (H, W):
+        return lab  # the usual case: no copy of a mosaic-sized array
     outside = int(np.count_nonzero(lab[H:, :])) + int(np.count_nonzero(lab[:H, W:]))
     if outside:
         raise NcmError(f"{outside} labelled pixels lie outside the image ({H}x{W} px; labels are {h}x{w} px): "

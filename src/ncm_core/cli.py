@@ -116,7 +116,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     at = p.attrs
     print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
           f"{at['n_predicted']} predicted, {at['n_masked']} masked, {at['seconds']:.1f} s")
-    from .evaluate import _write_rows, summarize_prediction
+    from .evaluate import summarize_prediction, write_rows
 
     rows = summarize_prediction(p, _truth(a.regions)[0] if a.regions else None)
     whole = rows[0] if not a.regions else summarize_prediction(p)[0]
@@ -127,7 +127,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
         warn = "  WARNING: much of this image is unlike the training data" if whole["ood_fraction"] > 0.2 else ""
         print(f"out-of-distribution tiles: {whole['ood_fraction']:.1%}{warn}")
     if a.summary:
-        _write_rows(Path(a.summary), rows)
+        write_rows(Path(a.summary), rows)
         print(f"summary written to {a.summary}")
 
 

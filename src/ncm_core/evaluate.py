@@ -72,12 +72,13 @@ def _marginals(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     return {"marginals": marg, **{f"{f}_accuracy": m["accuracy"] for f, m in marg.items()}}
 
 
-def tile_truth(grid: TileGrid, truth: Any, n_classes: int, block: tuple[int, int] = (32, 32),
+def tile_truth(grid: TileGrid, truth: Any, n_classes: int | None, block: tuple[int, int] = (32, 32),
                lut: np.ndarray | None = None) -> np.ndarray:
     """Majority class of ``truth`` (class index per pixel) under each tile's in-image pixels.
 
-    ``lut`` first maps raw values to class indices (-1 = ignore). Read block
-    by block, so ``truth`` may be as large as the mosaic.
+    ``lut`` first maps raw values to class indices (-1 = ignore). Values outside
+    ``[0, n_classes)`` are ignored; ``n_classes=None`` keeps every non-negative
+    value (region ids). Read block by block, so ``truth`` may be as large as the mosaic.
     """
     t = open_mosaic(truth).data
     if tuple(t.shape[:2]) != tuple(grid.image_shape):
@@ -94,9 +95,12 @@ def tile_truth(grid: TileGrid, truth: Any, n_classes: int, block: tuple[int, int
             for j in range(c0, c1):
                 a0, a1, b0, b1 = grid.cell_rect(i, j)
                 v = reg[a0 - y0:min(a1, H) - y0, b0 - x0:min(b1, W) - x0].ravel()
-                v = v[(v >= 0) & (v < n_classes)]
-                if v.size:
+                v = v[(v >= 0) & (v < n_classes)] if n_classes is not None else v[v >= 0]
+                if v.size and n_classes is not None:
                     out[i, j] = np.bincount(v.astype(np.int64), minlength=n_classes).argmax()
+                elif v.size:  # unbounded ids: count only the values present
+                    vals, counts = np.unique(v.astype(np.int64), return_counts=True)
+                    out[i, j] = vals[counts.argmax()]
     return out
 
 
@@ -176,8 +180,7 @@ def summarize_prediction(prediction: str | Path | Prediction, regions: Any = Non
         row = aggregate_probabilities(probs.reshape(-1, probs.shape[-1]), pred.class_names,
                                       None if ood is None else ood.ravel())
         return [{"region": "all", **row}]
-    ids = np.asarray(open_mosaic(regions).data.max().compute())
-    cell_region = tile_truth(pred.grid, regions, int(ids) + 1)
+    cell_region = tile_truth(pred.grid, regions, None)
     rows = []
     for r in sorted(int(v) for v in np.unique(cell_region) if v > 0):
         sel = cell_region == r
@@ -315,13 +318,13 @@ def write_metrics(metrics: dict[str, Any], out: str | Path, rows: list[dict[str,
         what = {"tiles_": "Tiles", "images_": "Images"}.get(key, "Tiles")
         confusion_matrix_figure(m["confusion_matrix"], m["class_names"], out / f"{key}confusion_matrix.png",
                                 title=f"{what}: accuracy {acc:.1%} (n = {m['n']})")
-        _write_rows(out / f"{key}per_class.csv", [{"class": n, **v} for n, v in m["per_class"].items()])
+        write_rows(out / f"{key}per_class.csv", [{"class": n, **v} for n, v in m["per_class"].items()])
         for factor, mm in m.get("marginals", {}).items():
             _write_cm(out / f"{key}{factor}_confusion_matrix.csv", mm["confusion_matrix"], mm["class_names"])
     if rows:
-        _write_rows(out / "predictions.csv", rows)
+        write_rows(out / "predictions.csv", rows)
     if tile_rows:
-        _write_rows(out / "tiles.csv", tile_rows)
+        write_rows(out / "tiles.csv", tile_rows)
     return out
 
 
@@ -333,7 +336,8 @@ def _write_cm(path: Path, cm: Any, names: list[str]) -> None:
             w.writerow([name, *row])
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A CSV with one row per dict (the first dict's keys as header)."""
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -82,14 +82,12 @@ class TileSet:
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Tiles of one split as an array ``(n, t, t[, c])``, their class indices and groups."""
-        from .mosaic import open_mosaic
-
         recs = self.split(split)
         if not recs:
             return np.zeros((0, self.tile_size, self.tile_size)), np.zeros(0, np.int64), []
         tiles = []
         for r in recs:
-            t = np.asarray(open_mosaic(self.root / r.file).data.compute())
+            t = _read_tile(self.root / r.file)
             if t.shape[:2] != (self.tile_size, self.tile_size):
                 raise NcmError(f"tile is {t.shape[0]}x{t.shape[1]} px but the set's tile size is "
                                f"{self.tile_size} px", self.root / r.file)
@@ -198,6 +196,27 @@ def _encode(tile: np.ndarray) -> tuple[str, Any]:
     if tile.dtype == np.uint8 or (tile.dtype == np.uint16 and tile.ndim == 2):
         return ".png", _write_png
     return ".tif", _write_tif
+
+
+def _read_tile(path: Path) -> np.ndarray:
+    """A tile file written by :class:`TileSetWriter` (PNG or plain TIFF), read whole.
+
+    Tiles are small and many: a direct read, not the lazy :func:`~ncm_core.mosaic.open_mosaic`
+    (which costs ~70x more per file and is made for mosaics).
+    """
+    try:
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.asarray(im)
+        import tifffile
+
+        return tifffile.imread(path)
+    except FileNotFoundError:
+        raise NcmError("tile listed in manifest.csv is missing", path) from None
+    except Exception as exc:
+        raise NcmError(f"not a readable tile ({type(exc).__name__}: {exc})", path) from None
 
 
 def _write_png(path: Path, tile: np.ndarray) -> None:

@@ -347,6 +347,8 @@ def tune(
     after its current epoch; finished trials are kept and ``resume=True`` runs the stopped one again.
     Returns the best trial and counts; see the module docstring for the files written.
     """
+    from optuna.trial import TrialState
+
     from .tilesets import is_tile_set
 
     sp = load_space(space)
@@ -385,26 +387,26 @@ def tune(
     except Cancelled:  # the finished trials stay in the study and in the report
         write_results(open_study(out, identity=identity, pruner=pr, seed=seed), out)
         raise
-    result = write_results(study, out)
-    if retrain and result.best_bundle is not None:
+    retrained = None
+    if retrain and any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         from .train import train
 
         epochs = int(study.best_trial.user_attrs.get("best_epoch", max_epochs))
         report(progress, n_trials, n_trials, f"retraining the best configuration on train + validation ({epochs} epochs)")
         tmp = out / "best.retrain"
         shutil.rmtree(tmp, ignore_errors=True)
-        train(src, tmp, epochs=epochs, holdout=False, resume=False, cancel=cancel, **{**fixed, **result.best_params})
-        shutil.rmtree(result.best_bundle)
-        tmp.replace(result.best_bundle)
-        best = json.loads((out / "best.json").read_text())
-        best["bundle_retrained_on"] = "train + validation"
-        best["retrain_epochs"] = epochs
-        (out / "best.json").write_text(json.dumps(best, indent=2))
-    return result
+        train(src, tmp, epochs=epochs, holdout=False, resume=False, cancel=cancel,
+              **{**fixed, **study.best_trial.params})
+        retrained = (tmp, epochs)
+    return write_results(study, out, retrained)
 
 
-def write_results(study: Any, out: Path) -> TuneResult:
-    """``best.json``, ``trials.csv``, the best bundle in ``out/best`` and the plots."""
+def write_results(study: Any, out: Path, retrained: tuple[Path, int] | None = None) -> TuneResult:
+    """``best.json``, ``trials.csv``, the best bundle in ``out/best`` and the plots.
+
+    ``retrained`` is a bundle of the best configuration trained on train + validation (and its
+    epochs); it becomes ``out/best`` instead of a copy of the best trial's bundle.
+    """
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -427,17 +429,21 @@ def write_results(study: Any, out: Path) -> TuneResult:
     if not complete:
         return TuneResult(out, {}, float("nan"), -1, None, 0, counts[TrialState.PRUNED], counts[TrialState.FAIL], epochs)
     best = study.best_trial
-    bundle = None
-    if best.user_attrs.get("bundle") and Path(best.user_attrs["bundle"]).is_dir():
-        bundle = out / "best"
-        if bundle.exists():
-            shutil.rmtree(bundle)
+    bundle = out / "best"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    if retrained is not None:
+        retrained[0].replace(bundle)
+    elif best.user_attrs.get("bundle") and Path(best.user_attrs["bundle"]).is_dir():
         shutil.copytree(best.user_attrs["bundle"], bundle)
-    (out / "best.json").write_text(json.dumps({"trial": best.number, "value": best.value, "params": best.params,
-                                               "bundle": None if bundle is None else str(bundle),
-                                               "complete": counts[TrialState.COMPLETE],
-                                               "pruned": counts[TrialState.PRUNED], "failed": counts[TrialState.FAIL],
-                                               "epochs_run": epochs}, indent=2))
+    else:
+        bundle = None
+    info = {"trial": best.number, "value": best.value, "params": best.params,
+            "bundle": None if bundle is None else str(bundle), "complete": counts[TrialState.COMPLETE],
+            "pruned": counts[TrialState.PRUNED], "failed": counts[TrialState.FAIL], "epochs_run": epochs}
+    if retrained is not None:
+        info.update(bundle_retrained_on="train + validation", retrain_epochs=retrained[1])
+    (out / "best.json").write_text(json.dumps(info, indent=2))
     figs = plot_study(study, out)
     return TuneResult(out, dict(best.params), float(best.value), best.number, bundle, counts[TrialState.COMPLETE],
                       counts[TrialState.PRUNED], counts[TrialState.FAIL], epochs, figs)
