@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem bench-tune
+.PHONY: setup demo test bench bench-predict bench-sem bench-tune bench-rate
 
 setup:
 	@bash scripts/setup.sh
@@ -10,7 +10,7 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem bench-tune
+bench: bench-predict bench-sem bench-tune bench-rate
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
@@ -20,3 +20,6 @@ bench-sem: setup
 
 bench-tune: setup
 	.venv/bin/python benchmarks/tuning.py
+
+bench-rate: setup
+	.venv/bin/python benchmarks/rate_capability.py

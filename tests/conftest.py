@@ -11,6 +11,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def pytest_configure(config) -> None:
+    # fixtures may import torch after a viewer has loaded Mesa's LLVM: keep triton out, as the plugin does
+    from napari_ncm._torch import guard_triton
+
+    guard_triton()
+
+
 @pytest.fixture(scope="session")
 def sem_folders(tmp_path_factory) -> Path:
     """A class-per-folder dataset: 3 classes x 3 small SEM frames with a 16-row info bar."""
@@ -47,3 +54,32 @@ def decisive(probs: np.ndarray, margin: float = 1e-3) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def section_set(tmp_path_factory) -> Path:
+    """Six synthetic cross-section mosaics (three porosities, tilted up to 3 degrees) and targets.csv."""
+    from ncm_core import synth
+
+    return synth.write_section_dataset(tmp_path_factory.mktemp("sections") / "mosaics", porosities=(0.25, 0.35, 0.45),
+                                       per_porosity=2, shape=(460, 1200), thickness_px=280)
+
+
+@pytest.fixture(scope="session")
+def section_crops(section_set, tmp_path_factory) -> Path:
+    """Sliding-window crops of 128 x 384 px of every mosaic of ``section_set``."""
+    from ncm_core.sections import extract_sections
+
+    return extract_sections(sorted(section_set.glob("*.ome.tif")), tmp_path_factory.mktemp("crops") / "crops",
+                            crop=(128, 384), mode="sliding", stride=(64, 192))
+
+
+@pytest.fixture(scope="session")
+def tiny_regressor(section_crops, section_set, tmp_path_factory) -> Path:
+    """An ncm_vgg regression bundle trained for a few epochs on ``section_crops`` (32 x 96 px input)."""
+    from ncm_core.regression import train_regressor
+
+    out = tmp_path_factory.mktemp("bundles") / "regressor"
+    train_regressor(section_crops, section_set / "targets.csv", out, groups=["porosity"], input_size=(32, 96),
+                    epochs=3, batch_size=8, seed=0)
+    return out

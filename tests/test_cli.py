@@ -104,3 +104,46 @@ def test_crops_train_evaluate_from_the_command_line(tmp_path, sem_folders):
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["split"] == "test" and m["images"]["n"] == 3 and m["tiles"]["n"] == 18
     assert (tmp_path / "ev" / "tiles_confusion_matrix.png").stat().st_size > 1000
+
+
+def test_cross_section_workflow_from_the_command_line(tmp_path, section_set, tiny_regressor):
+    r = ncm("sections", *sorted(section_set.glob("*.ome.tif"))[:3], "--out", tmp_path / "crops", "--crop", 128, 384,
+            "--mode", "sliding", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "section_000: collector angle" in r.stdout and "um" in r.stdout
+    info = json.loads((tmp_path / "crops" / "sections.json").read_text())
+    assert [m["name"] for m in info["mosaics"]] == ["section_000", "section_001", "section_002"]
+    targets = tmp_path / "t.csv"
+    targets.write_text("\n".join((section_set / "targets.csv").read_text().splitlines()[:4]) + "\n")
+    r = ncm("train", tmp_path / "crops", tmp_path / "model", "--task", "regress", "--targets", targets,
+            "--group", "porosity", "--input-size", "32x96", "--epochs", 2, "--batch-size", 8, "--l2", "1e-5", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "best validation MAPE" in r.stdout
+    r = ncm("predict", tiny_regressor, section_set / "section_001.ome.tif", tmp_path / "pred", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "Q_5C:" in r.stdout and (tmp_path / "pred" / "crops.csv").is_file()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "{crops}", "{tmp}/m", "--task", "regress"], ["needs a targets CSV"]),
+    (["train", "{crops}", "{tmp}/m", "--task", "regress", "--targets", "{tmp}/bad.csv"], ["bad.csv", "row 2",
+                                                                                          "not a number"]),
+    (["train", "{crops}", "{tmp}/m", "--task", "regress", "--targets", "{targets}", "--folds", "9"],
+     ["9-fold cross-validation needs at least 9 groups"]),
+    (["sections", "{tmp}/flat.png", "--out", "{tmp}/out"], ["flat.png", "no current collector found"]),
+    (["sections", "{section}", "--out", "{tmp}/out", "--crop", "400", "672"], ["do not fit"]),
+])
+def test_cross_section_bad_input_is_one_line(tmp_path, section_set, section_crops, args, words):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((300, 900), 90, np.uint8)).save(tmp_path / "flat.png")
+    (tmp_path / "bad.csv").write_text("image,Q_1C\nsection_000,lots\n")
+    r = ncm(*[a.format(tmp=tmp_path, crops=section_crops, targets=section_set / "targets.csv",
+                       section=section_set / "section_000.ome.tif") for a in args])
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    for w in words:
+        assert w in last, r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

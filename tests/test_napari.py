@@ -2,6 +2,7 @@
 widget run synchronously and in a real thread worker, layers aligned with the tiles they came from,
 reader and writer round trips."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -273,3 +274,77 @@ def test_tune_widget_runs_a_tiny_study_and_hands_over_the_best_bundle(make_napar
     widget.use_best_bundle()
     predict = next(w for w in viewer.window.dock_widgets.values() if type(w).__name__ == "PredictWidget")
     assert str(predict.bundle.value) == str(result.best_bundle) == str(tmp_path / "study" / "best")
+
+
+# ------------------------------------------------------------------------------------------ cross-sections
+def test_sections_widget_shows_collector_and_crops_aligned(make_napari_viewer, section_set):
+    from ncm_core.mosaic import open_mosaic
+
+    viewer = make_napari_viewer()
+    m = open_mosaic(section_set / "section_002.ome.tif")
+    image = viewer.add_image(np.asarray(m.data), rgb=True, scale=(0.123, 0.123), translate=(10.0, 20.0),
+                             name="section")
+    _, w = viewer.window.add_plugin_dock_widget("napari-ncm", "Cross-section")
+    w.image.value = image
+    w.crop_h.value, w.crop_w.value = 128, 384
+    geom = w.detect(sync=True)
+    assert geom is not None, w.status.value
+    truth = json.loads((section_set / "truth.json").read_text())["section_002"]
+    assert abs(geom.angle_deg - truth["tilt_deg"]) < 0.05 and "deg" in w.status.value
+    crops, line = viewer.layers["section crops"], viewer.layers["section collector"]
+    assert len(crops.data) == len(geom.crops) and len(line.data) == 1
+    # the crop outlines sit where the crops were cut from: corner pixel centres map to the same world points
+    r0, c0 = geom.crops[0]
+    corner = geom.to_mosaic(r0, c0)  # centre of the crop's first pixel, mosaic (y, x)
+    outline = crops.data[0][0]  # its outer corner, half a pixel further out along -u and -d
+    u, d = np.asarray(geom.u), np.asarray(geom.d)
+    assert np.allclose(outline, corner - 0.5 * u - 0.5 * d, atol=1e-6)
+    assert np.allclose(crops.data_to_world(outline), image.data_to_world(outline))
+
+
+def test_sections_widget_predicts_value_layers(make_napari_viewer, section_set, tiny_regressor, tmp_path):
+    from ncm_core.mosaic import open_mosaic
+    from ncm_core.regression import predict_section
+
+    viewer = make_napari_viewer()
+    m = open_mosaic(section_set / "section_000.ome.tif")
+    image = viewer.add_image(np.asarray(m.data), rgb=True, name="section")
+    _, w = viewer.window.add_plugin_dock_widget("napari-ncm", "Cross-section")
+    w.image.value = image
+    w.bundle.value = str(tiny_regressor)
+    sp = w.predict(sync=True)
+    assert sp is not None, w.status.value
+    direct = predict_section(tiny_regressor, m, device="cpu")
+    assert np.allclose(sp.values, direct.values, atol=1e-4)
+    layer = viewer.layers["section Q_5C"]
+    assert np.allclose(layer.features["Q_5C"], sp.values[:, 4]) and len(layer.data) == len(sp.values)
+    assert viewer.layers["section Q_0.2C"].visible and not layer.visible
+    assert not w.canvas.isHidden() and w.figure.axes
+    w.crops_out.value = str(tmp_path / "crops")
+    assert w.extract(sync=True) is not None and (tmp_path / "crops" / "sections.csv").is_file()
+
+
+def test_train_widget_regression_with_cross_validation(make_napari_viewer, section_crops, section_set, tmp_path):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
+    w.task.value = "Regress values (cross-section crops)"
+    assert w.arch.value == "ncm_vgg" and w.optimizer.value == "lookahead_radam" and w.batch_size.value == 38
+    assert not w.targets.native.isHidden() and w.tile.native.isHidden() and w.source.native.isHidden()
+    w.data.value = str(section_crops)
+    w.targets.value = str(section_set / "targets.csv")
+    w.group.value = "porosity"
+    w.reg_input.value = "32x96"
+    w.epochs.value, w.batch_size.value, w.folds.value = 2, 8, 3
+    w.output.value = str(tmp_path / "cv")
+    r = w.run(sync=True)
+    assert r is not None, w.status.value
+    assert len(r.folds) == 3 and "MAPE" in w.status.value and not w.cm_canvas.isHidden()
+    assert {h["fold"] for h in w.history} == {3}  # the curves show the fold being trained
+    assert (tmp_path / "cv" / "rate_capability.png").is_file()
+    # one model, handed to a docked Cross-section widget
+    _, sections = viewer.window.add_plugin_dock_widget("napari-ncm", "Cross-section")
+    w.folds.value = 0
+    w.output.value = str(tmp_path / "one")
+    r = w.run(sync=True)
+    assert r is not None and "validation MAPE" in w.status.value
+    assert str(sections.bundle.value) == str(tmp_path / "one")

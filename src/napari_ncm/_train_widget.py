@@ -1,4 +1,4 @@
-"""The Train dock widget: train a classifier from folders or from annotations painted in napari.
+"""The Train dock widget: a classifier from folders or painted annotations, or a regressor from crops.
 
 Two sources:
 
@@ -14,6 +14,11 @@ The work is ``ncm_core.annotations.tiles_from_annotations`` and
 split, if there is one), run in a napari thread worker with napari's progress
 bar, a Cancel button and live loss/accuracy curves; or synchronously for
 tests. A cancelled run keeps its checkpoint: Run again resumes it.
+
+With *Task* set to regression, the data are cross-section crops (the
+Cross-section widget or ``ncm sections``) with a targets CSV, and the work is
+``ncm_core.regression.train_regressor`` or, with *CV folds*, grouped k-fold
+``cross_validate``, whose rate-capability plot then shows in the dock.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ if TYPE_CHECKING:
     import napari
 
 FOLDER, ANNOTATIONS = "Folder (class folders or tile set)", "Annotations in this viewer"
+CLASSIFY, REGRESS = "Classify tiles", "Regress values (cross-section crops)"
+_DEFAULTS = {  # widget -> (classification, regression) default
+    "arch": ("efficientnet_b0", "ncm_vgg"), "optimizer": ("adamw", "lookahead_radam"), "epochs": (10, 100),
+    "batch_size": (32, 38), "patience": (0, 20), "val_fraction": (0.25, 0.2),
+}
+_AUGMENT = (["flip,rot90", "flip", "rot90", "none"], ["shift,rotate,hflip", "shift,rotate", "hflip", "none"])
 
 
 class _Bridge(QObject):
@@ -70,6 +81,19 @@ def shapes_to_rectangles(shapes: Any, image: Any) -> list:
     return rects
 
 
+def hand_bundle_to_sections(viewer: Any, path: str) -> int:
+    """Set ``path`` as the bundle of the Cross-section widget(s) docked in ``viewer``; returns how many."""
+    from napari_ncm._sections_widget import SectionsWidget
+
+    try:
+        docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, SectionsWidget)]
+    except Exception:  # a viewer without a window (scripts)
+        return 0
+    for w in docked:
+        w.bundle.value = path
+    return len(docked)
+
+
 class TrainWidget(RunsInBackground, Container):
     """Train a classifier bundle; shows live curves and, after training, the test confusion matrix."""
 
@@ -83,6 +107,16 @@ class TrainWidget(RunsInBackground, Container):
 
         super().__init__(labels=True)
         self._viewer = viewer = napari_viewer
+        self.task = ComboBox(choices=[CLASSIFY, REGRESS], value=CLASSIFY, label="Task")
+        self.targets = FileEdit(mode="r", filter="*.csv", label="Targets CSV",
+                                tooltip="columns image,<target>,... : one row per mosaic (e.g. capacity per C-rate)")
+        self.group = LineEdit(value="", label="Group columns",
+                              tooltip="comma-separated CSV columns that are not targets, e.g. porosity")
+        self.folds = SpinBox(value=0, min=0, max=50, label="CV folds",
+                             tooltip="k-fold cross-validation grouped by mosaic; 0 = train one model")
+        self.loss = ComboBox(choices=["mape", "mae", "mse", "huber"], value="mape", label="Loss")
+        self.reg_input = LineEdit(value="56x168", label="Input (HxW)",
+                                  tooltip="model input size; crops are resized to it (empty = crop size)")
         self.source = ComboBox(choices=[FOLDER, ANNOTATIONS], value=FOLDER, label="Train from")
         self.data = FileEdit(mode="d", label="Data folder", tooltip="class folders of frames, or a tile set (ncm crops)")
         self.image = create_widget(annotation=napari.layers.Image, label="Image", options={"nullable": True})
@@ -112,7 +146,8 @@ class TrainWidget(RunsInBackground, Container):
         self.run_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([self.source, self.data, self.exclude_rows, self.image, self.labels, self.shapes, self.classes,
+        self.extend([self.task, self.source, self.data, self.targets, self.group, self.folds, self.loss,
+                     self.reg_input, self.exclude_rows, self.image, self.labels, self.shapes, self.classes,
                      self.new_labels, self.tile, self.arch, self.pretrained, self.input_size, self.epochs, self.batch_size, self.lr,
                      self.optimizer, self.augment, self.normalize, self.patience, self.val_fraction, self.output,
                      self.run_button, self.cancel_button, self.status])
@@ -126,6 +161,7 @@ class TrainWidget(RunsInBackground, Container):
         self.cm_canvas.setVisible(False)
         self.native.layout().addWidget(self.cm_canvas)
         self.source.changed.connect(self._show_source)
+        self.task.changed.connect(self._task_changed)
         self.new_labels.changed.connect(lambda: self.new_annotation_layer())
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
@@ -143,9 +179,31 @@ class TrainWidget(RunsInBackground, Container):
         self._cancel = threading.Event()
         self._pbar = None
 
+    @property
+    def regress(self) -> bool:
+        return self.task.value == REGRESS
+
+    def _task_changed(self) -> None:
+        k = int(self.regress)
+        for name, values in _DEFAULTS.items():
+            getattr(self, name).value = values[k]
+        self.augment.choices = _AUGMENT[k]
+        self.augment.value = _AUGMENT[k][0]
+        if self.regress:
+            self.source.value = FOLDER
+        self._show_source()
+
     def _show_source(self) -> None:
-        ann = self.source.value == ANNOTATIONS
-        self.data.visible = self.exclude_rows.visible = not ann
+        reg = self.regress
+        ann = self.source.value == ANNOTATIONS and not reg
+        self.source.visible = not reg
+        self.data.visible = not ann
+        self.exclude_rows.visible = not ann and not reg
+        self.tile.visible = self.input_size.visible = not reg
+        self.data.tooltip = ("crops from the Cross-section widget or 'ncm sections'" if reg
+                             else "class folders of frames, or a tile set (ncm crops)")
+        for w in (self.targets, self.group, self.folds, self.loss, self.reg_input):
+            w.visible = reg
         for w in (self.image, self.labels, self.shapes, self.classes, self.new_labels):
             w.visible = ann
 
@@ -191,6 +249,8 @@ class TrainWidget(RunsInBackground, Container):
                 raise ValueError
         except ValueError:
             raise NcmError(f"learning rate must be a positive number such as 0.001, got {self.lr.value!r}") from None
+        if self.regress:
+            return self._regress_job(out, lr)
         kwargs = dict(architecture=self.arch.value.strip(), input_size=self.input_size.value or None,
                       epochs=self.epochs.value, batch_size=self.batch_size.value, lr=lr,
                       optimizer=self.optimizer.value, augment=self.augment.value, normalize=self.normalize.value,
@@ -236,6 +296,38 @@ class TrainWidget(RunsInBackground, Container):
 
         return task
 
+    def _regress_job(self, out: Path, lr: float):
+        from ncm_core.errors import NcmError
+
+        if str(self.data.value) in ("", "."):
+            raise NcmError("choose the crop folder (Cross-section widget or 'ncm sections')")
+        if str(self.targets.value) in ("", "."):
+            raise NcmError("choose the targets CSV (image,<target>,...)")
+        data, targets = Path(str(self.data.value)), Path(str(self.targets.value))
+        groups = [g.strip() for g in self.group.value.split(",") if g.strip()]
+        kwargs = dict(architecture=self.arch.value.strip(), epochs=self.epochs.value, batch_size=self.batch_size.value,
+                      lr=lr, optimizer=self.optimizer.value, augment=self.augment.value, loss=self.loss.value,
+                      normalize=self.normalize.value, patience=self.patience.value or None,
+                      val_fraction=self.val_fraction.value, input_size=self.reg_input.value.strip() or None,
+                      groups=groups,
+                      pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value))
+        folds = self.folds.value
+        if folds == 1:
+            raise NcmError("cross-validation needs at least 2 folds (0 trains one model)")
+        self._cancel = threading.Event()
+        cancel, bridge = self._cancel, self._bridge
+
+        def task():
+            from ncm_core.regression import cross_validate, train_regressor
+
+            common = dict(progress=lambda d, t, m: bridge.progress.emit((d, t, m)), cancel=cancel,
+                          on_epoch=lambda rec: bridge.epoch.emit(dict(rec)))
+            if folds:
+                return cross_validate(data, targets, out, folds=folds, **common, **kwargs), None
+            return train_regressor(data, targets, out, **common, **kwargs), None
+
+        return task
+
     def _annotations(self) -> dict[str, Any]:
         from napari_ncm._widget import layer_to_mosaic
         from ncm_core.errors import NcmError
@@ -266,8 +358,10 @@ class TrainWidget(RunsInBackground, Container):
     def _on_epoch(self, rec: dict[str, float]) -> None:
         from ncm_core.figures import draw_training_curves
 
+        if self.history and rec.get("fold") != self.history[-1].get("fold"):
+            self.history = []  # cross-validation: the curves of the fold being trained
         self.history.append(rec)
-        draw_training_curves(self.figure, self.history)
+        draw_training_curves(self.figure, self.history, title=f"fold {rec['fold']}" if "fold" in rec else None)
         self.canvas.draw_idle()
 
     def _on_done(self, value: Any) -> None:
@@ -277,6 +371,8 @@ class TrainWidget(RunsInBackground, Container):
             return
         self.result, self.metrics = value
         r = self.result
+        if hasattr(r, "metrics") or hasattr(r, "best_val_mape"):
+            return self._regress_done(r)
         msg = f"Done: {r.bundle} (validation accuracy {r.best_val_accuracy:.1%}, epoch {r.best_epoch})"
         if self.metrics is not None:
             tm = self.metrics["tiles"]
@@ -289,6 +385,36 @@ class TrainWidget(RunsInBackground, Container):
         from napari_ncm._widget import hand_bundle_to_predict
 
         hand_bundle_to_predict(self._viewer, str(r.bundle))
+
+    def _regress_done(self, r: Any) -> None:
+        """Status line; after cross-validation, the rate-capability plot of the held-out predictions."""
+        from ncm_core.figures import draw_rate_capability
+
+        if not hasattr(r, "metrics"):  # one model
+            self.status.value = f"Done: {r.bundle} (validation MAPE {r.best_val_mape:.2f} %, epoch {r.best_epoch})"
+            hand_bundle_to_sections(self._viewer, str(r.bundle))
+            return
+        import numpy as np
+
+        m = r.metrics
+        names = list(m["crops"]["targets"])
+        by = next((g for g in (m.get("group_columns") or []) if g), "source")
+        series: dict[str, list] = {}
+        for row in r.predictions:
+            series.setdefault(str(row.get(by, row["source"])), []).append(row)
+        measured = {k: np.array([np.mean([x[n] for x in rows]) for n in names]) for k, rows in series.items()}
+        predicted = {k: (np.array([np.mean([x[f"{n}_pred"] for x in rows]) for n in names]),
+                         np.array([np.std([x[f"{n}_pred"] for x in rows]) for n in names])) for k, rows in series.items()}
+        from ncm_core.targets import parse_c_rates
+
+        self.cm_figure.clear()
+        draw_rate_capability(self.cm_figure.add_subplot(1, 1, 1), measured, predicted, names, parse_c_rates(names),
+                             title=f"{len(r.folds)}-fold CV: MAPE {m['fold_mean']['mape']:.2f} %", legend_title=by)
+        self.cm_figure.tight_layout()
+        self.cm_canvas.setVisible(True)
+        self.cm_canvas.draw_idle()
+        self.status.value = (f"Done: {len(r.folds)}-fold CV, MAPE {m['fold_mean']['mape']:.2f} +- "
+                             f"{m['fold_std']['mape']:.2f} %, R^2 {m['fold_mean']['r2']:.3f}; reports in {r.out}")
 
     def _has_result(self) -> bool:
         return self.result is not None

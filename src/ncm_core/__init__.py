@@ -35,6 +35,12 @@ _EXPORTS = {
     "evaluate_prediction": "evaluate",
     "summarize_prediction": "evaluate",
     "run_demo": "demo",
+    "detect_section": "sections",
+    "extract_sections": "sections",
+    "read_targets": "targets",
+    "train_regressor": "regression",
+    "cross_validate": "regression",
+    "predict_section": "regression",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -39,6 +39,7 @@ class BundleConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, Any] = field(default_factory=dict)  # out-of-distribution detector (see ncm_core.ood)
+    regression: dict[str, Any] = field(default_factory=dict)  # target scaling, loss, C-rates (see ncm_core.regression)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -63,7 +64,8 @@ class BundleConfig:
                 class_names=list(d.get("class_names") or []), target_names=list(d.get("target_names") or []),
                 input=InputSpec.from_dict(d["input"]), tile_size=int(d["tile_size"]),
                 pixel_size=d.get("pixel_size"), model_kwargs=dict(d.get("model_kwargs") or {}),
-                training=dict(d.get("training") or {}), ood=dict(d.get("ood") or {}), versions=dict(d.get("versions") or {}),
+                training=dict(d.get("training") or {}), ood=dict(d.get("ood") or {}),
+                regression=dict(d.get("regression") or {}), versions=dict(d.get("versions") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise NcmError(f"bundle config is missing or has a bad field ({type(exc).__name__}: {exc})", where) from None

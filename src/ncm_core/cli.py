@@ -53,6 +53,11 @@ def cmd_sample(a: argparse.Namespace) -> None:
         write_ome_zarr(out, m.image, pixel_size=m.pixel_size, chunks=a.chunks, levels=2, labels={"truth": m.truth + 1},
                        label_classes={"truth": list(m.class_names)}, overwrite=a.overwrite, name="sem_mosaic")
         print(f"wrote a {m.image.shape[0]}x{m.image.shape[1]} px SEM mosaic with its truth labels to {out}")
+    elif a.kind == "section-set":
+        synth.write_section_dataset(out, per_porosity=a.per_porosity, shape=tuple(a.shape) if a.shape else (600, 1800),
+                                    seed=a.seed)
+        print(f"wrote {5 * a.per_porosity} cross-section mosaics and their rate capability "
+              f"({out / 'targets.csv'}) to {out}")
     else:
         s = synth.cross_section(a.porosity, tuple(a.shape) if a.shape else (600, 1800), tilt_deg=a.tilt, seed=a.seed)
         write_ome_zarr(out, s.image, pixel_size=s.pixel_size, chunks=a.chunks, overwrite=a.overwrite, name="cross_section")
@@ -61,20 +66,91 @@ def cmd_sample(a: argparse.Namespace) -> None:
         print(f"wrote a cross-section (porosity {s.porosity:.3f}) to {out}, labels to {out.with_suffix('.json')}")
 
 
+def _size(value: str) -> tuple[int, int]:
+    """``224`` or ``56x168`` (height x width)."""
+    try:
+        parts = [int(v) for v in value.lower().replace("*", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {value!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 8:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with sides of at least 8 px, got {value!r}")
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _list(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
 def cmd_train(a: argparse.Namespace) -> None:
+    if a.task == "regress":
+        return _train_regress(a)
     from .train import train
 
-    r = train(a.data, a.out, architecture=a.arch, tile_size=a.tile, input_size=a.input_size, epochs=a.epochs,
-              batch_size=a.batch_size, lr=a.lr, optimizer=a.opt, momentum=a.momentum, weight_decay=a.weight_decay,
+    if a.targets or a.folds:
+        raise NcmError("--targets and --folds are for regression (--task regress)")
+    if a.input_size is not None and a.input_size[0] != a.input_size[1]:
+        raise NcmError(f"a classifier's input is square; got --input-size {a.input_size[0]}x{a.input_size[1]}")
+    r = train(a.data, a.out, architecture=a.arch or "efficientnet_b0", tile_size=a.tile,
+              input_size=None if a.input_size is None else a.input_size[0], epochs=a.epochs or 10,
+              batch_size=a.batch_size or 32, lr=a.lr, optimizer=a.opt or "adamw", momentum=a.momentum,
+              weight_decay=0.01 if a.weight_decay is None else a.weight_decay,
               scheduler=a.sched, warmup_epochs=a.warmup_epochs, val_fraction=a.val_fraction,
               crops_per_image=a.crops, exclude_rows=a.exclude_rows,
-              augment="none" if a.no_augment else a.augment, normalize=a.normalize, pretrained=a.pretrained,
-              patience=a.patience, monitor=a.monitor, amp=a.amp, resume=not a.restart, ood=not a.no_ood,
+              augment="none" if a.no_augment else a.augment or "flip,rot90", normalize=a.normalize,
+              pretrained=a.pretrained, patience=a.patience, monitor=a.monitor or "accuracy", amp=a.amp,
+              resume=not a.restart, ood=not a.no_ood,
               seed=a.seed, device=a.device, pixel_size=a.pixel_size, progress=_progress("train", a.quiet))
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
     print(f"bundle: {r.bundle}  best validation accuracy {r.best_val_accuracy:.1%} (epoch {r.best_epoch} of "
           f"{len(r.history)}), {r.seconds:.0f} s")
+
+
+def _train_regress(a: argparse.Namespace) -> None:
+    from .regression import cross_validate, train_regressor
+
+    if not a.targets:
+        raise NcmError("regression needs a targets CSV: --targets labels.csv (columns image,<target>,...)")
+    if a.monitor not in (None, "loss", "mape"):
+        raise NcmError(f"--monitor for regression is mape or loss, not {a.monitor}")
+    kw = dict(architecture=a.arch or "ncm_vgg", epochs=a.epochs or 100, batch_size=a.batch_size or 38, lr=a.lr,
+              min_lr=a.min_lr, warmup=a.warmup, optimizer=a.opt or "lookahead_radam", scheduler=a.sched,
+              weight_decay=a.weight_decay or 0.0, l1=a.l1, l2=a.l2, loss=a.loss, monitor=a.monitor or "mape",
+              patience=a.patience or 20, augment="none" if a.no_augment else (a.augment or "shift,rotate,hflip"),
+              max_shift=a.max_shift, max_rotate=a.max_rotate, adversarial=a.adversarial, normalize=a.normalize,
+              pretrained=a.pretrained, amp=a.amp, ood=not a.no_ood, device=a.device)
+    common_kw = dict(input_size=a.input_size, groups=_list(a.group), target_columns=_list(a.target_columns) or None,
+                     split_by=a.split_by, val_fraction=a.val_fraction, seed=a.seed,
+                     progress=_progress("train", a.quiet))
+    if a.folds:
+        r = cross_validate(a.data, a.targets, a.out, folds=a.folds, resume=not a.restart, **common_kw, **kw)
+        m = r.metrics
+        print(f"{a.folds}-fold cross-validation grouped by {a.split_by or 'mosaic'}: MAPE {m['fold_mean']['mape']:.2f} "
+              f"+- {m['fold_std']['mape']:.2f} %, R^2 {m['fold_mean']['r2']:.3f} (mean +- std over folds); "
+              f"per mosaic MAPE {m['mosaics']['mape']:.2f} %, {r.seconds:.0f} s")
+        for n, t in m["crops"]["targets"].items():
+            print(f"  {n}: MAPE {t['mape']:.2f} %  MAE {t['mae']:.3g}  R^2 {t['r2']:.3f}")
+        print(f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, scatter.png, rate_capability.png; "
+              f"bundles: {r.out}/fold_1 ... fold_{a.folds}")
+        return
+    r = train_regressor(a.data, a.targets, a.out, resume=not a.restart, **common_kw, **kw)
+    if r.resumed_from:
+        print(f"resumed from the checkpoint after epoch {r.resumed_from}")
+    print(f"bundle: {r.bundle}  best validation MAPE {r.best_val_mape:.2f} % (epoch {r.best_epoch} of "
+          f"{len(r.history)}), {r.seconds:.0f} s")
+
+
+def cmd_sections(a: argparse.Namespace) -> None:
+    from .sections import SUMMARY, extract_sections
+
+    out = extract_sections(a.mosaics, a.out, crop=a.crop, mode=a.mode, stride=a.stride, margin=a.margin,
+                           pixel_size=a.pixel_size, overwrite=a.overwrite, progress=_progress("sections", a.quiet))
+    info = json.loads((out / SUMMARY).read_text())
+    for m in info["mosaics"]:
+        th = f"{m['thickness_um']:.1f} um" if m["thickness_um"] is not None else f"{m['thickness_px']:.0f} px"
+        print(f"{m['name']}: collector angle {m['angle_deg']:+.2f} deg{' (turned 180)' if m['turned'] else ''}, "
+              f"active layer {th}, {len(m['crops'])} crops")
+    print(f"crops: {out} ({sum(len(m['crops']) for m in info['mosaics'])} in all; manifest {out / 'sections.csv'})")
 
 
 def cmd_tune(a: argparse.Namespace) -> None:
@@ -106,6 +182,10 @@ def cmd_crops(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    from .bundle import load_bundle
+
+    if load_bundle(a.bundle).config.task == "regress":
+        return _predict_section(a)
     from .predict import predict_mosaic
 
     p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
@@ -129,6 +209,25 @@ def cmd_predict(a: argparse.Namespace) -> None:
     if a.summary:
         write_rows(Path(a.summary), rows)
         print(f"summary written to {a.summary}")
+
+
+def _predict_section(a: argparse.Namespace) -> None:
+    from .regression import predict_section, write_section_prediction
+
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:
+        raise NcmError("output exists; choose another or pass --overwrite", out)
+    sp = predict_section(a.bundle, a.mosaic, mode=a.mode, device=a.device, progress=_progress("predict", a.quiet))
+    write_section_prediction(sp, out)
+    g = sp.geometry
+    print(f"section: collector angle {g.angle_deg:+.2f} deg, active layer "
+          f"{g.thickness_um:.1f} um" if g.thickness_um is not None else f"{g.thickness_px:.0f} px", end="")
+    print(f", {len(g.crops)} crops")
+    for n, v in sp.summary().items():
+        print(f"  {n}: {v['mean']:.4g} +- {v['std']:.2g}")
+    if sp.ood is not None and (sp.ood > 1).mean() > 0.2:
+        print(f"WARNING: {(sp.ood > 1).mean():.0%} of the crops are unlike the training data")
+    print(f"prediction: {out / 'crops.csv'}, {out / 'summary.json'}, {out / 'rate_capability.png'}")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -193,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
 
     s = sub.add_parser("sample", help="write embedded sample data")
-    s.add_argument("kind", choices=["sem-frames", "sem-mosaic", "section"])
+    s.add_argument("kind", choices=["sem-frames", "sem-mosaic", "section", "section-set"])
     s.add_argument("out", help="output folder (sem-frames) or .zarr path")
     s.add_argument("--frames", type=_positive, default=4, help="frames per class (sem-frames)")
     s.add_argument("--size", type=_positive, default=512, help="frame width/height without info bar (sem-frames)")
@@ -201,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shape", type=_positive, nargs=2, metavar=("H", "W"), help="mosaic or section shape")
     s.add_argument("--porosity", type=float, default=0.35, help="active-layer porosity (section)")
     s.add_argument("--tilt", type=float, default=1.0, help="tilt in degrees (section)")
+    s.add_argument("--per-porosity", type=_positive, default=4, help="mosaics per porosity (section-set)")
     s.add_argument("--chunks", type=_positive, default=512, help="zarr chunk size")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
@@ -221,35 +321,73 @@ def build_parser() -> argparse.ArgumentParser:
     common(c, device=False)
     c.set_defaults(func=cmd_crops)
 
+    x = sub.add_parser("sections", help="find the collector in cross-section mosaics, straighten, cut crops")
+    x.add_argument("mosaics", nargs="+", help="cross-section mosaics (TIFF, zarr, PNG, ...)")
+    x.add_argument("--out", required=True, help="crop folder to write (crops, sections.csv, sections.json)")
+    x.add_argument("--crop", type=_positive, nargs=2, metavar=("H", "W"), default=(224, 672),
+                   help="crop height and width in pixels (default 224 672)")
+    x.add_argument("--mode", choices=["center", "sliding"], default="center",
+                   help="one row of crops centred in the active layer, or a sliding window")
+    x.add_argument("--stride", type=_positive, nargs=2, metavar=("SY", "SX"), help="sliding-window stride "
+                   "(default half a crop)")
+    x.add_argument("--margin", type=int, default=4, help="pixels left out at the collector and the surface")
+    x.add_argument("--pixel-size", type=float, help="micrometres per pixel, when the files do not say")
+    x.add_argument("--overwrite", action="store_true")
+    common(x, device=False)
+    x.set_defaults(func=cmd_sections)
+
     t = sub.add_parser("train", help="train a classifier from class folders of frames or a tile set")
     t.add_argument("data", help="folder with one sub-folder of frames per class, or a tile set ('ncm crops')")
     t.add_argument("out", help="bundle folder to write (an interrupted run resumes from its checkpoint there)")
-    t.add_argument("--task", choices=["classify"], default="classify")
-    t.add_argument("--arch", default="efficientnet_b0", help="timm architecture (default efficientnet_b0)")
+    t.add_argument("--task", choices=["classify", "regress"], default="classify",
+                   help="classify tiles (class folders, tile sets) or regress values of cross-section crops")
+    t.add_argument("--arch", help="timm architecture (default efficientnet_b0; regress: ncm_vgg)")
     t.add_argument("--tile", type=_positive, help="tile size in image pixels (default: the tile set's, or 96)")
-    t.add_argument("--input-size", type=_positive, help="model input size (default: tile)")
-    t.add_argument("--epochs", type=_positive, default=10)
-    t.add_argument("--batch-size", type=_positive, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--opt", default="adamw", help="timm optimizer name (adam, adamw, sgd, lookahead_radam, ...)")
+    t.add_argument("--input-size", type=_size, help="model input size, N or HxW (default: the tile or crop size; "
+                   "regress: e.g. 56x168 to train on 4x smaller copies of 224x672 crops)")
+    t.add_argument("--epochs", type=_positive, help="default 10 (regress: 100)")
+    t.add_argument("--batch-size", type=_positive, help="default 32 (regress: 38)")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--opt", help="timm optimizer name (adam, adamw, sgd, lookahead_radam, ...); default adamw "
+                   "(regress: lookahead_radam)")
     t.add_argument("--momentum", type=float, default=0.9, help="momentum for SGD")
-    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--weight-decay", type=float, help="optimizer weight decay (default 0.01; regress: 0)")
     t.add_argument("--sched", default="cosine", help="timm scheduler (cosine, step, plateau, ...)")
     t.add_argument("--warmup-epochs", type=int, default=1)
-    t.add_argument("--val-fraction", type=float, default=0.25)
+    t.add_argument("--val-fraction", type=float, default=0.25, help="share of images (regress: mosaics) held "
+                   "out for validation and early stopping")
     t.add_argument("--crops", type=_positive, default=32, help="random crops per image per epoch")
     t.add_argument("--exclude-rows", type=_rows, help="band of rows to ignore, e.g. --exclude-rows=-32: for a 32-row SEM info bar")
-    t.add_argument("--augment", default="flip,rot90", help="flip, rot90, both (default) or none")
+    t.add_argument("--augment", help="classify: flip, rot90, both (default) or none; regress: shift, rotate, "
+                   "hflip, all three (default) or none")
     t.add_argument("--no-augment", action="store_true", help="same as --augment none")
     t.add_argument("--normalize", action="store_true", help="standardise inputs by the training set's mean/std")
     t.add_argument("--pretrained", help="local weights file (.safetensors) to start from")
-    t.add_argument("--patience", type=_positive, help="early-stopping patience in epochs")
-    t.add_argument("--monitor", choices=["accuracy", "balanced_accuracy", "loss"], default="accuracy",
-                   help="validation metric that picks the best epoch")
+    t.add_argument("--patience", type=_positive, help="early-stopping patience in epochs (regress: default 20)")
+    t.add_argument("--monitor", choices=["accuracy", "balanced_accuracy", "loss", "mape"],
+                   help="validation metric that picks the best epoch (default accuracy; regress: mape)")
     t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
-                   help="mixed precision (auto: on for GPUs)")
+                   help="mixed precision (default auto: on for GPUs)")
     t.add_argument("--no-ood", action="store_true", help="do not fit the out-of-distribution detector")
     t.add_argument("--restart", action="store_true", help="ignore a checkpoint in OUT and start again")
+    g = t.add_argument_group("regression (--task regress)")
+    g.add_argument("--targets", help="CSV with columns image,<target>,... (one row per mosaic or image)")
+    g.add_argument("--target-columns", help="comma-separated target columns (default: all but image and groups)")
+    g.add_argument("--group", help="comma-separated grouping columns of the CSV (e.g. porosity): not targets; "
+                   "used for grouped splits and error reports")
+    g.add_argument("--split-by", help="keep crops with the same value of this column together in splits "
+                   "(default: the source mosaic)")
+    g.add_argument("--folds", type=int, default=0, help="k-fold cross-validation grouped by mosaic (e.g. 5); "
+                   "OUT then gets fold_1..fold_k bundles and the reports")
+    g.add_argument("--loss", choices=["mape", "mae", "mse", "huber"], default="mape")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the start of warm-up and the end")
+    g.add_argument("--warmup", type=float, default=0.1, help="share of the steps spent warming up (default 0.1)")
+    g.add_argument("--l1", type=float, default=0.0, help="L1 weight penalty")
+    g.add_argument("--l2", type=float, default=0.0, help="L2 weight penalty")
+    g.add_argument("--adversarial", type=float, default=0.0, help="FGSM training with noise up to this %% of the "
+                   "mean pixel value (0 = off)")
+    g.add_argument("--max-shift", type=float, default=0.1, help="largest random shift, share of the crop size")
+    g.add_argument("--max-rotate", type=float, default=10.0, help="largest random rotation in degrees")
     t.add_argument("--pixel-size", type=float, help="micrometres per pixel of the training images")
     t.add_argument("--seed", type=int, default=0)
     common(t)
@@ -278,10 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(u)
     u.set_defaults(func=cmd_tune)
 
-    r = sub.add_parser("predict", help="classify every tile of a mosaic")
+    r = sub.add_parser("predict", help="classify every tile of a mosaic, or predict values along a cross-section")
     r.add_argument("bundle", help="model bundle folder")
     r.add_argument("mosaic", help="zarr, OME-Zarr, TIFF, PNG or JPEG")
-    r.add_argument("out", help="output zarr group, e.g. prediction.zarr")
+    r.add_argument("out", help="output zarr group, e.g. prediction.zarr (regression: a folder)")
     r.add_argument("--tile", type=_positive, help="tile size in pixels (default: the bundle's)")
     r.add_argument("--stride", type=_positive, help="tile stride in pixels (default: tile)")
     r.add_argument("--batch-size", type=_positive, default=64)
@@ -294,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the whole image, or of each region with --regions")
     r.add_argument("--regions", help="per-pixel region map (e.g. OME-Zarr labels) to aggregate tiles by")
     r.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution scores")
+    r.add_argument("--mode", choices=["center", "sliding"], default="center",
+                   help="regression bundles: crops along the cross-section, centred or sliding")
     r.add_argument("--dask-scheduler", metavar="ADDRESS", help="run blocks on dask.distributed: tcp://host:8786 "
                    "(a running scheduler) or local:N (N local worker processes)")
     r.add_argument("--restart", action="store_true", help="ignore the record of an interrupted run and start again "

@@ -124,18 +124,22 @@ def confusion_matrix_figure(cm: Any, class_names: list[str], path: str | Path, t
 
 
 def draw_training_curves(fig: Any, history: list[dict[str, float]], title: str | None = None) -> None:
-    """Loss and accuracy per epoch (training and validation) on ``fig`` (cleared first); the napari
-    Train widget redraws its live plot with this after every epoch."""
+    """Loss and accuracy (classification) or MAPE (regression) per epoch, training and validation, on
+    ``fig`` (cleared first); the napari Train widget redraws its live plot with this after every epoch."""
     fig.clear()
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ep = [h["epoch"] for h in history]
+    key = "mape" if history and "train_mape" in history[0] else "accuracy"
     ax1.plot(ep, [h["train_loss"] for h in history], "o-", ms=3, label="train")
-    ax2.plot(ep, [h["train_accuracy"] for h in history], "o-", ms=3, label="train")
+    ax2.plot(ep, [h.get(f"train_{key}", np.nan) for h in history], "o-", ms=3, label="train")
     if history and "val_loss" in history[0]:
         ax1.plot(ep, [h.get("val_loss", np.nan) for h in history], "s-", ms=3, label="validation")
-        ax2.plot(ep, [h.get("val_accuracy", np.nan) for h in history], "s-", ms=3, label="validation")
+        ax2.plot(ep, [h.get(f"val_{key}", np.nan) for h in history], "s-", ms=3, label="validation")
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
+    if key == "mape":
+        ax2.set(xlabel="epoch", ylabel="MAPE (%)", title="Mean absolute percentage error", yscale="log")
+    else:
+        ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -164,3 +168,105 @@ def probability_bars(ax: Any, probs: Any, class_names: list[str], colors: list[A
     ax.set_xlabel("probability")
     if title:
         ax.set_title(title, fontsize=9)
+
+
+def scatter_figure(y_true: np.ndarray, y_pred: np.ndarray, names: list[str], path: str | Path, *,
+                   folds: list[int] | None = None, units: str = "") -> Path:
+    """Predicted against measured values, one panel per target, coloured by fold, with the 1:1 line."""
+    n = len(names)
+    cols = min(n, 5)
+    rows = math.ceil(n / cols)
+    fig = _figure(2.6 * cols + 0.4, 2.6 * rows + 0.3)
+    folds_arr = np.asarray(folds) if folds is not None else np.zeros(len(y_true), int)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        t, p = y_true[:, k], y_pred[:, k]
+        for f in sorted(set(folds_arr.tolist())):
+            sel = folds_arr == f
+            ax.scatter(t[sel], p[sel], s=6, alpha=0.6, label=f"fold {f}" if folds is not None else None)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        pad = 0.05 * (hi - lo or 1)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
+        ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), title=name,
+               xlabel=f"measured{(' ' + units) if units else ''}", ylabel="predicted" if k % cols == 0 else None)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        mape = 100 * np.mean(np.abs(p - t) / np.abs(t))
+        ax.text(0.04, 0.96, f"MAPE {mape:.2f} %", transform=ax.transAxes, va="top", fontsize=7)
+    if folds is not None and len(set(folds_arr.tolist())) > 1:
+        fig.axes[0].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def draw_rate_capability(ax: Any, measured: dict[str, np.ndarray], predicted: dict[str, tuple[np.ndarray, np.ndarray]],
+                         names: list[str], c_rates: list[float] | None, *, units: str = "", title: str | None = None,
+                         legend_title: str | None = None) -> None:
+    """Capacity against C-rate (log axis): measured (lines) and predicted mean +- std (error bars) per series.
+
+    ``measured[label]`` is a value per target; ``predicted[label]`` is (mean, std) per target. Without C-rates
+    (target names that do not parse), the targets are plotted in order.
+    """
+    import matplotlib as mpl
+
+    ax.clear()
+    x = np.asarray(c_rates, float) if c_rates else np.arange(len(names), dtype=float)
+    labels = list(dict.fromkeys([*measured, *predicted]))
+    cmap = mpl.colormaps["viridis"]
+    for i, label in enumerate(labels):
+        color = cmap(i / max(len(labels) - 1, 1))
+        if label in measured:
+            ax.plot(x, measured[label], "-", color=color, lw=1.2, label=f"{label}")
+        if label in predicted:
+            m, s = predicted[label]
+            ax.errorbar(x * (1.03 if label in measured else 1), m, yerr=s, fmt="o", ms=3.5, color=color, capsize=2,
+                        lw=0.9, mfc="white" if label in measured else color)
+    if c_rates:
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{c:g}C" for c in x])
+        ax.minorticks_off()
+        ax.set_xlabel("C-rate")
+    else:
+        ax.set_xticks(x, names, rotation=30, fontsize=7)
+    ax.set_ylabel(f"capacity{(' (' + units + ')') if units else ''}")
+    ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    extra = [Line2D([], [], color="k", lw=1.2, label="measured"),
+             Line2D([], [], color="k", marker="o", mfc="white", ls="", label="predicted (mean +- std)")]
+    if len(labels) <= 12:
+        ax.legend(handles=extra + handles, fontsize=7, title=legend_title, title_fontsize=7, ncol=2 if len(labels) > 5 else 1)
+    else:
+        ax.legend(handles=extra, fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def rate_capability_figure(rows: list[dict[str, Any]], names: list[str], c_rates: list[float] | None,
+                           path: str | Path, *, by: str = "source", units: str = "", title: str | None = None) -> Path:
+    """The rate-capability plot of a cross-validation (or any table of measured and predicted values per crop):
+    one series per value of ``by`` (e.g. porosity), predicted mean +- std over its crops (and folds)."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault(str(r[by]), []).append(r)
+    def order(v: str) -> tuple[int, Any]:
+        try:
+            return (0, float(v))
+        except ValueError:
+            return (1, v)
+    measured, predicted = {}, {}
+    for label in sorted(series, key=order):
+        rs = series[label]
+        measured[label] = np.array([np.mean([r[n] for r in rs]) for n in names])
+        p = np.array([[r[f"{n}_pred"] for n in names] for r in rs])
+        predicted[label] = (p.mean(0), p.std(0))
+    fig = _figure(6.4, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    draw_rate_capability(ax, measured, predicted, names, c_rates, units=units,
+                         title=title or "Rate capability: measured and predicted", legend_title=by)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)

@@ -19,8 +19,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def check_architecture(name: str) -> str:
-    """Return ``name`` if timm knows it, else raise with close matches."""
+    """Return ``name`` if timm knows it (or it is one of :mod:`ncm_core.nets`), else raise with close matches."""
     import timm
+
+    from . import nets
+
+    del nets  # imported for its effect: it registers the project's own models with timm
 
     if name in timm.list_models():
         return name

@@ -290,11 +290,14 @@ class SampleSection:
 def rate_capability(porosity: float, thickness_um: float, c_rates: tuple[float, ...] = C_RATES) -> dict[str, float]:
     """Discharge capacity (Ah/kg) at each C-rate for a given porosity and thickness.
 
-    A simple transport-limited model: Q(C) = Q0 / (1 + (C / Cc)^1.6) with a
-    characteristic rate Cc that grows with porosity and shrinks with thickness.
+    A transport-limited model: ``Q(C) = Q0 / (1 + (C / Cc)^1.6)`` with a
+    characteristic rate ``Cc`` proportional to the porosity (the electrolyte's
+    effective conductivity at constant tortuosity) and inversely proportional
+    to the thickness: ``Cc = 8.5 (porosity / 0.35) (40 um / thickness)``. At
+    40 um, 5C keeps about 55 % of the capacity at 25 % porosity and 77 % at 45 %.
     """
     q0 = 182.0
-    cc = (1.0 + 14.0 * (porosity - 0.15)) * (40.0 / max(thickness_um, 1.0))
+    cc = 8.5 * (porosity / 0.35) * (40.0 / max(thickness_um, 1.0))
     return {f"Q_{c:g}C": round(q0 / (1 + (c / cc) ** 1.6), 3) for c in c_rates}
 
 
@@ -358,3 +361,45 @@ def cross_section(
         thickness_um=thickness_um, collector_row=float(bottom + 2 - pad),
         targets=rate_capability(float(measured), thickness_um),
     )
+
+
+def write_section_dataset(
+    root: str | Path, porosities: tuple[float, ...] = (0.25, 0.3, 0.35, 0.4, 0.45), per_porosity: int = 4,
+    shape: tuple[int, int] = (600, 1800), *, max_tilt: float = 3.0, thickness_px: int = 320, seed: int = 0,
+) -> Path:
+    """Write cross-section mosaics (OME-TIFF with pixel size) and ``targets.csv`` under ``root``.
+
+    Mosaics ``section_<k>.ome.tif`` are tilted by a random angle in
+    ``[-max_tilt, max_tilt]`` degrees; ``targets.csv`` has the columns ``image``,
+    ``porosity`` (the nominal value: a grouping column), one capacity per C-rate
+    (:func:`rate_capability`, Ah/kg, from the *measured* porosity), and
+    ``truth.json`` the true tilt and thickness of each mosaic.
+    """
+    import csv
+    import json
+
+    import tifffile
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 99])
+    rows, truth = [], {}
+    k = 0
+    for p in porosities:
+        for _ in range(per_porosity):
+            tilt = float(np.round(rng.uniform(-max_tilt, max_tilt), 3))
+            s = cross_section(p, shape, tilt_deg=tilt, thickness_px=thickness_px, seed=seed * 1000 + k)
+            name = f"section_{k:03d}"
+            tifffile.imwrite(root / f"{name}.ome.tif", s.image, photometric="rgb",
+                             metadata={"axes": "YXS", "PhysicalSizeX": s.pixel_size, "PhysicalSizeY": s.pixel_size,
+                                       "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+            rows.append({"image": name, "porosity": f"{p:g}", **s.targets})
+            truth[name] = {"tilt_deg": tilt, "thickness_um": s.thickness_um, "porosity": s.porosity,
+                           "collector_row": s.collector_row}
+            k += 1
+    with open(root / "targets.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (root / "truth.json").write_text(json.dumps(truth, indent=2))
+    return root

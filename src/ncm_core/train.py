@@ -21,7 +21,6 @@ interruption resumes from it and gives the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -33,11 +32,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .bundle import BundleConfig, save_bundle
-from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import augment_tiles, load_image, parse_augment, random_crops, scan_class_folders, split_by_image
 from .errors import NcmError
+from .loop import Task, open_checkpoint, run_epochs
 from .preprocess import InputSpec, intensity_scale, tiles_to_tensor
-from .progress import CancelFlag, ProgressFn, check_cancel, report
+from .progress import CancelFlag, ProgressFn, report
 from .tilesets import is_tile_set, open_tile_set
 
 MONITORS = ("accuracy", "balanced_accuracy", "loss")
@@ -309,10 +308,7 @@ def train(
     fp = _fingerprint(settings, d)
     out = Path(out).expanduser()
     ckpt_dir = out / "checkpoint"
-    ckpt = load_checkpoint(ckpt_dir) if resume else None
-    if ckpt is not None and ckpt.get("fingerprint") != fp:
-        raise NcmError("this folder holds a checkpoint of a training run with other settings or data; "
-                       "choose another output folder, or start again (--restart / resume=False)", ckpt_dir)
+    ckpt = open_checkpoint(ckpt_dir, fp, resume)
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -327,76 +323,22 @@ def train(
     sched, _ = create_scheduler_v2(opt, sched=scheduler, num_epochs=epochs, warmup_epochs=min(warmup_epochs, epochs - 1),
                                    warmup_lr=lr * 0.01, min_lr=lr * 0.01, updates_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    history: list[dict[str, float]] = []
-    best_score, best_epoch, best_state, since_best, step, start = None, 0, None, 0, 0, 1
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        history, best_epoch, since_best, step = ckpt["history"], ckpt["best_epoch"], ckpt["since_best"], ckpt["step"]
-        best_score = tuple(ckpt["best_score"]) if ckpt["best_score"] is not None else None
-        best_state = ckpt["best_model"]
-        start = ckpt["epoch"] + 1
-        for rec in history:
-            if on_epoch is not None:
-                on_epoch(rec)
-    resumed_from = start - 1
+
+    def step(xb: Any, yb: Any, _rng: np.random.Generator) -> tuple[Any, Any]:
+        with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(xb)
+        return F.cross_entropy(logits.float(), yb), logits
+
+    task = Task(step=step, stats=lambda logits, yb: {"train_accuracy": (logits.argmax(1) == yb).sum().item()},
+                validate=lambda: validate(model, d.val_x, d.val_y, spec, dev, batch_size * 2, d.class_names),
+                score=lambda rec: _score(rec, monitor), has_validation=len(d.val_x) > 0, progress_key="val_accuracy")
+    st = run_epochs(model=model, opt=opt, sched=sched, scaler=scaler, task=task, epoch_data=d.epoch,
+                    to_input=lambda xb: tiles_to_tensor(xb, spec, dev),
+                    to_target=lambda yb: torch.as_tensor(yb, device=dev), epochs=epochs, batch_size=batch_size,
+                    steps_per_epoch=steps_per_epoch, rng=rng, fingerprint=fp, ckpt_dir=ckpt_dir, ckpt=ckpt,
+                    patience=patience, progress=progress, cancel=cancel, on_epoch=on_epoch, t0=t0)
+    history, best_epoch, resumed_from = st.history, st.best_epoch, st.resumed_from
     total = epochs * steps_per_epoch
-    stopped = ckpt is not None and ckpt.get("stopped", False)
-    elapsed0 = history[-1]["seconds"] if history else 0.0
-    for epoch in range(start, epochs + 1):
-        if stopped:
-            break
-        model.train()
-        t_epoch = time.monotonic()
-        x, y = d.epoch(rng)
-        order = rng.permutation(len(x))
-        loss_sum, correct = 0.0, 0
-        for k in range(0, len(order), batch_size):
-            check_cancel(cancel)
-            b = order[k:k + batch_size]
-            xb = tiles_to_tensor(x[b], spec, dev)
-            yb = torch.as_tensor(y[b], device=dev)
-            with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            sched.step_update(num_updates=step)
-            loss_sum += loss.item() * len(b)
-            correct += (logits.argmax(1) == yb).sum().item()
-            report(progress, step, total, f"epoch {epoch}/{epochs} loss {loss.item():.3f}")
-        sched.step(epoch)
-        rec = {"epoch": epoch, "train_loss": loss_sum / len(x), "train_accuracy": correct / len(x),
-               "lr": opt.param_groups[0]["lr"], "train_seconds": time.monotonic() - t_epoch,
-               "tiles": int(len(x))}
-        if len(d.val_x):
-            rec.update(validate(model, d.val_x, d.val_y, spec, dev, batch_size * 2, d.class_names))
-        rec["seconds"] = elapsed0 + time.monotonic() - t0
-        history.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
-        msg = f"epoch {epoch}/{epochs} val accuracy {rec['val_accuracy']:.3f}" if "val_accuracy" in rec else f"epoch {epoch}/{epochs}"
-        report(progress, step, total, msg)
-        score = _score(rec, monitor) if "val_loss" in rec else (float(epoch), 0.0)
-        if best_score is None or score > best_score:
-            best_score, best_epoch, since_best = score, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        else:
-            since_best += 1
-            stopped = patience is not None and since_best >= patience
-        save_checkpoint(ckpt_dir, {
-            "fingerprint": fp, "epoch": epoch, "step": step, "history": history, "best_epoch": best_epoch,
-            "best_score": None if best_score is None else list(best_score), "since_best": since_best,
-            "stopped": stopped, "model": model.state_dict(), "best_model": best_state,
-            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
-    model.load_state_dict(best_state)
     best_rec = history[best_epoch - 1]
     cfg = BundleConfig(
         architecture=architecture, task="classify", class_names=d.class_names, input=spec, tile_size=tile_size,
