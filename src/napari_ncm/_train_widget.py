@@ -394,19 +394,13 @@ class TrainWidget(RunsInBackground, Container):
             self.status.value = f"Done: {r.bundle} (validation MAPE {r.best_val_mape:.2f} %, epoch {r.best_epoch})"
             hand_bundle_to_sections(self._viewer, str(r.bundle))
             return
-        import numpy as np
+        from ncm_core.figures import rate_capability_series
+        from ncm_core.targets import parse_c_rates
 
         m = r.metrics
         names = list(m["crops"]["targets"])
         by = next((g for g in (m.get("group_columns") or []) if g), "source")
-        series: dict[str, list] = {}
-        for row in r.predictions:
-            series.setdefault(str(row.get(by, row["source"])), []).append(row)
-        measured = {k: np.array([np.mean([x[n] for x in rows]) for n in names]) for k, rows in series.items()}
-        predicted = {k: (np.array([np.mean([x[f"{n}_pred"] for x in rows]) for n in names]),
-                         np.array([np.std([x[f"{n}_pred"] for x in rows]) for n in names])) for k, rows in series.items()}
-        from ncm_core.targets import parse_c_rates
-
+        measured, predicted = rate_capability_series(r.predictions, names, by)
         self.cm_figure.clear()
         draw_rate_capability(self.cm_figure.add_subplot(1, 1, 1), measured, predicted, names, parse_c_rates(names),
                              title=f"{len(r.folds)}-fold CV: MAPE {m['fold_mean']['mape']:.2f} %", legend_title=by)

@@ -245,13 +245,14 @@ def draw_rate_capability(ax: Any, measured: dict[str, np.ndarray], predicted: di
         ax.set_title(title, fontsize=10)
 
 
-def rate_capability_figure(rows: list[dict[str, Any]], names: list[str], c_rates: list[float] | None,
-                           path: str | Path, *, by: str = "source", units: str = "", title: str | None = None) -> Path:
-    """The rate-capability plot of a cross-validation (or any table of measured and predicted values per crop):
-    one series per value of ``by`` (e.g. porosity), predicted mean +- std over its crops (and folds)."""
+def rate_capability_series(rows: list[dict[str, Any]], names: list[str], by: str = "source"
+                           ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Group a table of measured (``<target>``) and predicted (``<target>_pred``) values per crop by the
+    column ``by``: measured mean per target, and predicted (mean, std) per target, in natural order."""
     series: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        series.setdefault(str(r[by]), []).append(r)
+        series.setdefault(str(r.get(by, r.get("source"))), []).append(r)
+
     def order(v: str) -> tuple[int, Any]:
         try:
             return (0, float(v))
@@ -263,6 +264,14 @@ def rate_capability_figure(rows: list[dict[str, Any]], names: list[str], c_rates
         measured[label] = np.array([np.mean([r[n] for r in rs]) for n in names])
         p = np.array([[r[f"{n}_pred"] for n in names] for r in rs])
         predicted[label] = (p.mean(0), p.std(0))
+    return measured, predicted
+
+
+def rate_capability_figure(rows: list[dict[str, Any]], names: list[str], c_rates: list[float] | None,
+                           path: str | Path, *, by: str = "source", units: str = "", title: str | None = None) -> Path:
+    """The rate-capability plot of a cross-validation (or any table of measured and predicted values per crop):
+    one series per value of ``by`` (e.g. porosity), predicted mean +- std over its crops (and folds)."""
+    measured, predicted = rate_capability_series(rows, names, by)
     fig = _figure(6.4, 4.4)
     ax = fig.add_subplot(1, 1, 1)
     draw_rate_capability(ax, measured, predicted, names, c_rates, units=units,

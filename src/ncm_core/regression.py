@@ -125,7 +125,8 @@ def load_regression_data(data: str | Path, targets: str | Path | Targets, input_
         i = t.index(s)
         if i is not None:
             row_of[s] = i
-    unmatched_rows = [img for k, img in enumerate(t.images) if k not in set(row_of.values())]
+    matched = set(row_of.values())
+    unmatched_rows = [img for k, img in enumerate(t.images) if k not in matched]
     if unmatched_rows:
         raise NcmError(f"{len(unmatched_rows)} row(s) of the targets CSV name images with no crops in {root}: "
                        f"{', '.join(unmatched_rows[:5])}{', ...' if len(unmatched_rows) > 5 else ''}", t.path)
@@ -153,6 +154,15 @@ def load_regression_data(data: str | Path, targets: str | Path | Targets, input_
     grp = {g: [t.groups[g][row_of[sources[k]]] for k in keep] for g in t.groups}
     return RegressionData(root, x, y, [str(files[k].relative_to(root)) for k in keep], [sources[k] for k in keep],
                           grp, list(t.names), chans, tuple(crop or first.shape[:2]), t, px)
+
+
+def standardise(x: Any, spec: Any) -> Any:
+    """Prepared crops ``(N, C, H, W)`` standardised by the spec's mean and std (unchanged without them)."""
+    import torch
+
+    if spec.mean is None or spec.std is None:
+        return x
+    return (x - torch.as_tensor(spec.mean).view(1, -1, 1, 1)) / torch.as_tensor(spec.std).view(1, -1, 1, 1)
 
 
 def grouped_kfold(groups: Sequence[str], folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -361,8 +371,8 @@ def fit_regressor(
         mean = tuple(xt.mean(dim=(0, 2, 3)).tolist())
         std = tuple((xt.std(dim=(0, 2, 3)) + 1e-6).tolist())
     spec = InputSpec(in_chans=data.in_chans, input_size=tuple(int(v) for v in x_all.shape[-2:]), mean=mean, std=std)
-    m_t = torch.as_tensor(mean or (0.0,) * data.in_chans).view(1, -1, 1, 1)
-    s_t = torch.as_tensor(std or (1.0,) * data.in_chans).view(1, -1, 1, 1)
+    m_t = torch.as_tensor(mean or (0.0,) * data.in_chans).view(1, -1, 1, 1).to(dev)
+    s_t = torch.as_tensor(std or (1.0,) * data.in_chans).view(1, -1, 1, 1).to(dev)
     kw = {} if drop_rate is None else {"drop_rate": drop_rate}
     model = build_model(architecture, len(names), in_chans=data.in_chans, pretrained=pretrained, **kw).to(dev)
     opt = create_optimizer_v2(model, opt=optimizer, lr=lr, weight_decay=weight_decay)
@@ -386,9 +396,9 @@ def fit_regressor(
             zp = forward(xb)
             clean = loss_fn(zp, zb, tm, ts)
             (g,) = torch.autograd.grad(clean, xb, retain_graph=True)
-            raw_mean = (xb.detach() * s_t.to(dev) + m_t.to(dev)).mean()
+            raw_mean = (xb.detach() * s_t + m_t).mean()
             eps = torch.as_tensor(rng_.uniform(0, adversarial / 100, len(xb)), dtype=xb.dtype, device=dev)
-            x_adv = (xb + (eps * raw_mean / s_t.to(dev).mean()).view(-1, 1, 1, 1) * g.sign()).detach()
+            x_adv = (xb + (eps * raw_mean / s_t.mean()).view(-1, 1, 1, 1) * g.sign()).detach()
             value = 0.5 * (clean + loss_fn(forward(x_adv), zb, tm, ts))
         else:
             zp = forward(xb)
@@ -400,10 +410,7 @@ def fit_regressor(
         return value, zp.detach()
 
     def to_input(idx: np.ndarray) -> Any:
-        xb = x_all[torch.as_tensor(idx)]
-        if normalize:
-            xb = (xb - m_t) / s_t
-        return xb.to(dev)
+        return standardise(x_all[torch.as_tensor(idx)], spec).to(dev)
 
     def stats(zp: Any, zb: Any) -> dict[str, float]:
         p, t = zp * ts + tm, zb * ts + tm
@@ -650,13 +657,7 @@ def cross_validate(
         fit_regressor(d, tr, va, fdir, seed=seed, progress=step, cancel=cancel, on_epoch=cb, reuse=True,
                       extra_training={"fold": k, "folds": folds, "split_by": split_by or "source"}, **kwargs)
         b = load_bundle(fdir)
-        x_test = d.x[test]
-        if b.config.input.mean is not None:
-            import torch
-
-            x_test = (x_test - torch.as_tensor(b.config.input.mean).view(1, -1, 1, 1)) / \
-                torch.as_tensor(b.config.input.std).view(1, -1, 1, 1)
-        v, o = predict_values(b, x_test, "cpu", 64, ood=True)
+        v, o = predict_values(b, standardise(d.x[test], b.config.input), "cpu", 64, ood=True)
         pred[test], fold_of[test], ood[test] = v, k, o
         fm = regression_metrics(d.y[test], v, d.target_names)
         fm.update(fold=k, test_groups=sorted(set(grp[test].tolist())), best_epoch=b.config.training.get("best_epoch"),

@@ -346,18 +346,17 @@ def detect_section(
     c_range = (0.0, c_hi)
     upright = (np.array([col.top_row, 0.0]), u, d)
     turned_frame = (np.array([col.bottom_row, 0.0]) + c_hi * u, -u, -d)
-    if turn is None:
-        probe = max(strip, 48)
-        above = _surface_profile(m, *upright, c_range, probe, cancel)[1]
-        below = _surface_profile(m, *turned_frame, c_range, probe, cancel)[1]
-        turned = bool(np.median(below) > 2 * max(float(np.median(above)), 1.0))
+    profile = _surface_profile(m, *(turned_frame if turn else upright), c_range, strip, cancel)
+    turned = bool(turn)
+    if turn is None:  # is the layer below the collector instead? (then the upright profile is not needed)
+        below = _surface_profile(m, *turned_frame, c_range, strip, cancel)
+        turned = bool(np.median(below[1]) > 2 * max(float(np.median(profile[1])), 1.0))
         if turned:
+            profile = below
             warnings.warn(f"{where}: the current collector is at the top of the image; the section is turned "
                           "by 180 degrees so that the active layer lies above it", stacklevel=2)
-    else:
-        turned = bool(turn)
     origin, u, d = turned_frame if turned else upright
-    centres, layer, usable = _surface_profile(m, origin, u, d, c_range, strip, cancel)
+    centres, layer, usable = profile
     have = layer > 0
     if not have.any():
         raise NcmError("no active layer found above the current collector", where)
