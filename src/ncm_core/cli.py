@@ -94,7 +94,7 @@ def cmd_train(a: argparse.Namespace) -> None:
               input_size=None if a.input_size is None else a.input_size[0], epochs=a.epochs or 10,
               batch_size=a.batch_size or 32, lr=a.lr, optimizer=a.opt or "adamw", momentum=a.momentum,
               weight_decay=0.01 if a.weight_decay is None else a.weight_decay,
-              scheduler=a.sched, warmup_epochs=a.warmup_epochs, val_fraction=a.val_fraction,
+              scheduler=a.sched, warmup_epochs=a.warmup_epochs, val_fraction=a.val_fraction or 0.25,
               crops_per_image=a.crops, exclude_rows=a.exclude_rows,
               augment="none" if a.no_augment else a.augment or "flip,rot90", normalize=a.normalize,
               pretrained=a.pretrained, patience=a.patience, monitor=a.monitor or "accuracy", amp=a.amp,
@@ -120,7 +120,7 @@ def _train_regress(a: argparse.Namespace) -> None:
               max_shift=a.max_shift, max_rotate=a.max_rotate, adversarial=a.adversarial, normalize=a.normalize,
               pretrained=a.pretrained, amp=a.amp, ood=not a.no_ood, device=a.device)
     common_kw = dict(input_size=a.input_size, groups=_list(a.group), target_columns=_list(a.target_columns) or None,
-                     split_by=a.split_by, val_fraction=a.val_fraction, seed=a.seed,
+                     split_by=a.split_by, val_fraction=a.val_fraction or 0.2, seed=a.seed,
                      progress=_progress("train", a.quiet))
     if a.folds:
         r = cross_validate(a.data, a.targets, a.out, folds=a.folds, resume=not a.restart, **common_kw, **kw)
@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, help="optimizer weight decay (default 0.01; regress: 0)")
     t.add_argument("--sched", default="cosine", help="timm scheduler (cosine, step, plateau, ...)")
     t.add_argument("--warmup-epochs", type=int, default=1)
-    t.add_argument("--val-fraction", type=float, default=0.25, help="share of images (regress: mosaics) held "
-                   "out for validation and early stopping")
+    t.add_argument("--val-fraction", type=float, help="share of images (regress: mosaics) held "
+                   "out for validation and early stopping (default 0.25; regress: 0.2)")
     t.add_argument("--crops", type=_positive, default=32, help="random crops per image per epoch")
     t.add_argument("--exclude-rows", type=_rows, help="band of rows to ignore, e.g. --exclude-rows=-32: for a 32-row SEM info bar")
     t.add_argument("--augment", help="classify: flip, rot90, both (default) or none; regress: shift, rotate, "
