@@ -147,3 +147,39 @@ def test_cross_section_bad_input_is_one_line(tmp_path, section_set, section_crop
     for w in words:
         assert w in last, r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_explain_tiles_with_checks_and_a_mosaic_heatmap(tiny_bundle, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ncm_core.heatmaps import open_heatmap
+
+    rng = np.random.default_rng(0)
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32)).astype(np.uint8)).save(tiles / f"t{k}.png")
+    r = ncm("explain", tiny_bundle, tiles, tmp_path / "ex", "--method", "gradcam,occlusion", "--window", "8",
+            "--target", "top-2", "--check", "-q")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "ex"
+    assert {p.name for p in (out / "maps").iterdir()} == {f"t{k}__{m}.tif" for k in range(3) for m in ("gradcam", "occlusion")}
+    checks = json.loads((out / "checks.json").read_text())
+    assert set(checks["randomisation"]) == {"gradcam", "occlusion"} and checks["images"] == 3
+    assert 0 <= checks["boundaries"]["gradcam"]["area_share"] <= 1
+    assert all((out / n).is_file() for n in ("overview.png", "randomisation.png", "deletion_insertion.png",
+                                              "explanations.csv"))
+    assert "randomisation rank correlation" in r.stdout
+    mosaic = tmp_path / "m.png"
+    Image.fromarray(rng.integers(0, 255, (96, 160)).astype(np.uint8)).save(mosaic)
+    r = ncm("explain", tiny_bundle, mosaic, tmp_path / "h.zarr", "--method", "gradram", "--target", "all", "-q",
+            "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    h = open_heatmap(tmp_path / "h.zarr")
+    assert h.data.shape == (3, 24, 40) and h.signed and len(list(tmp_path.glob("h-*.png"))) == 3
+    r = ncm("explain", tiny_bundle, mosaic, tmp_path / "h.zarr", "--method", "gradram")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "output exists" in r.stderr
+    r = ncm("explain", tiny_bundle, mosaic, tmp_path / "x.zarr", "--target", "class:9")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "class 9 is out of range" in r.stderr
+    assert not (tmp_path / "x.zarr").exists()

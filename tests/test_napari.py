@@ -348,3 +348,62 @@ def test_train_widget_regression_with_cross_validation(make_napari_viewer, secti
     r = w.run(sync=True)
     assert r is not None and "validation MAPE" in w.status.value
     assert str(sections.bundle.value) == str(tmp_path / "one")
+
+
+def _explain_widget(viewer, bundle):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Explain")
+    widget.image.value = viewer.layers["SEM mosaic"]
+    widget.bundle.value = str(bundle)
+    return widget
+
+
+def test_explain_widget_adds_aligned_heatmaps_and_explains_a_clicked_tile(viewer_with_sample, tiny_bundle, tmp_path):
+    viewer = viewer_with_sample
+    image = viewer.layers["SEM mosaic"]
+    widget = _explain_widget(viewer, tiny_bundle)
+    assert widget.target.choices[:3] == ("predicted", "top-2", "all") and "NCM811_pristine" in widget.target.choices
+    widget.method.value = "gradram"
+    widget.target.value = "top-2"
+    widget.out.value = str(tmp_path / "gradram.zarr")
+    hm = widget.run(sync=True)
+    assert hm is not None, widget.status.value
+    first, second = viewer.layers["SEM mosaic gradram top-1 class"], viewer.layers["SEM mosaic gradram top-2 class"]
+    assert first.visible and not second.visible and first.colormap.name == "RdBu_r"
+    lo, hi = first.contrast_limits
+    assert lo == pytest.approx(-hi)
+    # heatmap pixel (0, 0) sits on the centre of the 4 x 4 mosaic pixels it summarises
+    f = hm.factor
+    np.testing.assert_allclose(first.data_to_world((0, 0)), image.data_to_world(((f - 1) / 2, (f - 1) / 2)))
+    np.testing.assert_allclose(first.data_to_world((10, 20)), image.data_to_world((10 * f + 1.5, 20 * f + 1.5)))
+    # click: the tile's probabilities and the maps of its two most probable classes
+    res = widget.explain_tile(70, 100, sync=True)
+    where, ex = widget.tile_result
+    assert res is not None and where == (64, 96, 32) and ex.maps.shape == (1, 2, 32, 32)
+    tile = np.asarray(image.data[64:96, 96:128])
+    probs = classify_tiles(load_bundle(tiny_bundle), tile[None])[0]
+    np.testing.assert_allclose(ex.scores[0], probs, atol=1e-5)
+    assert list(ex.targets[0]) == list(np.argsort(-probs)[:2])
+    assert not widget.canvas.isHidden() and len(widget.figure.axes) >= 3
+    box = viewer.layers["SEM mosaic explained tile"].data[0]
+    np.testing.assert_allclose(box.min(0), [63.5, 95.5]) and np.testing.assert_allclose(box.max(0), [95.5, 127.5])
+
+
+def test_explain_widget_in_a_real_thread_worker(viewer_with_sample, tiny_bundle, qtbot):
+    viewer = viewer_with_sample
+    widget = _explain_widget(viewer, tiny_bundle)
+    worker = widget.run()
+    assert worker is not None and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: "SEM mosaic gradcam predicted class" in viewer.layers, timeout=10_000)
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_reader_opens_a_heatmap(make_napari_viewer, tiny_bundle, tmp_path):
+    from ncm_core.heatmaps import explain_mosaic
+
+    rng = np.random.default_rng(0)
+    explain_mosaic(tiny_bundle, rng.integers(0, 255, (96, 128)).astype(np.uint8), tmp_path / "occ.zarr",
+                   "occlusion", window=(8, 8), device="cpu")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "occ.zarr"), plugin="napari-ncm")
+    assert [la.name for la in layers] == ["occ predicted class"] and layers[0].colormap.name == "RdBu_r"
