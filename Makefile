@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem bench-tune bench-rate
+.PHONY: setup demo test bench bench-predict bench-sem bench-tune bench-rate bench-explain
 
 setup:
 	@bash scripts/setup.sh
@@ -10,7 +10,7 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem bench-tune bench-rate
+bench: bench-predict bench-sem bench-tune bench-rate bench-explain
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
@@ -23,3 +23,6 @@ bench-tune: setup
 
 bench-rate: setup
 	.venv/bin/python benchmarks/rate_capability.py
+
+bench-explain: setup
+	.venv/bin/python benchmarks/explanations.py

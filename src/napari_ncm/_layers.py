@@ -65,3 +65,23 @@ def prediction_layers(pred: Any, name: str = "prediction") -> list[LayerData]:
                   "metadata": {**meta, "ood_fraction": frac, "ood": pred.attrs.get("ood")}}
         layers.append((flagged, ood_kw, "labels"))
     return layers
+
+
+def heatmap_layers(heatmap: Any, name: str | None = None) -> list[LayerData]:
+    """One Image layer per map of a :class:`ncm_core.heatmaps.Heatmap`, aligned with the mosaic (multiscale
+    when the heatmap has coarser levels): a diverging colormap with symmetric limits for signed maps
+    (Grad-RAM, guided backpropagation, occlusion), a sequential one from 0 otherwise."""
+    scale, trans = heatmap.world_transform()
+    levels = heatmap.levels
+    base = name or heatmap.method
+    out: list[LayerData] = []
+    for k, map_name in enumerate(heatmap.names):
+        data = [lv[k] for lv in levels]
+        kw = {"name": f"{base} {map_name}", "scale": scale, "translate": trans,
+              "colormap": "RdBu_r" if heatmap.signed else "inferno",
+              "contrast_limits": tuple(float(v) for v in heatmap.limits[k]),
+              "opacity": 0.6, "blending": "translucent", "visible": k == 0, "multiscale": len(data) > 1,
+              "metadata": {"ncm_heatmap": str(heatmap.path), "method": heatmap.method, "map": map_name,
+                           "signed": heatmap.signed, "factor": heatmap.factor}}
+        out.append((data if len(data) > 1 else data[0], kw, "image"))
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ._layers import LayerData, class_labels_kwargs, mosaic_layers, prediction_layers
+from ._layers import LayerData, class_labels_kwargs, heatmap_layers, mosaic_layers, prediction_layers
 
 SUFFIXES = (".zarr", ".tif", ".tiff")
 
@@ -68,6 +68,10 @@ def read(path: str | list[str]) -> list[LayerData]:
     p = Path(path)
     if is_prediction(p):
         return prediction_layers(open_prediction(p), name=p.name.split(".")[0])
+    from ncm_core.heatmaps import is_heatmap, open_heatmap
+
+    if is_heatmap(p):
+        return heatmap_layers(open_heatmap(p), name=p.name.split(".")[0])
     layers = mosaic_layers(open_mosaic(p))
     if p.is_dir():
         layers += _ngff_labels(p)

@@ -1,0 +1,271 @@
+"""The Explain dock widget: explanation heatmaps over a mosaic, and a per-tile panel on click.
+
+* **Run** computes :func:`ncm_core.heatmaps.explain_mosaic` for the chosen
+  image layer, bundle, method and target in a thread worker (napari's
+  progress bar, Cancel) and adds one Image layer per map, aligned with the
+  image (diverging colormap with symmetric limits for signed maps).
+* **Clicking** the image (with this dock open) explains the tile under the
+  mouse: its class probabilities and the maps of its two most probable
+  classes side by side (for a regression bundle: its values and the maps of
+  the first two targets), as in the SEM study's look at a misclassified tile.
+  The clicked tile is outlined in a Shapes layer.
+
+Layers are changed only in the callbacks, on the main thread.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
+from qtpy.QtCore import QObject, Signal
+
+from napari_ncm._background import RunsInBackground
+
+if TYPE_CHECKING:
+    import napari
+
+METHOD_CHOICES = ["gradcam", "gradcam++", "scorecam", "layercam", "gradram", "guided-backprop", "guided-gradcam",
+                  "occlusion"]
+
+
+class _Bridge(QObject):
+    progress = Signal(object)
+
+
+class ExplainWidget(RunsInBackground, Container):
+    """Explanation heatmaps over an image layer; click a tile for its probabilities and top-2 maps."""
+
+    task_name = "Explain"
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        import napari.layers
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(labels=True)
+        self._viewer = viewer = napari_viewer
+        self.image = create_widget(annotation=napari.layers.Image, label="Image")
+        self.bundle = FileEdit(mode="d", label="Model bundle")
+        self.method = ComboBox(choices=METHOD_CHOICES, value="gradcam", label="Method")
+        self.target = ComboBox(choices=["predicted", "top-2", "all"], value="predicted", label="Target",
+                               tooltip="predicted / top-2: each tile's own classes; or one class or target")
+        self.overlap = SpinBox(value=-1, min=-1, max=4096, label="Overlap (px)",
+                               tooltip="pixels shared by neighbouring tiles; -1 = a quarter tile")
+        self.factor = SpinBox(value=0, min=0, max=64, label="Heatmap factor",
+                              tooltip="mosaic pixels per heatmap pixel; 0 = automatic (4, or 1 for guided)")
+        self.out = FileEdit(mode="w", label="Save to (.zarr)", tooltip="optional; a temporary folder otherwise")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="Click a tile of the image to explain it.")
+        self.extend([self.image, self.bundle, self.method, self.target, self.overlap, self.factor, self.out,
+                     self.run_button, self.cancel_button, self.status])
+        self.figure = Figure(figsize=(4.8, 2.6), dpi=80)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        self.canvas.setVisible(False)
+        self.native.layout().addWidget(self.canvas)
+        self.run_button.changed.connect(lambda: self.run())
+        self.cancel_button.changed.connect(self.cancel)
+        self.bundle.changed.connect(self._bundle_changed)
+        viewer.layers.events.inserted.connect(self.image.reset_choices)
+        viewer.layers.events.removed.connect(self.image.reset_choices)
+        viewer.mouse_drag_callbacks.append(self._on_click)
+        self._bridge = _Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._cancel = threading.Event()
+        self._loaded: Any = None  # (path, ModelBundle): loaded once, reused by clicks
+        self.heatmap = None
+        self.tile_result = None
+        self.result = None
+        self.worker = None
+        self._tmp: Any = None
+
+    # ------------------------------------------------------------ settings
+    def _bundle_changed(self) -> None:
+        path = Path(str(self.bundle.value))
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return
+        names = cfg.get("class_names") if cfg.get("task", "classify") == "classify" else cfg.get("target_names")
+        base = ["predicted", "top-2", "all"] if cfg.get("task", "classify") == "classify" else ["all"]
+        self.target.choices = base + list(names or [])
+        self.target.value = base[0]
+
+    def _load(self) -> Any:
+        from ncm_core.bundle import load_bundle
+        from ncm_core.errors import NcmError
+
+        path = str(self.bundle.value)
+        if path in ("", "."):
+            raise NcmError("choose a model bundle")
+        if self._loaded is None or self._loaded[0] != path:
+            from napari_ncm._torch import guard_triton
+
+            guard_triton()
+            self._loaded = (path, load_bundle(path))
+        return self._loaded[1]
+
+    def _mosaic(self) -> Any:
+        from napari_ncm._widget import layer_to_mosaic
+        from ncm_core.errors import NcmError
+
+        if self.image.value is None:
+            raise NcmError("choose an image layer")
+        return layer_to_mosaic(self.image.value)
+
+    def _out_path(self) -> Path:
+        out = str(self.out.value)
+        if out not in ("", "."):
+            return Path(out)
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ncm-explain-")
+        return Path(self._tmp.name) / f"{self.method.value}-{self.target.value}.zarr".replace("/", "_")
+
+    # ------------------------------------------------------------ jobs
+    def _job(self):
+        mosaic, bundle = self._mosaic(), self._load()
+        self._cancel = threading.Event()
+        cancel, bridge = self._cancel, self._bridge
+        kw = dict(overlap=None if self.overlap.value < 0 else self.overlap.value,
+                  factor=self.factor.value or None, device="cpu" if self._on_cpu() else "auto")
+        method, target, out = self.method.value, self.target.value, self._out_path()
+
+        def work():
+            from ncm_core.heatmaps import explain_mosaic
+
+            return "heatmap", explain_mosaic(bundle, mosaic, out, method, target, overwrite=True, cancel=cancel,
+                                             progress=lambda d, t, m: bridge.progress.emit((d, t, m)), **kw)
+        return work
+
+    @staticmethod
+    def _on_cpu() -> bool:
+        import torch
+
+        return not torch.cuda.is_available()
+
+    def run(self, sync: bool = False):
+        """Compute the heatmap of the image layer; adds one Image layer per map."""
+        task = self._prepare()
+        if task is None:
+            return None
+        self.result = None
+        return self._run_function(task, sync, "Explain", "Explaining...")
+
+    def explain_tile(self, y: float, x: float, sync: bool = False):
+        """Explain the tile holding data pixel (y, x) of the image layer: probabilities and top-2 maps."""
+        from ncm_core.errors import NcmError
+
+        try:
+            mosaic, bundle = self._mosaic(), self._load()
+            from ncm_core.predict import tile_size_for
+
+            T = tile_size_for(bundle, mosaic)
+            H, W = mosaic.shape
+            if not (0 <= y < H and 0 <= x < W):
+                return None
+            y0 = min(int(y // T) * T, max(0, H - T))
+            x0 = min(int(x // T) * T, max(0, W - T))
+            if H < T or W < T:
+                raise NcmError(f"the image ({H} x {W} px) is smaller than one tile ({T} px)")
+        except NcmError as exc:
+            self._on_error(exc)
+            return None
+        method = self.method.value
+        regress = bundle.config.task == "regress"
+        target = [0, 1] if regress and bundle.config.num_outputs > 1 else ([0] if regress else "top-2")
+
+        def work():
+            import numpy as np
+
+            from ncm_core.explain import explain
+
+            tile = np.asarray(mosaic.data[y0:y0 + T, x0:x0 + T].compute())
+            return "tile", ((y0, x0, T), tile, explain(bundle, tile[None], method, target))
+
+        self.result = None
+        return self._run_function(work, sync, "Explain tile", "Explaining the tile...")
+
+    def _on_click(self, viewer: Any, event: Any) -> None:
+        layer = self.image.value
+        if layer is None or self.worker is not None or str(self.bundle.value) in ("", "."):
+            return
+        if not self.native.isVisible():
+            return
+        y, x = layer.world_to_data(event.position)[-2:]
+        self.explain_tile(y, x)
+
+    # ------------------------------------------------------------ callbacks (main thread)
+    def _on_done(self, value: Any) -> None:
+        if value is None:
+            return
+        what, res = value
+        self.result = res
+        if what == "heatmap":
+            self._show_heatmap(res)
+        else:
+            self._show_tile(*res)
+
+    def _show_heatmap(self, hm: Any) -> None:
+        from napari_ncm._layers import heatmap_layers
+
+        self.heatmap = hm
+        base = f"{self.image.value.name} {hm.method}"
+        for data, kw, _ in heatmap_layers(hm, name=base):
+            if kw["name"] in self._viewer.layers:
+                self._viewer.layers.remove(kw["name"])
+            self._viewer.add_image(data, **kw)
+        self.status.value = (f"{hm.method}: {len(hm.names)} map(s), {hm.attrs['n_tiles']} tiles, "
+                             f"{hm.attrs['seconds']:.1f} s")
+
+    def _show_tile(self, where: tuple[int, int, int], tile: Any, ex: Any) -> None:
+        import numpy as np
+
+        from ncm_core.figures import _show_gray, heatmap_style, probability_bars
+
+        y0, x0, T = where
+        self.tile_result = (where, ex)
+        image = self.image.value
+        rect = np.array([[y0 - 0.5, x0 - 0.5], [y0 + T - 0.5, x0 + T - 0.5]])
+        name = f"{image.name} explained tile"
+        kw = {"scale": tuple(image.scale[-2:]), "translate": tuple(image.translate[-2:])}
+        if name in self._viewer.layers:
+            self._viewer.layers[name].data = [rect]
+        else:
+            self._viewer.add_shapes([rect], shape_type="rectangle", edge_color="cyan", face_color="transparent",
+                                    edge_width=2, name=name, **kw)
+            self._viewer.layers.selection.active = image
+        fig = self.figure
+        fig.clear()
+        axes = fig.subplots(1, 1 + ex.maps.shape[1])
+        if ex.task == "classify":
+            order = np.argsort(-ex.scores[0])[:5]
+            probability_bars(axes[0], ex.scores[0][order], [self._loaded[1].class_names[i] for i in order])
+            axes[0].set_title("probabilities", fontsize=8)
+        else:
+            names = self._loaded[1].config.target_names
+            axes[0].barh(range(len(names)), ex.scores[0], color="tab:blue")
+            axes[0].set_yticks(range(len(names)))
+            axes[0].set_yticklabels(names, fontsize=7)
+            axes[0].invert_yaxis()
+            axes[0].set_title("predicted", fontsize=8)
+        for k in range(ex.maps.shape[1]):
+            ax = axes[1 + k]
+            _show_gray(ax, tile)
+            ax.imshow(ex.maps[0, k], alpha=0.55, **heatmap_style(ex.signed, values=ex.maps[0, k]))
+            score = ex.scores[0, ex.targets[0, k]]
+            ax.set_title(f"{ex.names[0][k]}\n{score:.2f}", fontsize=7)
+            ax.set_axis_off()
+        fig.tight_layout()
+        self.canvas.setVisible(True)
+        self.canvas.draw_idle()
+        top = ", ".join(f"{n} {ex.scores[0, t]:.2f}" for n, t in zip(ex.names[0], ex.targets[0]))
+        self.status.value = f"tile y {y0}, x {x0}: {top}"
+
+    def _has_result(self) -> bool:
+        return self.result is not None
