@@ -161,21 +161,17 @@ class ExplainWidget(RunsInBackground, Container):
         """Explain the tile holding data pixel (y, x) of the image layer: probabilities and top-2 maps."""
         from ncm_core.errors import NcmError
 
+        from ncm_core.heatmaps import tile_at
+
         try:
             mosaic, bundle = self._mosaic(), self._load()
-            from ncm_core.predict import tile_size_for
-
-            T = tile_size_for(bundle, mosaic)
-            H, W = mosaic.shape
-            if not (0 <= y < H and 0 <= x < W):
-                return None
-            y0 = min(int(y // T) * T, max(0, H - T))
-            x0 = min(int(x // T) * T, max(0, W - T))
-            if H < T or W < T:
-                raise NcmError(f"the image ({H} x {W} px) is smaller than one tile ({T} px)")
+            where = tile_at(bundle, mosaic, y, x)
         except NcmError as exc:
             self._on_error(exc)
             return None
+        if where is None:
+            return None
+        y0, x0, T = where
         method = self.method.value
         regress = bundle.config.task == "regress"
         target = [0, 1] if regress and bundle.config.num_outputs > 1 else ([0] if regress else "top-2")
@@ -226,7 +222,7 @@ class ExplainWidget(RunsInBackground, Container):
     def _show_tile(self, where: tuple[int, int, int], tile: Any, ex: Any) -> None:
         import numpy as np
 
-        from ncm_core.figures import _show_gray, heatmap_style, probability_bars
+        from ncm_core.figures import draw_tile_explanation
 
         y0, x0, T = where
         self.tile_result = (where, ex)
@@ -240,28 +236,8 @@ class ExplainWidget(RunsInBackground, Container):
             self._viewer.add_shapes([rect], shape_type="rectangle", edge_color="cyan", face_color="transparent",
                                     edge_width=2, name=name, **kw)
             self._viewer.layers.selection.active = image
-        fig = self.figure
-        fig.clear()
-        axes = fig.subplots(1, 1 + ex.maps.shape[1])
-        if ex.task == "classify":
-            order = np.argsort(-ex.scores[0])[:5]
-            probability_bars(axes[0], ex.scores[0][order], [self._loaded[1].class_names[i] for i in order])
-            axes[0].set_title("probabilities", fontsize=8)
-        else:
-            names = self._loaded[1].config.target_names
-            axes[0].barh(range(len(names)), ex.scores[0], color="tab:blue")
-            axes[0].set_yticks(range(len(names)))
-            axes[0].set_yticklabels(names, fontsize=7)
-            axes[0].invert_yaxis()
-            axes[0].set_title("predicted", fontsize=8)
-        for k in range(ex.maps.shape[1]):
-            ax = axes[1 + k]
-            _show_gray(ax, tile)
-            ax.imshow(ex.maps[0, k], alpha=0.55, **heatmap_style(ex.signed, values=ex.maps[0, k]))
-            score = ex.scores[0, ex.targets[0, k]]
-            ax.set_title(f"{ex.names[0][k]}\n{score:.2f}", fontsize=7)
-            ax.set_axis_off()
-        fig.tight_layout()
+        draw_tile_explanation(self.figure, tile, ex, self._loaded[1].class_names or
+                              self._loaded[1].config.target_names)
         self.canvas.setVisible(True)
         self.canvas.draw_idle()
         top = ", ".join(f"{n} {ex.scores[0, t]:.2f}" for n, t in zip(ex.names[0], ex.targets[0]))

@@ -317,7 +317,7 @@ def _explain_tiles(a: argparse.Namespace, methods: list[str]) -> None:
     import tifffile
 
     from .bundle import load_bundle
-    from .explain import explain
+    from .explain import Explanation, explain
     from .figures import explanation_figure
     from .mosaic import open_mosaic
     from .train import resolve_device
@@ -345,7 +345,8 @@ def _explain_tiles(a: argparse.Namespace, methods: list[str]) -> None:
             raise
         except Exception as exc:
             raise NcmError(f"cannot read image ({type(exc).__name__}: {exc})", f) from None
-    rows, shown = [], {}
+    rows, kept = [], {}
+    n_keep = max(6, a.check_images if a.check else 0)  # tiles whose maps the overview and checks reuse
     prog = _progress("explain", a.quiet)
     for i, (f, img) in enumerate(zip(files, images)):
         stem = str(f.relative_to(a.input).with_suffix("")).replace("/", "__")
@@ -359,24 +360,20 @@ def _explain_tiles(a: argparse.Namespace, methods: list[str]) -> None:
                 rows.append({"image": str(f), "method": m, "layer": e.layer or "", "map": k, "target": name,
                              "score": f"{score:.6g}", "min": f"{e.maps[0, k].min():.6g}",
                              "max": f"{e.maps[0, k].max():.6g}"})
-            if i < 6:
-                shown.setdefault(m, []).append(e)
+            if i < n_keep:
+                kept.setdefault(m, []).append(e)
         if prog:
             prog(i + 1, len(files), "images")
     with open(partial / "explanations.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    same = len({im.shape for im in images[:6]}) == 1
+    same = len({im.shape for im in images[:n_keep]}) == 1
+    kept = {m: Explanation.concat(es) for m, es in kept.items()} if same else {}
     if same:
-        from .explain import Explanation
-
-        merged = {m: Explanation(np.concatenate([e.maps for e in es]), np.concatenate([e.targets for e in es]),
-                                 sum((e.names for e in es), []), np.concatenate([e.scores for e in es]), m,
-                                 es[0].layer, es[0].signed, es[0].task) for m, es in shown.items()}
-        explanation_figure(np.stack(images[:6]), merged, partial / "overview.png")
+        explanation_figure(np.stack(images[:6]), {m: e[:6] for m, e in kept.items()}, partial / "overview.png")
     if a.check:
-        _explain_checks(a, bundle, images, methods, partial)
+        _explain_checks(a, bundle, images, kept, partial)
     if out.exists():
         import shutil
 
@@ -386,24 +383,23 @@ def _explain_tiles(a: argparse.Namespace, methods: list[str]) -> None:
           + (", overview.png" if same else "") + (", checks.json" if a.check else ""))
 
 
-def _explain_checks(a: argparse.Namespace, bundle: object, images: list, methods: list[str], out: Path) -> None:
+def _explain_checks(a: argparse.Namespace, bundle: object, images: list, maps: dict, out: Path) -> None:
+    """Sanity checks on the first ``--check-images`` tiles, reusing their maps (``maps``: method -> Explanation)."""
     import numpy as np
 
-    from .explain import explain
     from .figures import deletion_insertion_figure, randomisation_figure
     from .sanity import attribution_in_mask, deletion_insertion, particle_boundaries, randomisation_check
 
-    if len({im.shape for im in images}) != 1:
+    if not maps:
         raise NcmError("--check needs images of one size", a.input)
     imgs = np.stack(images[: a.check_images])
     kw = dict(batch_size=a.batch_size, window=a.window, stride=a.occlusion_stride)
-    target = _targets(a.target)
-    report = {"images": len(imgs), "randomisation": randomisation_check(bundle, imgs, methods, target,
-                                                                        layer=a.layer, **kw)}
+    report = {"images": len(imgs), "randomisation": randomisation_check(bundle, imgs, list(maps),
+                                                                        _targets(a.target), layer=a.layer, **kw)}
     masks = np.stack([particle_boundaries(im) for im in imgs])
     report["boundaries"], curves = {}, {}
-    for m in methods:
-        e = explain(bundle, imgs, m, target, a.layer, **kw)
+    for m, e in maps.items():
+        e = e[: len(imgs)]
         report["boundaries"][m] = attribution_in_mask(e.maps, masks[:, None])
         curves[m] = deletion_insertion(bundle, imgs, e)
         report.setdefault("faithfulness", {})[m] = {k: curves[m][k] for k in (

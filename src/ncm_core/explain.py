@@ -80,6 +80,19 @@ class Explanation:
     signed: bool
     task: str
 
+    @classmethod
+    def concat(cls, parts: list["Explanation"]) -> "Explanation":
+        """One explanation of all tiles of ``parts`` (same method, targets per tile kept)."""
+        first = parts[0]
+        return cls(np.concatenate([e.maps for e in parts]), np.concatenate([e.targets for e in parts]),
+                   [row for e in parts for row in e.names], np.concatenate([e.scores for e in parts]),
+                   first.method, first.layer, first.signed, first.task)
+
+    def __getitem__(self, tiles: slice) -> "Explanation":
+        """The explanation of a slice of the tiles."""
+        return Explanation(self.maps[tiles], self.targets[tiles], self.names[tiles], self.scores[tiles],
+                           self.method, self.layer, self.signed, self.task)
+
 
 def check_method(method: str) -> str:
     m = str(method).lower().replace("_", "-")

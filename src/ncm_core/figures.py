@@ -333,6 +333,29 @@ def explanation_figure(tiles: np.ndarray, explanations: dict[str, Any], path: st
     return Path(path)
 
 
+def draw_tile_explanation(fig: Any, tile: np.ndarray, ex: Any, output_names: list[str]) -> None:
+    """One tile's scores (the five most probable classes, or the predicted values) and its maps side by side
+    on ``fig`` (the Explain dock's panel)."""
+    fig.clear()
+    axes = fig.subplots(1, 1 + ex.maps.shape[1])
+    if ex.task == "classify":
+        order = np.argsort(-ex.scores[0])[:5]
+        probability_bars(axes[0], ex.scores[0][order], [output_names[i] for i in order])
+        axes[0].set_title("probabilities", fontsize=8)
+    else:
+        axes[0].barh(range(len(output_names)), ex.scores[0], color="tab:blue")
+        axes[0].set_yticks(range(len(output_names)), output_names, fontsize=7)
+        axes[0].invert_yaxis()
+        axes[0].set_title("predicted", fontsize=8)
+    for k in range(ex.maps.shape[1]):
+        ax = axes[1 + k]
+        _show_gray(ax, tile)
+        ax.imshow(ex.maps[0, k], alpha=0.55, **heatmap_style(ex.signed, values=ex.maps[0, k]))
+        ax.set_title(f"{ex.names[0][k]}\n{ex.scores[0, ex.targets[0, k]]:.2f}", fontsize=7)
+        ax.set_axis_off()
+    fig.tight_layout()
+
+
 def heatmap_overlay_figure(mosaic: Any, heatmap: Any, path: str | Path, index: int = 0, alpha: float = 0.55,
                            title: str | None = None) -> Path:
     """PNG of a mosaic overview with map ``index`` of a :class:`~ncm_core.heatmaps.Heatmap` over it, aligned

@@ -40,11 +40,12 @@ import numpy as np
 from .bundle import ModelBundle, load_bundle
 from .errors import NcmError
 from .mosaic import Mosaic, ngff_multiscales, open_mosaic
-from .progress import CancelFlag, ProgressFn, check_cancel
+from .progress import CancelFlag, ProgressFn, check_cancel, run_steps
 from .tiling import TileGrid, extract_tiles
 
 HEATMAP_KIND = "ncm-explanation"
-__all__ = ["Heatmap", "explain_mosaic", "explain_mosaic_steps", "open_heatmap", "is_heatmap", "blend_weight"]
+__all__ = ["Heatmap", "explain_mosaic", "explain_mosaic_steps", "open_heatmap", "is_heatmap", "blend_weight",
+           "tile_at"]
 
 
 @dataclass
@@ -104,6 +105,20 @@ def open_heatmap(path: str | Path) -> Heatmap:
                    [tuple(v) for v in a["limits"]], a)
 
 
+def tile_at(bundle: ModelBundle, mosaic: Mosaic, y: float, x: float) -> tuple[int, int, int] | None:
+    """``(y0, x0, T)`` of the bundle-sized tile (on the non-overlapping grid from the origin, the last row and
+    column moved inside the image) that holds pixel (y, x); None outside the image."""
+    from .predict import tile_size_for
+
+    T = tile_size_for(bundle, mosaic)
+    H, W = mosaic.shape
+    if H < T or W < T:
+        raise NcmError(f"the image ({H} x {W} px) is smaller than one tile ({T} px)", mosaic.source)
+    if not (0 <= y < H and 0 <= x < W):
+        return None
+    return min(int(y // T) * T, H - T), min(int(x // T) * T, W - T), T
+
+
 def blend_weight(n: int, ramp: int) -> np.ndarray:
     """1-D blending weight: a raised-cosine ramp of ``ramp`` samples at both ends, 1 in between (never 0)."""
     w = np.ones(n, np.float32)
@@ -142,13 +157,10 @@ def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, settings: dict[str, Any]) 
     import hashlib
     import json
 
+    from .predict import hash_weights
+
     h = hashlib.sha256()
-    if bundle.path is not None and (bundle.path / "model.safetensors").is_file():
-        h.update((bundle.path / "model.safetensors").read_bytes())
-    else:
-        for k, v in bundle.model.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().numpy().tobytes())
+    hash_weights(bundle, h)
     h.update(json.dumps({**settings, "source": mosaic.source, "shape": list(mosaic.data.shape),
                          "dtype": str(mosaic.dtype)}, sort_keys=True, default=str).encode())
     return h.hexdigest()
@@ -166,7 +178,7 @@ def explain_mosaic_steps(
     import zarr
 
     from .explain import LAYERED, SIGNED, check_method, explain_tensor, resolve_layer
-    from .predict import tile_size_for
+    from .predict import open_partial, tile_size_for
     from .preprocess import tiles_to_tensor
     from .train import resolve_device
 
@@ -222,18 +234,8 @@ def explain_mosaic_steps(
         "world_transform": {"scale": list(scale), "translate": list(trans)},
         "occlusion": {"window": list(window), "stride": list(stride or window)} if method == "occlusion" else None,
     }
-    partial = out.with_name(out.name + ".partial")
-    root = None
-    if partial.exists() and resume:
-        try:
-            old = zarr.open_group(str(partial), mode="r+")
-            if dict(old.attrs).get("ncm", {}).get("fingerprint") == fp:
-                root = old
-        except Exception:
-            root = None
+    partial, root = open_partial(out, fp, resume)
     if root is None:
-        if partial.exists():
-            shutil.rmtree(partial)
         root = zarr.open_group(str(partial), mode="w", zarr_format=3)
         mg = root.create_group("maps")
         mg.create_array("0", shape=(K, hh, hw), dtype=np.float32, chunks=(K, chunk, chunk), fill_value=np.nan,
@@ -362,11 +364,5 @@ def explain_mosaic(
     batch_size, device, overwrite, resume
         As for :func:`ncm_core.predict.predict_mosaic`.
     """
-    gen = explain_mosaic_steps(bundle, mosaic, out, method, target, layer, cancel=cancel, **kwargs)
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total, "blocks")
+    return run_steps(explain_mosaic_steps(bundle, mosaic, out, method, target, layer, cancel=cancel, **kwargs),
+                     progress, "blocks")

@@ -44,7 +44,7 @@ from .colors import class_colors
 from .errors import NcmError
 from .mosaic import Mosaic, ngff_multiscales, open_mosaic, write_label_group
 from .preprocess import tiles_to_tensor
-from .progress import CancelFlag, ProgressFn, check_cancel
+from .progress import CancelFlag, ProgressFn, check_cancel, run_steps
 from .tiling import TileGrid, band_mask, extract_tiles, foreground_mask, pad_region, pixel_mask_to_cells
 
 PREDICTION_KIND = "ncm-prediction"
@@ -253,6 +253,34 @@ class PredictionIncomplete(NcmError):
         self.failed = failed
 
 
+def hash_weights(bundle: ModelBundle, h: Any) -> None:
+    """Feed the bundle's weights (the safetensors file, or the in-memory state) into hash ``h``."""
+    if bundle.path is not None and (bundle.path / "model.safetensors").is_file():
+        h.update((bundle.path / "model.safetensors").read_bytes())
+    else:
+        for k, v in bundle.model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+
+
+def open_partial(out: Path, fingerprint: str, resume: bool) -> tuple[Path, Any]:
+    """``(<out>.partial, its zarr group)`` when it holds an interrupted run with this ``fingerprint`` (and
+    ``resume``), else ``(<out>.partial, None)`` with any other ``.partial`` removed."""
+    import zarr
+
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and resume:
+        try:
+            old = zarr.open_group(str(partial), mode="r+")
+            if dict(old.attrs).get("ncm", {}).get("fingerprint") == fingerprint:
+                return partial, old
+        except Exception:
+            pass
+    if partial.exists():
+        shutil.rmtree(partial)
+    return partial, None
+
+
 def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, grid: TileGrid, keep: np.ndarray, block: tuple[int, int],
                  batch_size: int, dense: bool, ood: bool = False) -> str:
     """Hash of everything that determines the output, so a re-run only resumes the same prediction."""
@@ -260,12 +288,7 @@ def _fingerprint(bundle: ModelBundle, mosaic: Mosaic, grid: TileGrid, keep: np.n
     import json
 
     h = hashlib.sha256()
-    if bundle.path is not None and (bundle.path / "model.safetensors").is_file():
-        h.update((bundle.path / "model.safetensors").read_bytes())
-    else:
-        for k, v in bundle.model.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().numpy().tobytes())
+    hash_weights(bundle, h)
     h.update(json.dumps({"grid": grid.to_dict(), "block": list(block), "batch": batch_size, "dense": dense,
                          "ood": bundle.config.ood if ood else None,
                          "source": mosaic.source,
@@ -434,7 +457,6 @@ def predict_mosaic_steps(
     """Generator form of :func:`predict_mosaic`: yields ``(blocks done, blocks total)``, returns the
     :class:`Prediction`. The napari widget runs it in a thread worker."""
     import torch
-    import zarr
 
     from .train import resolve_device
 
@@ -484,18 +506,8 @@ def predict_mosaic_steps(
         check_distributable(bundle, mosaic)
 
     # A '.partial' group from an interrupted run of the same prediction is resumed; anything else is replaced.
-    partial = out.with_name(out.name + ".partial")
-    root = None
-    if partial.exists() and resume:
-        try:
-            old = zarr.open_group(str(partial), mode="r+")
-            if dict(old.attrs).get("ncm", {}).get("fingerprint") == fp:
-                root = old
-        except Exception:
-            root = None
+    partial, root = open_partial(out, fp, resume)
     if root is None:
-        if partial.exists():
-            shutil.rmtree(partial)
         attrs["memory_format"] = choose_memory_format(bundle, batch_size, dev, int(keep.sum()), memory_format)
         root = _new_output(partial, grid, block, names, scale, trans, unit, attrs, ood)
     else:  # a resumed run computes the rest exactly as the first part was computed
@@ -595,11 +607,4 @@ def predict_mosaic(
         LocalCluster of N worker processes. The model is loaded once per
         worker; the result is identical to a single-process run.
     """
-    gen = predict_mosaic_steps(bundle, mosaic, out, cancel=cancel, **kwargs)
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total, "blocks")
+    return run_steps(predict_mosaic_steps(bundle, mosaic, out, cancel=cancel, **kwargs), progress, "blocks")

@@ -37,6 +37,16 @@ def report(progress: ProgressFn | None, done: int, total: int, message: str = ""
         progress(done, total, message)
 
 
+def run_steps(gen: Any, progress: ProgressFn | None, message: str = "") -> Any:
+    """Drive a generator that yields ``(done, total)`` to its end, reporting each step; returns its value."""
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        report(progress, done, total, message)
+
+
 class ConsoleProgress:
     """A one-line progress display for the terminal (stderr), at most a few updates a second."""
 
