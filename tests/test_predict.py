@@ -263,9 +263,15 @@ def test_a_worker_killed_mid_run_loses_nothing(tiny_bundle, tmp_path):
     assert pred.attrs["complete"] and np.array_equal(np.asarray(pred.labels), np.asarray(ref.labels))
 
 
-def _local_bundle():
-    """A model of known answer for dense mode: its trunk is an 8 x 8 average pool (purely local,
-    feature stride 8), so a tile's window of a block's feature map is exactly the tile's own features."""
+def _local_bundle(kind: str = "pointwise"):
+    """Models of known answer for dense mode (feature stride 8, 32 px tiles = 4 x 4 cells):
+
+    - ``"pointwise"``: the trunk is a 1 x 1 convolution and an 8 x 8 average pool (purely local), so a
+      tile's window of a block's feature map is exactly the tile's own features;
+    - ``"padded"``: a 3 x 3 zero-padded convolution first, so cells at a tile's border see padding in
+      per-tile evaluation and the neighbouring tile's pixels in dense mode;
+    - ``"global"``: a squeeze-and-excitation-like gate inside the trunk (pooled over the whole input).
+    """
     import torch
 
     from ncm_core.bundle import BundleConfig, ModelBundle
@@ -275,16 +281,21 @@ def _local_bundle():
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)  # before the layers: their biases must not depend on earlier tests
-            self.conv = torch.nn.Conv2d(1, 4, 1)
+            k = 1 if kind == "pointwise" else 3
+            self.conv = torch.nn.Conv2d(1, 4, k, padding=k // 2)
             self.fc = torch.nn.Linear(4, 3)
-            torch.nn.init.normal_(self.conv.weight, std=3.0)
+            torch.nn.init.normal_(self.conv.weight, std=3.0 / k)
             torch.nn.init.normal_(self.fc.weight, std=3.0)
 
         def forward_features(self, x):
-            return torch.nn.functional.avg_pool2d(torch.tanh(self.conv(x - 0.4)), 8)
+            f = torch.tanh(self.conv(x - 0.4))
+            if kind == "global":
+                f = f * torch.sigmoid(f.mean(dim=(2, 3), keepdim=True))
+            return torch.nn.functional.avg_pool2d(f, 8)
 
-        def forward_head(self, f):
-            return self.fc(f.amax(dim=(2, 3)))  # max pooling: sensitive to which cells are in the window
+        def forward_head(self, f, pre_logits=False):
+            f = f.amax(dim=(2, 3))  # max pooling: sensitive to which cells are in the window
+            return f if pre_logits else self.fc(f)
 
         def forward(self, x):
             return self.forward_head(self.forward_features(x))
@@ -297,7 +308,8 @@ def _local_bundle():
 def test_dense_mode_equals_exact_for_a_local_model(mosaic_path, tmp_path):
     b = _local_bundle()
     exact = predict_mosaic(b, mosaic_path, tmp_path / "e.zarr", stride=16, max_block_pixels=96 * 96)
-    dense = predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", stride=16, dense=True, max_block_pixels=96 * 96)
+    dense = predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", stride=16, dense=True, max_block_pixels=96 * 96,
+                           dense_recheck=0)
     assert dense.grid.shape == exact.grid.shape == (14, 19) and dense.attrs["dense"]
     np.testing.assert_allclose(np.asarray(dense.probabilities), np.asarray(exact.probabilities), atol=1e-5)
     assert np.asarray(exact.probabilities).std(axis=(1, 2)).max() > 0.01  # outputs differ from tile to tile
@@ -309,3 +321,60 @@ def test_dense_mode_checks_the_stride(mosaic_path, tmp_path):
         predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", stride=12, dense=True)
     with pytest.raises(NcmError, match="overlapping tiles"):
         predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", dense=True)
+
+
+def test_dense_mode_rechecks_undecided_tiles_exactly(mosaic_path, tmp_path):
+    b = _local_bundle("padded")
+    kw = dict(stride=16, max_block_pixels=96 * 96)
+    exact = np.asarray(predict_mosaic(b, mosaic_path, tmp_path / "e.zarr", **kw).probabilities)
+    approx = np.asarray(predict_mosaic(b, mosaic_path, tmp_path / "d0.zarr", dense=True, dense_recheck=0,
+                                       **kw).probabilities)
+    assert np.abs(approx - exact).max() > 1e-3  # tile borders see their neighbours instead of padding
+    full = predict_mosaic(b, mosaic_path, tmp_path / "d1.zarr", dense=True, dense_recheck=1, **kw)
+    assert full.attrs["n_rechecked"] == full.grid.size == 14 * 19
+    np.testing.assert_allclose(np.asarray(full.probabilities), exact, atol=1e-5)
+    part = predict_mosaic(b, mosaic_path, tmp_path / "d2.zarr", dense=True, dense_recheck=0.3, **kw)
+    p = np.asarray(part.probabilities)
+    from ncm_core.dense import top2_margin
+
+    undecided = top2_margin(np.moveaxis(approx, 0, -1)) < 0.3
+    assert 0 < undecided.sum() == part.attrs["n_rechecked"] < undecided.size
+    np.testing.assert_allclose(p[:, undecided], exact[:, undecided], atol=1e-5)  # rechecked: exact
+    np.testing.assert_allclose(p[:, ~undecided], approx[:, ~undecided], atol=1e-6)  # the rest: dense
+
+
+def test_dense_mode_refuses_a_trunk_with_a_global_operation(mosaic_path, tmp_path):
+    with pytest.raises(NcmError, match="local convolutional trunk.*squeeze-and-excitation"):
+        predict_mosaic(_local_bundle("global"), mosaic_path, tmp_path / "d.zarr", stride=16, dense=True)
+    assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "d.zarr.partial").exists()
+
+
+def test_onnx_runtime_backend_gives_the_pytorch_result(tiny_bundle, mosaic_path, tmp_path):
+    pytest.importorskip("onnxruntime")
+    ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "t.zarr", backend="torch")
+    ort = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "o.zarr", backend="onnxruntime")
+    assert ref.attrs["backend"] == "torch" and ort.attrs["backend"] == "onnxruntime"
+    np.testing.assert_allclose(np.asarray(ort.probabilities), np.asarray(ref.probabilities), atol=1e-5)
+    ok = decisive(np.moveaxis(np.asarray(ref.probabilities), 0, -1))
+    assert np.array_equal(ort.classes[ok], ref.classes[ok])
+    if ref.attrs.get("ood"):
+        np.testing.assert_allclose(np.asarray(ort.ood), np.asarray(ref.ood), rtol=1e-4, atol=1e-5)
+    # dense mode: the trunk in ONNX Runtime (free height and width), rechecks too
+    b = _local_bundle("padded")
+    kw = dict(stride=16, max_block_pixels=96 * 96, dense=True)
+    d_t = predict_mosaic(b, mosaic_path, tmp_path / "dt.zarr", backend="torch", **kw)
+    d_o = predict_mosaic(b, mosaic_path, tmp_path / "do.zarr", backend="onnxruntime", **kw)
+    assert d_o.attrs["n_rechecked"] == d_t.attrs["n_rechecked"] > 0
+    np.testing.assert_allclose(np.asarray(d_o.probabilities), np.asarray(d_t.probabilities), atol=1e-5)
+
+
+def test_backend_errors_are_one_line(tiny_bundle, mosaic_path, tmp_path, monkeypatch):
+    with pytest.raises(NcmError, match="backend must be one of auto, torch, onnxruntime"):
+        predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", backend="tensorrt")
+    import ncm_core.runtime
+
+    monkeypatch.setattr(ncm_core.runtime, "have_onnxruntime", lambda: False)
+    with pytest.raises(NcmError, match=r"pip install \"napari-ncm\[onnx\]\""):
+        predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", backend="onnxruntime")
+    # "auto" quietly stays on PyTorch without it
+    assert predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "a.zarr").attrs["backend"] == "torch"

@@ -73,13 +73,16 @@ class PredictWidget(RunsInBackground, Container):
         self.batch_size = SpinBox(value=64, min=1, max=4096, label="Batch size")
         self.exclude_rows = LineEdit(value="", label="Exclude rows", tooltip="e.g. -32: skips a 32-row SEM info bar")
         self.foreground = CheckBox(value=False, text="Skip background tiles")
+        self.dense = CheckBox(value=False, text="Dense (shared features)",
+                              tooltip="with a stride below the tile: run the network's trunk once per block; "
+                                      "undecided tiles are rechecked exactly")
         self.output = FileEdit(mode="w", label="Output (.zarr)", filter="*.zarr",
                                tooltip="where the prediction is written; empty = a temporary folder")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.extend([self.image, self.bundle, self.stride, self.batch_size, self.exclude_rows, self.foreground,
-                     self.output, self.run_button, self.cancel_button, self.status])
+                     self.dense, self.output, self.run_button, self.cancel_button, self.status])
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
@@ -115,7 +118,8 @@ class PredictWidget(RunsInBackground, Container):
         self._cancel = threading.Event()
         gen = predict_mosaic_steps(bundle, mosaic, out, stride=self.stride.value or None,
                                    batch_size=self.batch_size.value, exclude_rows=rows,
-                                   foreground=self.foreground.value, overwrite=True, cancel=self._cancel)
+                                   foreground=self.foreground.value, dense=self.dense.value, overwrite=True,
+                                   cancel=self._cancel)
         return gen, layer.name
 
     def run(self, sync: bool = False):

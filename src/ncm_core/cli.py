@@ -191,11 +191,13 @@ def cmd_predict(a: argparse.Namespace) -> None:
     p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
                        exclude_rows=a.exclude_rows, foreground=a.foreground, device=a.device,
                        overwrite=a.overwrite, resume=not a.restart, scheduler=a.dask_scheduler, dense=a.dense,
-                       ood=not a.no_ood,
+                       dense_recheck=a.dense_recheck, backend=a.backend, ood=not a.no_ood,
                        progress=_progress("predict", a.quiet))
     at = p.attrs
     print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
-          f"{at['n_predicted']} predicted, {at['n_masked']} masked, {at['seconds']:.1f} s")
+          f"{at['n_predicted']} predicted, {at['n_masked']} masked"
+          + (f", dense ({at['n_rechecked']} rechecked exactly)" if "n_rechecked" in at else ", dense" if at["dense"] else "")
+          + f", {at['seconds']:.1f} s")
     from .evaluate import summarize_prediction, write_rows
 
     rows = summarize_prediction(p, _truth(a.regions)[0] if a.regions else None)
@@ -581,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--foreground", action="store_true", help="skip empty (flat) background tiles")
     r.add_argument("--dense", action="store_true", help="overlapping tiles (stride < tile): run the trunk once per "
                    "block and pool each tile's features (faster, approximate near tile borders)")
+    r.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="inference engine: auto (default) uses ONNX Runtime on the CPU where it is installed and "
+                        "measures faster, else PyTorch")
+    r.add_argument("--dense-recheck", type=float, default=0.3, metavar="MARGIN",
+                   help="dense mode: evaluate a tile exactly when its two most probable classes are closer than "
+                        "this (default 0.3; 0 = never)")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--summary", help="CSV with the aggregate (mean probabilities, majority, confidence, OOD share) "
                    "of the whole image, or of each region with --regions")
