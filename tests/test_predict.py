@@ -351,6 +351,7 @@ def test_dense_mode_refuses_a_trunk_with_a_global_operation(mosaic_path, tmp_pat
 
 def test_onnx_runtime_backend_gives_the_pytorch_result(tiny_bundle, mosaic_path, tmp_path):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "t.zarr", backend="torch")
     ort = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "o.zarr", backend="onnxruntime")
     assert ref.attrs["backend"] == "torch" and ort.attrs["backend"] == "onnxruntime"

@@ -33,10 +33,10 @@ _CHOICES: dict[tuple, str] = {}  # measured choices, per process
 
 
 def have_onnxruntime() -> bool:
-    """Whether ONNX Runtime can be imported."""
+    """Whether ONNX Runtime and the ``onnx`` package (PyTorch's exporter needs it) can be imported."""
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
 class OnnxRunner:
@@ -107,9 +107,17 @@ def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requ
     dev = torch.device(device)
     if requested == "onnxruntime":
         if not have_onnxruntime():
-            raise NcmError('the ONNX Runtime backend needs onnxruntime: pip install "napari-ncm[onnx]"')
+            raise NcmError('the ONNX Runtime backend needs onnxruntime and onnx: pip install "napari-ncm[onnx]"')
         if dev.type != "cpu":
             raise NcmError(f"the ONNX Runtime backend runs on the CPU, not on {dev}")
+        try:  # export now, so that a model the exporter cannot handle fails before the run, in one line
+            onnx_runner(bundle, "trunk" if dense else "features" if ood else "model")
+        except NcmError:
+            raise
+        except Exception as exc:
+            raise NcmError(f"cannot run this model in ONNX Runtime ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); use backend 'torch'",
+                           bundle.path) from None
         return requested
     small = n_tiles < max(16 * batch_size, 1024)
     if requested == "torch" or dev.type != "cpu" or small or not have_onnxruntime():
