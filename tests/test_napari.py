@@ -22,11 +22,16 @@ def viewer_with_sample(make_napari_viewer):
     return viewer
 
 
-def _predict_widget(viewer, bundle):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Predict")
+def _dock(viewer, name, bundle):
+    """The plugin's ``name`` dock widget on the sample mosaic with ``bundle`` chosen."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", name)
     widget.image.value = viewer.layers["SEM mosaic"]
     widget.bundle.value = str(bundle)
     return widget
+
+
+def _predict_widget(viewer, bundle):
+    return _dock(viewer, "Predict", bundle)
 
 
 def test_predict_widget_adds_aligned_layers(viewer_with_sample, tiny_bundle, tmp_path):
@@ -351,10 +356,7 @@ def test_train_widget_regression_with_cross_validation(make_napari_viewer, secti
 
 
 def _explain_widget(viewer, bundle):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Explain")
-    widget.image.value = viewer.layers["SEM mosaic"]
-    widget.bundle.value = str(bundle)
-    return widget
+    return _dock(viewer, "Explain", bundle)
 
 
 def test_explain_widget_adds_aligned_heatmaps_and_explains_a_clicked_tile(viewer_with_sample, tiny_bundle, tmp_path):

@@ -189,6 +189,24 @@ def classify_tiles(bundle: ModelBundle, tiles: np.ndarray, device: Any = "cpu", 
                            batch_size, channels_last)
 
 
+def time_once(runs: dict[str, Any], cuda: bool = False) -> dict[str, float]:
+    """Seconds of one call of each function, after an untimed call that sets up kernels."""
+    import torch
+
+    times = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            run()
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            run()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name] = time.perf_counter() - t
+    return times
+
+
 _LAYOUTS: dict[tuple, str] = {}  # measured choices, per process (the widget predicts many times)
 
 
@@ -222,23 +240,12 @@ def choose_memory_format(bundle: ModelBundle, batch_size: int, device: Any, n_ti
         x = torch.rand(1, spec.in_chans, 2 * spec.input_size[0], 2 * spec.input_size[1], device=device)
     else:
         x = torch.rand(min(batch_size, 16), spec.in_chans, *spec.input_size, device=device)
-    times = {}
+    runs = {}
     for fmt in ("contiguous", "channels_last"):
         m = bundle.model if fmt == "contiguous" else copy.deepcopy(bundle.model).to(memory_format=torch.channels_last)
-        run = m.forward_features if dense else m
         xi = x if fmt == "contiguous" else x.contiguous(memory_format=torch.channels_last)
-        best = float("inf")
-        with torch.inference_mode():
-            for k in range(2):  # the first pass sets up kernels and is not timed
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                run(xi)
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                if k:
-                    best = min(best, time.perf_counter() - t)
-        times[fmt] = best
+        runs[fmt] = (lambda m=m, xi=xi: m.forward_features(xi)) if dense else (lambda m=m, xi=xi: m(xi))
+    times = time_once(runs, cuda=x.is_cuda)
     _LAYOUTS[key] = min(times, key=times.get)
     return _LAYOUTS[key]
 

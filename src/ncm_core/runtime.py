@@ -20,7 +20,6 @@ output and kept when a run resumes, so the result stays byte-identical.
 from __future__ import annotations
 
 import io
-import time
 import warnings
 from typing import Any
 
@@ -141,12 +140,8 @@ def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requ
         if channels_last:
             bundle.model.to(memory_format=torch.channels_last)
         fwd = bundle.model.forward_features if dense else bundle.model
-        timings = {}
-        with torch.inference_mode():
-            for name, run in (("torch", lambda: fwd(xt)), ("onnxruntime", lambda: runner(x))):
-                run()  # sets up kernels, not timed
-                t = time.perf_counter()
-                run()
-                timings[name] = time.perf_counter() - t
+        from .predict import time_once
+
+        timings = time_once({"torch": lambda: fwd(xt), "onnxruntime": lambda: runner(x)})
         _CHOICES[key] = min(timings, key=timings.get)
     return _CHOICES[key]
