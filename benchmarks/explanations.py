@@ -30,12 +30,12 @@ def timed(fn):
 
 
 def mosaic_costs(work: Path, side: int) -> dict:
-    from ncm_core.bundle import BundleConfig, save_bundle
-    from ncm_core.heatmaps import explain_mosaic
-    from ncm_core.models import build_model
-    from ncm_core.predict import predict_mosaic
-    from ncm_core.preprocess import InputSpec
-    from ncm_core.synth import CLASS_NAMES
+    from ncm_core.models.bundle import BundleConfig, save_bundle
+    from ncm_core.explain.heatmaps import explain_mosaic
+    from ncm_core.models.factory import build_model
+    from ncm_core.inference.predict import predict_mosaic
+    from ncm_core.models.preprocess import InputSpec
+    from ncm_core.data.synth import CLASS_NAMES
 
     mosaic = make_mosaic(work / "mosaic.zarr", side)
     bundle = work / "effnet"
@@ -56,8 +56,8 @@ def occlusion_costs(shape=(224, 672), window=7) -> dict:
     import torch
     from captum.attr import Occlusion
 
-    from ncm_core.models import build_model
-    from ncm_core.occlusion import local_plan, occlusion_maps
+    from ncm_core.models.factory import build_model
+    from ncm_core.explain.occlusion import local_plan, occlusion_maps
 
     model = build_model("ncm_vgg", 5, in_chans=3)
     g = torch.Generator().manual_seed(0)

@@ -35,9 +35,9 @@ from _report import write_section  # noqa: E402
 
 
 def angle_errors(n: int, seed: int = 0) -> dict[str, float]:
-    from ncm_core import synth
-    from ncm_core.mosaic import open_mosaic
-    from ncm_core.sections import detect_section
+    from ncm_core.data import synth
+    from ncm_core.io.mosaic import open_mosaic
+    from ncm_core.data.sections import detect_section
 
     rng = np.random.default_rng(seed)
     errs, th_errs, secs = [], [], []
@@ -60,7 +60,7 @@ def baselines(data, y: np.ndarray, splits) -> dict[str, float]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures
 
-    from ncm_core.regression import regression_metrics
+    from ncm_core.training.regression import regression_metrics
 
     x = data.x.numpy()
     gray = x.mean(1)
@@ -88,9 +88,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from ncm_core import synth
-    from ncm_core.regression import cross_validate, grouped_kfold, load_regression_data
-    from ncm_core.sections import extract_sections
+    from ncm_core.data import synth
+    from ncm_core.training.regression import cross_validate, grouped_kfold, load_regression_data
+    from ncm_core.data.sections import extract_sections
 
     quick = a.quick
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="ncm-bench-rate-"))

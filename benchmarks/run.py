@@ -46,7 +46,7 @@ def make_mosaic(path: Path, side: int, chunk: int = 512) -> Path:
     """A synthetic SEM mosaic (a 1024 px sample repeated) written chunk row by chunk row, never whole."""
     import zarr
 
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     z = zarr.create_array(str(path), shape=(side, side), chunks=(chunk, chunk), dtype=np.uint8)
     sample = synth.sem_mosaic((1024, 1024), seed=3).image
@@ -60,9 +60,9 @@ def make_mosaic(path: Path, side: int, chunk: int = 512) -> Path:
 def make_bundle(path: Path, arch: str, tile: int) -> Path:
     import torch
 
-    from ncm_core.bundle import BundleConfig, save_bundle
-    from ncm_core.models import build_model
-    from ncm_core.preprocess import InputSpec
+    from ncm_core.models.bundle import BundleConfig, save_bundle
+    from ncm_core.models.factory import build_model
+    from ncm_core.models.preprocess import InputSpec
 
     torch.manual_seed(0)
     model = build_model(arch, 12, in_chans=1).eval()
@@ -102,17 +102,17 @@ def ort_forward_rate(runner, batch: int, tile: int, n_batches: int) -> float:
 
 def forget_choices() -> None:
     """Forget the layout and backend measured earlier in this process, so each timed run pays its own."""
-    import ncm_core.predict
-    import ncm_core.runtime
+    import ncm_core.inference.predict
+    import ncm_core.inference.runtime
 
-    ncm_core.predict._LAYOUTS.clear()
-    ncm_core.runtime._CHOICES.clear()
+    ncm_core.inference.predict._LAYOUTS.clear()
+    ncm_core.inference.runtime._CHOICES.clear()
 
 
 def tiles_inside_regions(grid, side: int, bundle_path) -> tuple[np.ndarray, np.ndarray]:
     """Tiles that lie inside one class region of the benchmark mosaic, and that region's class index in
     the bundle's class order."""
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     names = json.loads((Path(bundle_path) / "config.json").read_text())["class_names"]
     sample = synth.sem_mosaic((1024, 1024), seed=3).truth
@@ -136,8 +136,8 @@ def naive_rate(bundle, mosaic_path: Path, tile: int, n_tiles: int, out: Path) ->
     import torch
     import zarr
 
-    from ncm_core.mosaic import open_mosaic
-    from ncm_core.preprocess import tiles_to_tensor
+    from ncm_core.io.mosaic import open_mosaic
+    from ncm_core.models.preprocess import tiles_to_tensor
 
     m = open_mosaic(mosaic_path)
     cols = m.shape[1] // tile
@@ -174,7 +174,7 @@ def model_flops_per_tile(model, tile: int) -> float:
 
 PEAK = """
 import resource, sys
-from ncm_core.predict import predict_mosaic
+from ncm_core.inference.predict import predict_mosaic
 predict_mosaic(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=64)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -195,8 +195,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args()
 
-    from ncm_core.bundle import load_bundle
-    from ncm_core.predict import predict_mosaic
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.inference.predict import predict_mosaic
 
     side = 1536 if a.quick else 3072
     tile, batch = a.tile, 64
@@ -210,7 +210,7 @@ def main() -> None:
         print(f"mosaic {side}x{side}, {n_tiles} tiles of {tile} px, {a.arch}, batch {batch}", flush=True)
 
         predict_mosaic(bpath, mosaic, tmp / "warm.zarr", batch_size=batch)  # warm caches and allocator
-        from ncm_core.runtime import have_onnxruntime, onnx_runner
+        from ncm_core.inference.runtime import have_onnxruntime, onnx_runner
 
         ort = have_onnxruntime()
         # forward and pipeline alternate over five rounds; the median ratio is robust to this machine's noise
@@ -257,8 +257,8 @@ def main() -> None:
 
         # agreement needs a competent model (random weights give near-ties): a ResNet-10t trained on
         # synthetic SEM frames of the 12 classes; the mosaic's regions are the same 12 classes
-        from ncm_core import synth
-        from ncm_core.train import train
+        from ncm_core.data import synth
+        from ncm_core.training.classify import train
 
         frames = synth.write_sem_dataset(tmp / "frames", 6, (544, 512), info_bar=32)
         dt = a.dense_tile

@@ -54,11 +54,11 @@ def plain_loop_rate(x: np.ndarray, y: np.ndarray, arch: str, batch: int, lr: flo
 
 def ood_check(bundle, size: int) -> dict[str, float]:
     """Share of tiles flagged out of distribution on images the model has never seen the like of."""
-    from ncm_core import synth
-    from ncm_core.bundle import load_bundle
-    from ncm_core.datasets import random_crops
-    from ncm_core.predict import classify_tensor
-    from ncm_core.preprocess import tiles_to_tensor
+    from ncm_core.data import synth
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.data.datasets import random_crops
+    from ncm_core.inference.predict import classify_tensor
+    from ncm_core.models.preprocess import tiles_to_tensor
 
     b = load_bundle(bundle)
     rng = np.random.default_rng(0)
@@ -91,11 +91,11 @@ def main() -> None:
     if a.quick:
         a.frames, a.per_frame, a.epochs, a.size = 3, 8, 1, 32
 
-    from ncm_core import synth
-    from ncm_core.crops import build_crops
-    from ncm_core.evaluate import evaluate
-    from ncm_core.figures import confusion_matrix_figure, training_curves_figure
-    from ncm_core.train import train
+    from ncm_core.data import synth
+    from ncm_core.data.crops import build_crops
+    from ncm_core.evaluation.evaluate import evaluate
+    from ncm_core.viz.figures import confusion_matrix_figure, training_curves_figure
+    from ncm_core.training.classify import train
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from run import machine

@@ -29,7 +29,7 @@ from _report import write_section  # noqa: E402
 def run(study_dir: Path, tiles: Path, grid: dict, epochs: int, pruner: str, reduction: int):
     import optuna
 
-    from ncm_core.tune import tune
+    from ncm_core.training.tune import tune
 
     space = {k: {"type": "categorical", "choices": v} for k, v in grid.items()}
     n = 1
@@ -49,8 +49,8 @@ def main() -> None:
     ap.add_argument("--reduction", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args()
-    from ncm_core import synth
-    from ncm_core.crops import build_crops
+    from ncm_core.data import synth
+    from ncm_core.data.crops import build_crops
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from run import machine

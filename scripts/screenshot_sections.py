@@ -15,7 +15,7 @@ from screenshot import save  # scripts/ is on sys.path when this script runs
 
 
 def main(bundle: str, out: str = "docs/images/napari-sections.png") -> None:
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     s = synth.cross_section(0.3, (600, 2400), tilt_deg=-2.2, thickness_px=320, seed=77)
     viewer = napari.Viewer(title="napari-ncm")

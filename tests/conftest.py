@@ -21,7 +21,7 @@ def pytest_configure(config) -> None:
 @pytest.fixture(scope="session")
 def sem_folders(tmp_path_factory) -> Path:
     """A class-per-folder dataset: 3 classes x 3 small SEM frames with a 16-row info bar."""
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     root = tmp_path_factory.mktemp("data") / "frames"
     return synth.write_sem_dataset(root, frames_per_class=3, shape=(144, 128), info_bar=16,
@@ -37,7 +37,7 @@ def tiny_bundle(sem_folders, tmp_path_factory) -> Path:
     (an untrained or briefly trained EfficientNet gives the same output for
     every tile).
     """
-    from ncm_core.train import train
+    from ncm_core.training.classify import train
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     train(sem_folders, out, architecture="resnet10t", tile_size=32, epochs=3, crops_per_image=24, batch_size=16, lr=3e-3,
@@ -59,7 +59,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def section_set(tmp_path_factory) -> Path:
     """Six synthetic cross-section mosaics (three porosities, tilted up to 3 degrees) and targets.csv."""
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     return synth.write_section_dataset(tmp_path_factory.mktemp("sections") / "mosaics", porosities=(0.25, 0.35, 0.45),
                                        per_porosity=2, shape=(460, 1200), thickness_px=280)
@@ -68,7 +68,7 @@ def section_set(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def section_crops(section_set, tmp_path_factory) -> Path:
     """Sliding-window crops of 128 x 384 px of every mosaic of ``section_set``."""
-    from ncm_core.sections import extract_sections
+    from ncm_core.data.sections import extract_sections
 
     return extract_sections(sorted(section_set.glob("*.ome.tif")), tmp_path_factory.mktemp("crops") / "crops",
                             crop=(128, 384), mode="sliding", stride=(64, 192))
@@ -77,7 +77,7 @@ def section_crops(section_set, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_regressor(section_crops, section_set, tmp_path_factory) -> Path:
     """An ncm_vgg regression bundle trained for a few epochs on ``section_crops`` (32 x 96 px input)."""
-    from ncm_core.regression import train_regressor
+    from ncm_core.training.regression import train_regressor
 
     out = tmp_path_factory.mktemp("bundles") / "regressor"
     train_regressor(section_crops, section_set / "targets.csv", out, groups=["porosity"], input_size=(32, 96),

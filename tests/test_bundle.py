@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ncm_core.bundle import load_bundle, save_bundle
+from ncm_core.models.bundle import load_bundle, save_bundle
 from ncm_core.errors import NcmError
-from ncm_core.models import build_model
+from ncm_core.models.factory import build_model
 
 
 def test_round_trip_gives_the_same_outputs(tiny_bundle):

@@ -58,9 +58,9 @@ def test_sample_predict_evaluate(tmp_path, tiny_bundle):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     # classes are matched by name: only tiles whose truth is one of the model's 3 classes are scored
-    from ncm_core import synth
-    from ncm_core.evaluate import tile_truth, value_lut
-    from ncm_core.predict import open_prediction
+    from ncm_core.data import synth
+    from ncm_core.evaluation.evaluate import tile_truth, value_lut
+    from ncm_core.inference.predict import open_prediction
 
     pred = open_prediction(tmp_path / "p.zarr")
     truth = tile_truth(pred.grid, synth.sem_mosaic((200, 260)).truth, 3,
@@ -153,7 +153,7 @@ def test_explain_tiles_with_checks_and_a_mosaic_heatmap(tiny_bundle, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from ncm_core.heatmaps import open_heatmap
+    from ncm_core.explain.heatmaps import open_heatmap
 
     rng = np.random.default_rng(0)
     tiles = tmp_path / "tiles"

@@ -19,9 +19,9 @@ def test_import_ncm_core_pulls_no_qt_no_napari_no_torch():
 
 
 def test_whole_core_pulls_no_qt_no_napari():
-    code = ("import ncm_core.cli, ncm_core.train, ncm_core.predict, ncm_core.evaluate, ncm_core.demo, "
-            "ncm_core.figures, ncm_core.bundle, ncm_core.models, ncm_core.tiling, ncm_core.mosaic, ncm_core.synth\n"
-            "from ncm_core.models import build_model; build_model('resnet18', 2)")
+    code = ("import ncm_core.cli, ncm_core.training.classify, ncm_core.inference.predict, ncm_core.evaluation.evaluate, ncm_core.workflows.demo, "
+            "ncm_core.viz.figures, ncm_core.models.bundle, ncm_core.models.factory, ncm_core.data.tiling, ncm_core.io.mosaic, ncm_core.data.synth\n"
+            "from ncm_core.models.factory import build_model; build_model('resnet18', 2)")
     mods = _loaded_after(code)
     assert not mods & set(GUI), mods & set(GUI)
 

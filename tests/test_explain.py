@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from ncm_core.bundle import BundleConfig, ModelBundle, load_bundle
+from ncm_core.models.bundle import BundleConfig, ModelBundle, load_bundle
 from ncm_core.errors import NcmError
-from ncm_core.explain import METHODS, SIGNED, explain
-from ncm_core.preprocess import InputSpec
+from ncm_core.explain.methods import METHODS, SIGNED, explain
+from ncm_core.models.preprocess import InputSpec
 
 
 class LeftMask(nn.Module):
@@ -73,7 +73,7 @@ def test_attribution_lies_on_the_half_the_network_sees(method, tiles):
 
 
 def test_flipping_a_regression_output_flips_the_sign_of_grad_ram(rng):
-    from ncm_core.models import build_model
+    from ncm_core.models.factory import build_model
 
     model = build_model("ncm_vgg", 3, in_chans=1, widths=(8, 8, 8), dense=8).eval()
     bundle = _bundle(model, 48, "regress", ("Q_0.2C", "Q_1C", "Q_5C"))
@@ -93,10 +93,10 @@ def test_flipping_a_regression_output_flips_the_sign_of_grad_ram(rng):
 @pytest.mark.parametrize("stride", [4, 2])
 @pytest.mark.parametrize("local", [None, False])
 def test_batched_occlusion_equals_captums_one_at_a_time_loop(stride, local, rng):
-    from ncm_core.models import build_model
+    from ncm_core.models.factory import build_model
     from captum.attr import Occlusion
 
-    from ncm_core.occlusion import local_plan, occlusion_maps
+    from ncm_core.explain.occlusion import local_plan, occlusion_maps
 
     model = build_model("ncm_vgg", 4, in_chans=3, widths=(8, 8, 8), dense=8).eval()
     x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
@@ -139,7 +139,7 @@ class TwoUnits(nn.Module):
 def test_silu_guided_backprop_follows_the_documented_rule_by_hand():
     from captum.attr import GuidedBackprop, Saliency
 
-    from ncm_core.guided import SmoothGuidedBackprop
+    from ncm_core.explain.guided import SmoothGuidedBackprop
 
     model = TwoUnits().eval()
     x = torch.tensor([[[[1.0, -1.0]]]])
@@ -160,7 +160,7 @@ def test_silu_guided_backprop_follows_the_documented_rule_by_hand():
 def test_guided_rule_is_captums_on_relu_networks():
     from captum.attr import GuidedBackprop
 
-    from ncm_core.guided import SmoothGuidedBackprop
+    from ncm_core.explain.guided import SmoothGuidedBackprop
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
@@ -176,7 +176,7 @@ def test_guided_rule_is_captums_on_relu_networks():
 def test_guided_backprop_on_efficientnet_is_not_the_plain_gradient(rng):
     from captum.attr import Saliency
 
-    from ncm_core.models import build_model
+    from ncm_core.models.factory import build_model
 
     model = build_model("efficientnet_b0", 3, in_chans=1).eval()
     bundle = _bundle(model, 64, names=("a", "b", "c"))
@@ -189,14 +189,14 @@ def test_guided_backprop_on_efficientnet_is_not_the_plain_gradient(rng):
 
 
 def _mosaic(rng, shape=(96, 128)):
-    from ncm_core.mosaic import open_mosaic
+    from ncm_core.io.mosaic import open_mosaic
 
     img = rng.integers(20, 255, shape).astype(np.uint8)
     return img, open_mosaic(img, pixel_size=0.5)
 
 
 def test_mosaic_heatmap_lines_up_with_the_tiles_it_came_from(rng, tmp_path):
-    from ncm_core.heatmaps import explain_mosaic
+    from ncm_core.explain.heatmaps import explain_mosaic
 
     bundle = _bundle(LeftHalfNet())
     img, mosaic = _mosaic(rng)
@@ -219,7 +219,7 @@ def test_mosaic_heatmap_lines_up_with_the_tiles_it_came_from(rng, tmp_path):
 
 
 def test_mosaic_heatmap_with_a_factor_is_placed_on_the_pixel_centres(rng, tmp_path):
-    from ncm_core.heatmaps import explain_mosaic, open_heatmap
+    from ncm_core.explain.heatmaps import explain_mosaic, open_heatmap
 
     bundle = _bundle(LeftHalfNet())
     _, mosaic = _mosaic(rng)
@@ -237,7 +237,7 @@ def test_mosaic_heatmap_with_a_factor_is_placed_on_the_pixel_centres(rng, tmp_pa
 def test_mosaic_heatmap_resumes_to_the_same_result(rng, tmp_path):
     import zarr
 
-    from ncm_core.heatmaps import explain_mosaic, explain_mosaic_steps
+    from ncm_core.explain.heatmaps import explain_mosaic, explain_mosaic_steps
 
     bundle = _bundle(LeftHalfNet())
     _, mosaic = _mosaic(rng, (200, 160))
@@ -255,7 +255,7 @@ def test_mosaic_heatmap_resumes_to_the_same_result(rng, tmp_path):
 
 
 def test_randomisation_check_and_attribution_in_mask(tiles):
-    from ncm_core.sanity import attribution_in_mask, deletion_insertion, randomisation_check
+    from ncm_core.explain.sanity import attribution_in_mask, deletion_insertion, randomisation_check
 
     bundle = _bundle(LeftHalfNet())
     e = explain(bundle, tiles, "gradcam", target=0)
@@ -274,7 +274,7 @@ def test_randomisation_check_and_attribution_in_mask(tiles):
 
 
 def test_particle_boundaries_outline_bright_particles():
-    from ncm_core.sanity import particle_boundaries
+    from ncm_core.explain.sanity import particle_boundaries
 
     img = np.zeros((40, 40), np.uint8)
     img[10:30, 10:30] = 200
@@ -283,7 +283,7 @@ def test_particle_boundaries_outline_bright_particles():
 
 
 def test_bad_input_gives_one_clear_error_each(tiles, rng):
-    from ncm_core.models import build_model
+    from ncm_core.models.factory import build_model
 
     bundle = _bundle(LeftHalfNet())
     cases = [
@@ -309,7 +309,7 @@ def test_bad_input_gives_one_clear_error_each(tiles, rng):
 
 
 def test_explain_a_trained_bundle_from_disk(tiny_bundle, sem_folders):
-    from ncm_core.mosaic import open_mosaic
+    from ncm_core.io.mosaic import open_mosaic
 
     bundle = load_bundle(tiny_bundle)
     frame = next(sem_folders.rglob("*.png"))

@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ncm_core import synth  # noqa: E402
-from ncm_core.bundle import load_bundle  # noqa: E402
+from ncm_core.data import synth  # noqa: E402
+from ncm_core.models.bundle import load_bundle  # noqa: E402
 from ncm_core.errors import NcmError  # noqa: E402
-from ncm_core.mosaic import write_ome_zarr  # noqa: E402
-from ncm_core.predict import predict_mosaic  # noqa: E402
+from ncm_core.io.mosaic import write_ome_zarr  # noqa: E402
+from ncm_core.inference.predict import predict_mosaic  # noqa: E402
 
 from .conftest import decisive  # noqa: E402
 
@@ -29,7 +29,7 @@ def mosaic_path(tmp_path_factory):
 def test_asking_for_cuda_without_it_is_one_clear_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from ncm_core.train import resolve_device
+    from ncm_core.training.classify import resolve_device
 
     with pytest.raises(NcmError, match="CUDA is not available"):
         resolve_device("cuda")
@@ -49,8 +49,8 @@ def test_gpu_prediction_matches_the_cpu(tiny_bundle, mosaic_path, tmp_path):
 
 @cuda
 def test_gpu_blocks_are_prepared_in_pinned_memory(tiny_bundle, mosaic_path):
-    from ncm_core.mosaic import open_mosaic
-    from ncm_core.predict import _BlockPlan, plan_grid
+    from ncm_core.io.mosaic import open_mosaic
+    from ncm_core.inference.predict import _BlockPlan, plan_grid
 
     bundle = load_bundle(tiny_bundle)
     mosaic = open_mosaic(mosaic_path)
@@ -71,7 +71,7 @@ def test_gpu_dense_mode_matches_the_cpu(mosaic_path, tmp_path):
 
 @cuda
 def test_mixed_precision_training_on_gpu_gives_a_bundle_that_loads_on_the_cpu(sem_folders, tmp_path):
-    from ncm_core.train import amp_dtype, train
+    from ncm_core.training.classify import amp_dtype, train
 
     assert amp_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
     res = train(sem_folders, tmp_path / "b", architecture="resnet10t", tile_size=32, epochs=2, crops_per_image=8,
@@ -83,7 +83,7 @@ def test_mixed_precision_training_on_gpu_gives_a_bundle_that_loads_on_the_cpu(se
 
 @cuda
 def test_gpu_explanations_match_the_cpu(tiny_bundle, rng):
-    from ncm_core.explain import explain
+    from ncm_core.explain.methods import explain
 
     tiles = (rng.random((4, 32, 32)) * 255).astype(np.uint8)
     for method in ("gradcam", "guided-backprop", "occlusion"):

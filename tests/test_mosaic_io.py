@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 
 from ncm_core.errors import NcmError
-from ncm_core.mosaic import open_mosaic, write_ome_zarr
+from ncm_core.io.mosaic import open_mosaic, write_ome_zarr
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from ncm_core.bundle import load_bundle  # noqa: E402
-from ncm_core.predict import classify_tiles  # noqa: E402
+from ncm_core.models.bundle import load_bundle  # noqa: E402
+from ncm_core.inference.predict import classify_tiles  # noqa: E402
 
 
 @pytest.fixture
@@ -96,9 +96,9 @@ def test_widget_reports_bad_input_in_one_line(viewer_with_sample, tmp_path):
 
 
 def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_bundle, tmp_path):
-    from ncm_core import synth
-    from ncm_core.mosaic import write_ome_zarr
-    from ncm_core.predict import predict_mosaic
+    from ncm_core.data import synth
+    from ncm_core.io.mosaic import write_ome_zarr
+    from ncm_core.inference.predict import predict_mosaic
 
     m = synth.sem_mosaic((200, 260), seed=1)
     mp = write_ome_zarr(tmp_path / "m.ome.zarr", m.image, pixel_size=0.05, chunks=64, levels=2,
@@ -116,7 +116,7 @@ def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_
 
 
 def test_writer_round_trip_keeps_classes_and_transform(viewer_with_sample, tiny_bundle, tmp_path):
-    from ncm_core.mosaic import open_mosaic
+    from ncm_core.io.mosaic import open_mosaic
 
     viewer = viewer_with_sample
     widget = _predict_widget(viewer, tiny_bundle)
@@ -184,7 +184,7 @@ def test_train_widget_from_painted_annotations_adds_a_bundle(viewer_with_sample,
     result = widget.run(sync=True)
     assert result is not None, widget.status.value
     assert (tmp_path / "bundle" / "model.safetensors").is_file() and (tmp_path / "bundle" / "config.json").is_file()
-    from ncm_core.bundle import load_bundle
+    from ncm_core.models.bundle import load_bundle
 
     cfg = load_bundle(result.bundle).config
     names = widget.class_names()
@@ -283,7 +283,7 @@ def test_tune_widget_runs_a_tiny_study_and_hands_over_the_best_bundle(make_napar
 
 # ------------------------------------------------------------------------------------------ cross-sections
 def test_sections_widget_shows_collector_and_crops_aligned(make_napari_viewer, section_set):
-    from ncm_core.mosaic import open_mosaic
+    from ncm_core.io.mosaic import open_mosaic
 
     viewer = make_napari_viewer()
     m = open_mosaic(section_set / "section_002.ome.tif")
@@ -308,8 +308,8 @@ def test_sections_widget_shows_collector_and_crops_aligned(make_napari_viewer, s
 
 
 def test_sections_widget_predicts_value_layers(make_napari_viewer, section_set, tiny_regressor, tmp_path):
-    from ncm_core.mosaic import open_mosaic
-    from ncm_core.regression import predict_section
+    from ncm_core.io.mosaic import open_mosaic
+    from ncm_core.training.regression import predict_section
 
     viewer = make_napari_viewer()
     m = open_mosaic(section_set / "section_000.ome.tif")
@@ -401,7 +401,7 @@ def test_explain_widget_in_a_real_thread_worker(viewer_with_sample, tiny_bundle,
 
 
 def test_reader_opens_a_heatmap(make_napari_viewer, tiny_bundle, tmp_path):
-    from ncm_core.heatmaps import explain_mosaic
+    from ncm_core.explain.heatmaps import explain_mosaic
 
     rng = np.random.default_rng(0)
     explain_mosaic(tiny_bundle, rng.integers(0, 255, (96, 128)).astype(np.uint8), tmp_path / "occ.zarr",

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import zarr
 
-from ncm_core import synth
-from ncm_core.bundle import load_bundle
+from ncm_core.data import synth
+from ncm_core.models.bundle import load_bundle
 from ncm_core.errors import Cancelled, NcmError
-from ncm_core.mosaic import open_mosaic, write_ome_zarr
-from ncm_core.predict import classify_tiles, open_prediction, predict_mosaic
-from ncm_core.tiling import TileGrid
+from ncm_core.io.mosaic import open_mosaic, write_ome_zarr
+from ncm_core.inference.predict import classify_tiles, open_prediction, predict_mosaic
+from ncm_core.data.tiling import TileGrid
 
 from .conftest import decisive
 
@@ -85,7 +85,7 @@ def test_cancel_leaves_only_a_resumable_partial(tiny_bundle, mosaic_path, tmp_pa
 
 KILLED_RUN = """
 import os, signal, sys
-from ncm_core.predict import predict_mosaic
+from ncm_core.inference.predict import predict_mosaic
 
 def progress(done, total, msg):
     if done >= int(sys.argv[4]):
@@ -155,7 +155,7 @@ def test_bad_parameters(tiny_bundle, mosaic_path, tmp_path, kw, words):
 
 
 def test_damaged_chunk_is_recorded_and_the_rest_completes(tiny_bundle, tmp_path):
-    from ncm_core.predict import PredictionIncomplete
+    from ncm_core.inference.predict import PredictionIncomplete
 
     img = synth.sem_mosaic((128, 128), seed=4).image
     z = zarr.create_array(str(tmp_path / "d.zarr"), shape=img.shape, chunks=(64, 64), dtype=np.uint8)
@@ -182,7 +182,7 @@ def test_damaged_chunk_is_recorded_and_the_rest_completes(tiny_bundle, tmp_path)
 MEMORY_RUN = """
 import resource, sys
 import numpy as np, zarr
-from ncm_core.predict import predict_mosaic
+from ncm_core.inference.predict import predict_mosaic
 
 side = int(sys.argv[3])
 z = zarr.create_array(sys.argv[2], shape=(side, side), chunks=(256, 256), dtype=np.uint8)
@@ -274,8 +274,8 @@ def _local_bundle(kind: str = "pointwise"):
     """
     import torch
 
-    from ncm_core.bundle import BundleConfig, ModelBundle
-    from ncm_core.preprocess import InputSpec
+    from ncm_core.models.bundle import BundleConfig, ModelBundle
+    from ncm_core.models.preprocess import InputSpec
 
     class LocalNet(torch.nn.Module):
         def __init__(self):
@@ -335,7 +335,7 @@ def test_dense_mode_rechecks_undecided_tiles_exactly(mosaic_path, tmp_path):
     np.testing.assert_allclose(np.asarray(full.probabilities), exact, atol=1e-5)
     part = predict_mosaic(b, mosaic_path, tmp_path / "d2.zarr", dense=True, dense_recheck=0.3, **kw)
     p = np.asarray(part.probabilities)
-    from ncm_core.dense import top2_margin
+    from ncm_core.inference.dense import top2_margin
 
     undecided = top2_margin(np.moveaxis(approx, 0, -1)) < 0.3
     assert 0 < undecided.sum() == part.attrs["n_rechecked"] < undecided.size
@@ -372,9 +372,9 @@ def test_onnx_runtime_backend_gives_the_pytorch_result(tiny_bundle, mosaic_path,
 def test_backend_errors_are_one_line(tiny_bundle, mosaic_path, tmp_path, monkeypatch):
     with pytest.raises(NcmError, match="backend must be one of auto, torch, onnxruntime"):
         predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", backend="tensorrt")
-    import ncm_core.runtime
+    import ncm_core.inference.runtime
 
-    monkeypatch.setattr(ncm_core.runtime, "have_onnxruntime", lambda: False)
+    monkeypatch.setattr(ncm_core.inference.runtime, "have_onnxruntime", lambda: False)
     with pytest.raises(NcmError, match=r"pip install \"napari-ncm\[onnx\]\""):
         predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", backend="onnxruntime")
     # "auto" quietly stays on PyTorch without it

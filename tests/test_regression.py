@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncm_core import synth
+from ncm_core.data import synth
 from ncm_core.errors import NcmError
-from ncm_core.mosaic import open_mosaic
-from ncm_core.sections import detect_section, iter_crops, largest_rectangle, sample_frame
+from ncm_core.io.mosaic import open_mosaic
+from ncm_core.data.sections import detect_section, iter_crops, largest_rectangle, sample_frame
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -90,7 +90,7 @@ def test_section_detection_reads_the_mosaic_in_strips(monkeypatch):
     """Every read of a lazy mosaic is one strip (or one crop's bounding box), never the whole image."""
     import dask.array as da
 
-    from ncm_core import sections
+    from ncm_core.data import sections
 
     s = synth.cross_section(0.35, (520, 1500), tilt_deg=1.0, thickness_px=300, seed=9)
     shapes = []
@@ -115,7 +115,7 @@ def _csv(tmp_path, text, name="t.csv"):
 
 
 def test_targets_csv_reads_values_groups_and_c_rates(tmp_path):
-    from ncm_core.targets import read_targets
+    from ncm_core.data.targets import read_targets
 
     t = read_targets(_csv(tmp_path, "image,porosity,Q_0.2C,Q_1C,Q_5C\na.tif,0.3,180,150,60\nb,0.4,181,160,80\n"),
                      groups=["porosity"])
@@ -132,7 +132,7 @@ def test_targets_csv_reads_values_groups_and_c_rates(tmp_path):
     ("image,Q_1C\na,0\nb,10\n", "MAPE is undefined at zero"),
 ])
 def test_bad_targets_csv_is_one_line(tmp_path, text, words):
-    from ncm_core.targets import read_targets
+    from ncm_core.data.targets import read_targets
 
     with pytest.raises(NcmError, match=words) as e:
         read_targets(_csv(tmp_path, text))
@@ -140,14 +140,14 @@ def test_bad_targets_csv_is_one_line(tmp_path, text, words):
 
 
 def test_constant_target_warns(tmp_path):
-    from ncm_core.targets import read_targets
+    from ncm_core.data.targets import read_targets
 
     with pytest.warns(UserWarning, match="same value"):
         read_targets(_csv(tmp_path, "image,Q_1C,Q_2C\na,150,100\nb,150,110\n"))
 
 
 def test_csv_rows_naming_missing_mosaics_are_an_error(section_crops, section_set, tmp_path):
-    from ncm_core.regression import load_regression_data
+    from ncm_core.training.regression import load_regression_data
 
     text = (section_set / "targets.csv").read_text() + "section_999,0.3,1,2,3,4,5\n"
     with pytest.raises(NcmError, match="1 row.*section_999"):
@@ -158,7 +158,7 @@ def test_csv_rows_naming_missing_mosaics_are_an_error(section_crops, section_set
 def test_published_architecture_and_parameter_count():
     import torch
 
-    from ncm_core.models import build_model
+    from ncm_core.models.factory import build_model
 
     m = build_model("ncm_vgg", 5, in_chans=3)
     conv = 3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 96 * 9 + 96 * 96 * 9  # no conv biases
@@ -176,7 +176,7 @@ def test_published_architecture_and_parameter_count():
 def test_mape_loss_matches_a_hand_computation():
     import torch
 
-    from ncm_core.regression import mape, regression_loss
+    from ncm_core.training.regression import mape, regression_loss
 
     pred = torch.tensor([[110.0, 50.0], [95.0, 44.0]])
     true = torch.tensor([[100.0, 40.0], [100.0, 40.0]])
@@ -208,7 +208,7 @@ def test_lookahead_radam_and_warmup_schedule_as_published():
 def test_augmentation_keeps_size_and_is_identity_without_movement(rng):
     import torch
 
-    from ncm_core.regression import augment_batch
+    from ncm_core.training.regression import augment_batch
 
     x = torch.rand(4, 3, 32, 96)
     same = augment_batch(x, rng, ("shift", "rotate"), max_shift=0.0, max_rotate=0.0)
@@ -224,7 +224,7 @@ def test_augmentation_keeps_size_and_is_identity_without_movement(rng):
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 9), min_size=12, max_size=60), st.integers(2, 5), st.integers(0, 100))
 def test_grouped_kfold_never_puts_a_group_on_both_sides(groups, folds, seed):
-    from ncm_core.regression import grouped_kfold
+    from ncm_core.training.regression import grouped_kfold
 
     groups = [f"m{g}" for g in groups]
     if len(set(groups)) < folds:
@@ -245,7 +245,7 @@ def test_best_weights_are_restored_not_the_last_ones(tmp_path):
     """The loop keeps the weights of the epoch with the best validation score (scripted here)."""
     import torch
 
-    from ncm_core.loop import Task, run_epochs
+    from ncm_core.training.loop import Task, run_epochs
 
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -272,8 +272,8 @@ def test_best_weights_are_restored_not_the_last_ones(tmp_path):
 
 # ------------------------------------------------------------------------------------------ training
 def test_regressor_bundle_keeps_its_best_epoch_and_units(tiny_regressor, section_crops, section_set):
-    from ncm_core.bundle import load_bundle
-    from ncm_core.regression import load_regression_data, predict_values, regression_metrics
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.training.regression import load_regression_data, predict_values, regression_metrics
 
     b = load_bundle(tiny_regressor)
     cfg = b.config
@@ -295,8 +295,8 @@ def test_regressor_bundle_keeps_its_best_epoch_and_units(tiny_regressor, section
 
 
 def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp_path):
-    from ncm_core.bundle import load_bundle
-    from ncm_core.regression import cross_validate
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.training.regression import cross_validate
 
     r = cross_validate(section_crops, section_set / "targets.csv", tmp_path / "cv", folds=3, groups=["porosity"],
                        input_size=(32, 96), epochs=2, batch_size=8, l1=1e-6, adversarial=2.0)
@@ -322,7 +322,7 @@ def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp
 
 
 def test_predict_section_gives_values_per_crop_and_a_summary(tiny_regressor, section_set, tmp_path):
-    from ncm_core.regression import predict_section, write_section_prediction
+    from ncm_core.training.regression import predict_section, write_section_prediction
 
     mosaic = section_set / "section_000.ome.tif"
     sp = predict_section(tiny_regressor, mosaic, mode="sliding", device="cpu")
@@ -337,13 +337,13 @@ def test_predict_section_gives_values_per_crop_and_a_summary(tiny_regressor, sec
 
 
 def test_classifier_and_regressor_bundles_are_not_mixed_up(tiny_bundle, tiny_regressor, section_set):
-    from ncm_core.regression import predict_section
+    from ncm_core.training.regression import predict_section
 
     with pytest.raises(NcmError, match="classifier"):
         predict_section(tiny_bundle, section_set / "section_000.ome.tif")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from ncm_core.predict import predict_mosaic
+        from ncm_core.inference.predict import predict_mosaic
 
         with pytest.raises(NcmError, match="regress"):
             predict_mosaic(tiny_regressor, section_set / "section_000.ome.tif", "unused.zarr")

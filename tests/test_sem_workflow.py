@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncm_core import synth
-from ncm_core.annotations import Rectangle, tiles_from_annotations
-from ncm_core.bundle import load_bundle
-from ncm_core.crops import build_crops
+from ncm_core.data import synth
+from ncm_core.data.annotations import Rectangle, tiles_from_annotations
+from ncm_core.models.bundle import load_bundle
+from ncm_core.data.crops import build_crops
 from ncm_core.errors import Cancelled, NcmError
-from ncm_core.evaluate import class_factors, evaluate, marginal_metrics, summarize_prediction
-from ncm_core.tilesets import open_tile_set
-from ncm_core.train import train
+from ncm_core.evaluation.evaluate import class_factors, evaluate, marginal_metrics, summarize_prediction
+from ncm_core.data.tilesets import open_tile_set
+from ncm_core.training.classify import train
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def test_evaluating_other_classes_than_the_bundle_is_refused(tiny_bundle, tmp_pa
 
 
 def test_whole_image_aggregate_and_ood_flags(tiny_bundle, tmp_path):
-    from ncm_core.predict import predict_mosaic
+    from ncm_core.inference.predict import predict_mosaic
 
     sem = synth.sem_mosaic((192, 256), grid=(1, 2), seed=4,
                            classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"))

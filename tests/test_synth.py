@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ncm_core import synth
+from ncm_core.data import synth
 
 
 def test_frames_are_deterministic_by_seed():

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ncm_core.errors import NcmError
-from ncm_core.tiling import TileGrid, band_mask, extract_tiles, pixel_mask_to_cells
+from ncm_core.data.tiling import TileGrid, band_mask, extract_tiles, pixel_mask_to_cells
 
 
 @st.composite
@@ -114,7 +114,7 @@ def test_bad_grids(kw, words):
 
 
 def test_parse_rows():
-    from ncm_core.tiling import parse_rows
+    from ncm_core.data.tiling import parse_rows
 
     assert parse_rows("-32:") == (-32, None) and parse_rows("10:20") == (10, 20) and parse_rows(" ") is None
     with pytest.raises(NcmError, match="START:STOP"):
@@ -122,8 +122,8 @@ def test_parse_rows():
 
 
 def test_foreground_mask_drops_flat_areas_only():
-    from ncm_core import synth
-    from ncm_core.tiling import foreground_mask
+    from ncm_core.data import synth
+    from ncm_core.data.tiling import foreground_mask
 
     img = synth.sem_mosaic((256, 320), seed=1).image
     grid = TileGrid(img.shape, 64)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncm_core.bundle import load_bundle
+from ncm_core.models.bundle import load_bundle
 from ncm_core.errors import Cancelled, NcmError
-from ncm_core.train import train
+from ncm_core.training.classify import train
 
 
 def test_train_writes_a_bundle_with_its_split(sem_folders, tmp_path):

@@ -12,12 +12,12 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from ncm_core.errors import NcmError  # noqa: E402
-from ncm_core.tune import DEFAULT_SPACE, load_space, make_pruner, optimize, tune  # noqa: E402
+from ncm_core.training.tune import DEFAULT_SPACE, load_space, make_pruner, optimize, tune  # noqa: E402
 
 TOY = """
 import math, sys, time
 import optuna
-from ncm_core.tune import make_pruner, optimize
+from ncm_core.training.tune import make_pruner, optimize
 
 def objective(trial):
     lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -171,7 +171,7 @@ def test_tune_real_training_writes_best_bundle_and_report(sem_folders, tmp_path)
     r = tune(sem_folders, tmp_path / "t", space=space, n_trials=3, max_epochs=2, min_epochs=1,
              train_kwargs=dict(architecture="resnet10t", tile_size=32, crops_per_image=6, exclude_rows=(-16, None)))
     assert r.n_complete + r.n_pruned == 3 and r.best_bundle is not None
-    from ncm_core.bundle import load_bundle
+    from ncm_core.models.bundle import load_bundle
 
     b = load_bundle(r.best_bundle)
     assert b.config.training["lr"] == pytest.approx(r.best_params["lr"])

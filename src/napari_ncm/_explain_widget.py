@@ -1,6 +1,6 @@
 """The Explain dock widget: explanation heatmaps over a mosaic, and a per-tile panel on click.
 
-* **Run** computes :func:`ncm_core.heatmaps.explain_mosaic` for the chosen
+* **Run** computes :func:`ncm_core.explain.heatmaps.explain_mosaic` for the chosen
   image layer, bundle, method and target in a thread worker (napari's
   progress bar, Cancel) and adds one Image layer per map, aligned with the
   image (diverging colormap with symmetric limits for signed maps).
@@ -98,7 +98,7 @@ class ExplainWidget(RunsInBackground, Container):
         self.target.value = base[0]
 
     def _load(self) -> Any:
-        from ncm_core.bundle import load_bundle
+        from ncm_core.models.bundle import load_bundle
         from ncm_core.errors import NcmError
 
         path = str(self.bundle.value)
@@ -137,7 +137,7 @@ class ExplainWidget(RunsInBackground, Container):
         method, target, out = self.method.value, self.target.value, self._out_path()
 
         def work():
-            from ncm_core.heatmaps import explain_mosaic
+            from ncm_core.explain.heatmaps import explain_mosaic
 
             return "heatmap", explain_mosaic(bundle, mosaic, out, method, target, overwrite=True, cancel=cancel,
                                              progress=lambda d, t, m: bridge.progress.emit((d, t, m)), **kw)
@@ -161,7 +161,7 @@ class ExplainWidget(RunsInBackground, Container):
         """Explain the tile holding data pixel (y, x) of the image layer: probabilities and top-2 maps."""
         from ncm_core.errors import NcmError
 
-        from ncm_core.heatmaps import tile_at
+        from ncm_core.explain.heatmaps import tile_at
 
         try:
             mosaic, bundle = self._mosaic(), self._load()
@@ -179,7 +179,7 @@ class ExplainWidget(RunsInBackground, Container):
         def work():
             import numpy as np
 
-            from ncm_core.explain import explain
+            from ncm_core.explain.methods import explain
 
             tile = np.asarray(mosaic.data[y0:y0 + T, x0:x0 + T].compute())
             return "tile", ((y0, x0, T), tile, explain(bundle, tile[None], method, target))
@@ -222,7 +222,7 @@ class ExplainWidget(RunsInBackground, Container):
     def _show_tile(self, where: tuple[int, int, int], tile: Any, ex: Any) -> None:
         import numpy as np
 
-        from ncm_core.figures import draw_tile_explanation
+        from ncm_core.viz.figures import draw_tile_explanation
 
         y0, x0, T = where
         self.tile_result = (where, ex)

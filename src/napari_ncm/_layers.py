@@ -10,7 +10,7 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 
 def mosaic_layers(mosaic: Any, name: str | None = None) -> list[LayerData]:
-    """An Image layer for a :class:`ncm_core.mosaic.Mosaic` (multiscale when it has levels)."""
+    """An Image layer for a :class:`ncm_core.io.mosaic.Mosaic` (multiscale when it has levels)."""
     data = mosaic.levels if len(mosaic.levels) > 1 else mosaic.data
     kw: dict[str, Any] = {
         "name": name or mosaic.name, "scale": mosaic.scale, "translate": mosaic.translate,
@@ -68,7 +68,7 @@ def prediction_layers(pred: Any, name: str = "prediction") -> list[LayerData]:
 
 
 def heatmap_layers(heatmap: Any, name: str | None = None) -> list[LayerData]:
-    """One Image layer per map of a :class:`ncm_core.heatmaps.Heatmap`, aligned with the mosaic (multiscale
+    """One Image layer per map of a :class:`ncm_core.explain.heatmaps.Heatmap`, aligned with the mosaic (multiscale
     when the heatmap has coarser levels): a diverging colormap with symmetric limits for signed maps
     (Grad-RAM, guided backpropagation, occlusion), a sequential one from 0 otherwise."""
     scale, trans = heatmap.world_transform()

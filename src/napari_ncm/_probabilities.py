@@ -43,7 +43,7 @@ class TileProbabilities(QWidget):
             self.show_at(event.position)
 
     def _prediction(self, path: str):
-        from ncm_core.predict import open_prediction
+        from ncm_core.inference.predict import open_prediction
 
         if path not in self._predictions:
             self._predictions[path] = open_prediction(path)
@@ -51,7 +51,7 @@ class TileProbabilities(QWidget):
 
     def show_at(self, world: Any) -> bool:
         """Plot the tile under world position ``world`` of the topmost visible prediction layer."""
-        from ncm_core.figures import probability_bars
+        from ncm_core.viz.figures import probability_bars
 
         for layer in reversed(list(self._viewer.layers)):
             meta = layer.metadata or {}

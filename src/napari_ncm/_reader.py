@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ._layers import LayerData, class_labels_kwargs, heatmap_layers, mosaic_layers, prediction_layers
+from ncm_core._layers import LayerData, class_labels_kwargs, heatmap_layers, mosaic_layers, prediction_layers
 
 SUFFIXES = (".zarr", ".tif", ".tiff")
 
@@ -32,7 +32,7 @@ def _ngff_labels(path: Path) -> list[LayerData]:
     """Label images stored under an OME-Zarr image's ``labels/`` group."""
     import zarr
 
-    from ncm_core.mosaic import open_mosaic
+    from ncm_core.io.mosaic import open_mosaic
 
     try:
         root = zarr.open_group(str(path), mode="r")
@@ -60,15 +60,15 @@ def _ngff_labels(path: Path) -> list[LayerData]:
 
 def read(path: str | list[str]) -> list[LayerData]:
     """Open a mosaic or a prediction as layer-data tuples (lazy)."""
-    from ncm_core.mosaic import open_mosaic
-    from ncm_core.predict import is_prediction, open_prediction
+    from ncm_core.io.mosaic import open_mosaic
+    from ncm_core.inference.predict import is_prediction, open_prediction
 
     if isinstance(path, list):
         return [layer for p in path for layer in read(p)]
     p = Path(path)
     if is_prediction(p):
         return prediction_layers(open_prediction(p), name=p.name.split(".")[0])
-    from ncm_core.heatmaps import is_heatmap, open_heatmap
+    from ncm_core.explain.heatmaps import is_heatmap, open_heatmap
 
     if is_heatmap(p):
         return heatmap_layers(open_heatmap(p), name=p.name.split(".")[0])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._layers import LayerData, class_labels_kwargs
+from ncm_core._layers import LayerData, class_labels_kwargs
 
 
 def sem_mosaic() -> list[LayerData]:
     """A 1100 x 1500 px SEM mosaic of 12 NCM class regions and its ground-truth class map."""
-    from ncm_core import synth
-    from ncm_core.colors import class_colors
+    from ncm_core.data import synth
+    from ncm_core.io.colors import class_colors
 
     m = synth.sem_mosaic()
     scale = (m.pixel_size, m.pixel_size)
@@ -24,7 +24,7 @@ def sem_mosaic() -> list[LayerData]:
 
 def sem_frame() -> list[LayerData]:
     """One 544 x 512 px SEM frame (NCM811 after 100 cycles) with its information bar."""
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     img = synth.sem_frame("NCM811", "cycled100", (544, 512), info_bar=32, seed=0)
     s = synth.SEM_PIXEL_SIZE_UM
@@ -33,7 +33,7 @@ def sem_frame() -> list[LayerData]:
 
 def cross_section() -> list[LayerData]:
     """An RGB light-microscopy cross-section of a calendered cathode (porosity 35 %)."""
-    from ncm_core import synth
+    from ncm_core.data import synth
 
     s = synth.cross_section(0.35)
     meta = {"porosity": s.porosity, "tilt_deg": s.tilt_deg, "thickness_um": s.thickness_um, "targets": s.targets}

@@ -1,12 +1,12 @@
 """The Cross-section dock widget: find the collector, show the crops, extract them, predict rate capability.
 
-* **Detect** runs :func:`ncm_core.sections.detect_section` on the chosen image
+* **Detect** runs :func:`ncm_core.data.sections.detect_section` on the chosen image
   layer and adds two Shapes layers over it: the collector's top edge (a line)
   and the crop rectangles (rotated with the collector), so the geometry can be
   checked before anything is written.
-* **Extract crops** writes them with :func:`ncm_core.sections.extract_sections`
+* **Extract crops** writes them with :func:`ncm_core.data.sections.extract_sections`
   (a folder the Train widget's regression mode reads).
-* **Predict** runs :func:`ncm_core.regression.predict_section` with a
+* **Predict** runs :func:`ncm_core.training.regression.predict_section` with a
   regression bundle and adds one Shapes layer per target, each crop filled by
   its predicted value (its value shows in the status bar under the mouse),
   and draws the section's predicted rate capability (mean +- std over the
@@ -112,7 +112,7 @@ class SectionsWidget(RunsInBackground, Container):
         progress = lambda d, t, m: bridge.progress.emit((d, t, m))  # noqa: E731
         what = self._what
         if what == "detect":
-            from ncm_core.sections import detect_section
+            from ncm_core.data.sections import detect_section
 
             return lambda: ("detect", detect_section(mosaic, cancel=cancel, **kw))
         if what == "extract":
@@ -121,7 +121,7 @@ class SectionsWidget(RunsInBackground, Container):
                 raise NcmError("choose a crop folder to write")
 
             def extract():
-                from ncm_core.sections import extract_sections
+                from ncm_core.data.sections import extract_sections
 
                 return "extract", extract_sections([mosaic], out, overwrite=True, progress=progress, cancel=cancel,
                                                    crop=kw["crop"], mode=kw["mode"], margin=kw["margin"])
@@ -134,7 +134,7 @@ class SectionsWidget(RunsInBackground, Container):
         guard_triton()
 
         def predict():
-            from ncm_core.regression import predict_section
+            from ncm_core.training.regression import predict_section
 
             return "predict", predict_section(bundle, mosaic, mode=kw["mode"], margin=kw["margin"],
                                               progress=progress, cancel=cancel)
@@ -177,8 +177,8 @@ class SectionsWidget(RunsInBackground, Container):
     def _show_values(self, sp: Any) -> None:
         import numpy as np
 
-        from ncm_core.figures import draw_rate_capability
-        from ncm_core.targets import parse_c_rates
+        from ncm_core.viz.figures import draw_rate_capability
+        from ncm_core.data.targets import parse_c_rates
 
         image = self.image.value
         kw = section_layers_kwargs(image)

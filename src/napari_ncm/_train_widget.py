@@ -7,17 +7,17 @@ Two sources:
   values (value k = k-th name of *Classes*) and/or a Shapes layer of
   rectangles (class from its ``class`` feature, else the layer's name). Each
   painted region or rectangle is held out whole (see
-  :mod:`ncm_core.annotations`).
+  :mod:`ncm_core.data.annotations`).
 
-The work is ``ncm_core.annotations.tiles_from_annotations`` and
-``ncm_core.train.train`` (then ``ncm_core.evaluate.evaluate`` on the test
+The work is ``ncm_core.data.annotations.tiles_from_annotations`` and
+``ncm_core.training.classify.train`` (then ``ncm_core.evaluation.evaluate.evaluate`` on the test
 split, if there is one), run in a napari thread worker with napari's progress
 bar, a Cancel button and live loss/accuracy curves; or synchronously for
 tests. A cancelled run keeps its checkpoint: Run again resumes it.
 
 With *Task* set to regression, the data are cross-section crops (the
 Cross-section widget or ``ncm sections``) with a targets CSV, and the work is
-``ncm_core.regression.train_regressor`` or, with *CV folds*, grouped k-fold
+``ncm_core.training.regression.train_regressor`` or, with *CV folds*, grouped k-fold
 ``cross_validate``, whose rate-capability plot then shows in the dock.
 """
 
@@ -54,7 +54,7 @@ class _Bridge(QObject):
 
 
 def default_class_names() -> str:
-    from ncm_core.synth import CLASS_NAMES
+    from ncm_core.data.synth import CLASS_NAMES
 
     return ", ".join(CLASS_NAMES)
 
@@ -67,7 +67,7 @@ def shapes_to_rectangles(shapes: Any, image: Any) -> list:
     """
     import numpy as np
 
-    from ncm_core.annotations import Rectangle
+    from ncm_core.data.annotations import Rectangle
 
     classes = None
     if "class" in getattr(shapes, "features", {}):
@@ -216,7 +216,7 @@ class TrainWidget(RunsInBackground, Container):
 
         from napari.utils.notifications import show_error
         from napari_ncm._layers import class_labels_kwargs
-        from ncm_core.colors import class_colors
+        from ncm_core.io.colors import class_colors
 
         image = self.image.value
         if image is None:
@@ -256,7 +256,7 @@ class TrainWidget(RunsInBackground, Container):
                       optimizer=self.optimizer.value, augment=self.augment.value, normalize=self.normalize.value,
                       patience=self.patience.value or None, val_fraction=self.val_fraction.value,
                       pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value))
-        from ncm_core.tiling import parse_rows
+        from ncm_core.data.tiling import parse_rows
 
         ann, data = None, None
         rows = parse_rows(self.exclude_rows.value)
@@ -272,13 +272,13 @@ class TrainWidget(RunsInBackground, Container):
         tile = self.tile.value
 
         def task():
-            from ncm_core.evaluate import evaluate
-            from ncm_core.tilesets import is_tile_set, open_tile_set
-            from ncm_core.train import train
+            from ncm_core.evaluation.evaluate import evaluate
+            from ncm_core.data.tilesets import is_tile_set, open_tile_set
+            from ncm_core.training.classify import train
 
             src = data
             if ann is not None:
-                from ncm_core.annotations import tiles_from_annotations
+                from ncm_core.data.annotations import tiles_from_annotations
 
                 bridge.progress.emit((0, 0, "cutting annotated tiles"))
                 ts = tiles_from_annotations(ann["image"], tiles_dir, tile=tile, labels=ann["labels"], names=ann["names"],
@@ -318,7 +318,7 @@ class TrainWidget(RunsInBackground, Container):
         cancel, bridge = self._cancel, self._bridge
 
         def task():
-            from ncm_core.regression import cross_validate, train_regressor
+            from ncm_core.training.regression import cross_validate, train_regressor
 
             common = dict(progress=lambda d, t, m: bridge.progress.emit((d, t, m)), cancel=cancel,
                           on_epoch=lambda rec: bridge.epoch.emit(dict(rec)))
@@ -356,7 +356,7 @@ class TrainWidget(RunsInBackground, Container):
 
     # ------------------------------------------------------------ callbacks (main thread)
     def _on_epoch(self, rec: dict[str, float]) -> None:
-        from ncm_core.figures import draw_training_curves
+        from ncm_core.viz.figures import draw_training_curves
 
         if self.history and rec.get("fold") != self.history[-1].get("fold"):
             self.history = []  # cross-validation: the curves of the fold being trained
@@ -365,7 +365,7 @@ class TrainWidget(RunsInBackground, Container):
         self.canvas.draw_idle()
 
     def _on_done(self, value: Any) -> None:
-        from ncm_core.figures import draw_confusion_matrix
+        from ncm_core.viz.figures import draw_confusion_matrix
 
         if value is None:
             return
@@ -388,14 +388,14 @@ class TrainWidget(RunsInBackground, Container):
 
     def _regress_done(self, r: Any) -> None:
         """Status line; after cross-validation, the rate-capability plot of the held-out predictions."""
-        from ncm_core.figures import draw_rate_capability
+        from ncm_core.viz.figures import draw_rate_capability
 
         if not hasattr(r, "metrics"):  # one model
             self.status.value = f"Done: {r.bundle} (validation MAPE {r.best_val_mape:.2f} %, epoch {r.best_epoch})"
             hand_bundle_to_sections(self._viewer, str(r.bundle))
             return
-        from ncm_core.figures import rate_capability_series
-        from ncm_core.targets import parse_c_rates
+        from ncm_core.viz.figures import rate_capability_series
+        from ncm_core.data.targets import parse_c_rates
 
         m = r.metrics
         names = list(m["crops"]["targets"])

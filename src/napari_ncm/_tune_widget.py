@@ -1,4 +1,4 @@
-"""The Tune dock widget: ASHA hyperparameter search (``ncm_core.tune.tune``) with a live trials table.
+"""The Tune dock widget: ASHA hyperparameter search (``ncm_core.training.tune.tune``) with a live trials table.
 
 Runs in a napari thread worker with napari's progress bar and a Cancel button; Cancel stops the
 running trial after its current epoch and keeps the finished ones (Run again with *Resume* ticked
@@ -80,8 +80,8 @@ class TuneWidget(RunsInBackground, Container):
 
         guard_triton()
         from ncm_core.errors import NcmError
-        from ncm_core.tiling import parse_rows
-        from ncm_core.tune import tune
+        from ncm_core.data.tiling import parse_rows
+        from ncm_core.training.tune import tune
 
         if str(self.data.value) in ("", "."):
             raise NcmError("choose a data folder (class folders of frames or a tile set)")
@@ -94,7 +94,7 @@ class TuneWidget(RunsInBackground, Container):
             fixed["exclude_rows"] = rows
         if self.arch.value.strip():
             fixed["architecture"] = self.arch.value.strip()
-        from ncm_core.tilesets import is_tile_set
+        from ncm_core.data.tilesets import is_tile_set
 
         if is_tile_set(Path(str(self.data.value))):
             fixed.pop("tile_size")

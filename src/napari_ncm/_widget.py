@@ -1,7 +1,7 @@
 """The Predict dock widget: pick an image layer and a model bundle, classify every tile.
 
 The widget only gathers parameters and shows results: the work is
-``ncm_core.predict.predict_mosaic_steps``, run in a napari thread worker
+``ncm_core.inference.predict.predict_mosaic_steps``, run in a napari thread worker
 (napari's progress bar, a Cancel button) or, for tests, synchronously.
 Layers are added on the main thread, from the worker's ``returned`` signal.
 """
@@ -29,7 +29,7 @@ def layer_to_mosaic(layer: Any):
     import dask.array as da
 
     from ncm_core.errors import NcmError
-    from ncm_core.mosaic import Mosaic, open_mosaic
+    from ncm_core.io.mosaic import Mosaic, open_mosaic
 
     data = layer.data[0] if layer.multiscale else layer.data
     spatial = 2
@@ -99,8 +99,8 @@ class PredictWidget(RunsInBackground, Container):
 
         guard_triton()  # before torch is first imported in this napari session
         from ncm_core.errors import NcmError
-        from ncm_core.predict import predict_mosaic_steps
-        from ncm_core.tiling import parse_rows
+        from ncm_core.inference.predict import predict_mosaic_steps
+        from ncm_core.data.tiling import parse_rows
 
         layer = self.image.value
         if layer is None:

@@ -31,7 +31,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import dask.array as da
     import zarr
 
-    from ncm_core.mosaic import write_label_group
+    from ncm_core.io.mosaic import write_label_group
 
     p = _prepare(path)
     arr = da.asarray(data[0] if meta.get("multiscale") else data)
@@ -57,7 +57,7 @@ def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import dask.array as da
     import zarr
 
-    from ncm_core.mosaic import NGFF_VERSION, ngff_multiscales
+    from ncm_core.io.mosaic import NGFF_VERSION, ngff_multiscales
 
     p = _prepare(path)
     arr = da.asarray(data[0] if meta.get("multiscale") else data)

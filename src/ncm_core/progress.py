@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from .errors import Cancelled
+from ncm_core.errors import Cancelled
 
 ProgressFn = Callable[[int, int, str], None]
 CancelFlag = Optional[Any]

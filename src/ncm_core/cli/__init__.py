@@ -1,0 +1,53 @@
+"""The ``ncm`` command line: the same task functions as the API and the napari widgets.
+
+Errors caused by input print one line (``ncm: error: <file>: <problem>``) and
+exit with status 2; nothing is left half-written. One module per command group
+adds its sub-commands (``add_parsers``) and runs them (``cmd_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ncm_core.errors import Cancelled, NcmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ncm`` argument parser with every sub-command."""
+    from ncm_core._version import __version__
+    from ncm_core.cli import data, demo, explain, predict, training
+
+    p = argparse.ArgumentParser(prog="ncm", description="Tiling, training and prediction of CNN models on "
+                                "microscopy mosaics of battery electrodes.")
+    p.add_argument("--version", action="version", version=f"napari-ncm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod in (data, training, predict, explain, demo):
+        mod.add_parsers(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ncm_core.inference.predict import PredictionIncomplete
+
+    import warnings
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = lambda msg, cat, *rest, **kw: print(f"ncm: warning: {msg}", file=sys.stderr)
+    try:
+        args.func(args)
+    except PredictionIncomplete as exc:
+        print(f"ncm: incomplete: {exc}", file=sys.stderr)
+        return 3
+    except NcmError as exc:
+        print(f"ncm: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("ncm: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nncm: interrupted", file=sys.stderr)
+        return 130
+    return 0

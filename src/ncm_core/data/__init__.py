@@ -1,0 +1,1 @@
+"""Data: tile grids, crops, tile sets, annotations, targets, cross-section geometry, synthetic samples."""

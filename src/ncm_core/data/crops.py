@@ -1,0 +1,128 @@
+"""``ncm crops``: random crops of source frames into a tile set, frames held out before cropping.
+
+The published SEM workflow trains on random crops of frames. Here the frames
+are first split into train/validation/test (stratified by class, whole frames
+only), and only then cropped, so no frame feeds two splits. Crops avoid a band
+of rows (the SEM information bar) and, optionally, masked pixels. The same
+seed gives the same crops; ``manifest.csv`` records every crop's frame and
+rectangle.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ncm_core.data.datasets import load_image, scan_class_folders
+from ncm_core.errors import NcmError
+from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
+from ncm_core.data.tilesets import TileSet, TileSetWriter, split_groups
+
+
+def _valid_mask(shape: tuple[int, int], exclude_rows, mask: np.ndarray | None) -> np.ndarray:
+    """Pixels a crop may cover: everything except the band and masked pixels."""
+    ok = np.ones(shape, bool)
+    if exclude_rows is not None:
+        a, b, _ = slice(*exclude_rows).indices(shape[0])
+        ok[a:b] = False
+    if mask is not None:
+        if mask.shape[:2] != shape:
+            raise NcmError(f"mask is {mask.shape[0]}x{mask.shape[1]} px but its frame is {shape[0]}x{shape[1]} px")
+        ok &= ~(mask.reshape(shape + (-1,)).any(-1) if mask.ndim == 3 else mask.astype(bool))
+    return ok
+
+
+def crop_positions(valid: np.ndarray, size: int, n: int, rng: np.random.Generator, max_invalid: float = 0.0) -> np.ndarray:
+    """``n`` random top-left corners of ``size`` px crops whose share of invalid pixels is at most ``max_invalid``.
+
+    Uses a summed-area table, so every allowed position is equally likely.
+    """
+    h, w = valid.shape
+    if h < size or w < size:
+        raise NcmError(f"crop size {size} px is larger than the frame ({h}x{w} px)")
+    bad = np.pad((~valid).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    s = size
+    counts = bad[s:, s:] - bad[:-s, s:] - bad[s:, :-s] + bad[:-s, :-s]  # invalid pixels per crop position
+    ys, xs = np.nonzero(counts <= max_invalid * s * s)
+    if len(ys) == 0:
+        raise NcmError(f"no {size} px crop fits in the frame outside the excluded band and mask")
+    pick = rng.integers(0, len(ys), n)
+    return np.stack([ys[pick], xs[pick]], 1)
+
+
+def build_crops(
+    data: str | Path, out: str | Path, *, size: int = 224, per_frame: int = 32, val_fraction: float = 0.2,
+    test_fraction: float = 0.2, exclude_rows: tuple[int | None, int | None] | None = None,
+    masks: str | Path | None = None, max_masked: float = 0.0, seed: int = 0, overwrite: bool = False,
+    progress: ProgressFn | None = None, cancel: CancelFlag = None,
+) -> TileSet:
+    """Cut ``per_frame`` random ``size`` px crops from every frame of ``data/<class>/*`` into a tile set.
+
+    Parameters
+    ----------
+    val_fraction, test_fraction
+        Shares of each class's frames held out (whole frames, before cropping).
+    exclude_rows
+        A band of rows no crop may touch, e.g. ``(-32, None)`` for an SEM info bar.
+    masks
+        Optional folder mirroring ``data``: ``masks/<class>/<frame stem>.png``,
+        non-zero where crops must not go (scale bars, charging artefacts...).
+    max_masked
+        Largest share of masked pixels a crop may contain (default 0).
+    """
+    if size < 8:
+        raise NcmError(f"crop size must be at least 8 px, got {size}")
+    if per_frame < 1:
+        raise NcmError(f"crops per frame must be at least 1, got {per_frame}")
+    if seed < 0:
+        raise NcmError(f"seed must be a non-negative whole number, got {seed}")
+    ds = scan_class_folders(data)
+    if len(ds.class_names) < 2:
+        raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
+    groups = {str(f.relative_to(ds.root)): y for f, y in zip(ds.files, ds.labels)}
+    splits = split_groups(groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction,
+                          seed=seed, where=ds.root)
+    mask_root = None if masks is None else Path(masks).expanduser()
+    if mask_root is not None and not mask_root.is_dir():
+        raise NcmError("mask folder not found", mask_root)
+    writer = TileSetWriter(out, ds.class_names, size, overwrite=overwrite)
+    shapes, kinds = set(), set()
+    try:
+        for k, (f, y) in enumerate(zip(ds.files, ds.labels)):
+            check_cancel(cancel)
+            rel = str(f.relative_to(ds.root))
+            img = load_image(f)
+            shapes.add(img.shape[:2])
+            kinds.add((img.ndim, img.shape[2] if img.ndim == 3 else 1, img.dtype.str))
+            if len(kinds) > 1:
+                raise NcmError("frames differ in channels or bit depth from the earlier frames "
+                               f"({sorted(kinds)}); convert them to one kind", f)
+            mask = None
+            if mask_root is not None:
+                mf = mask_root / ds.class_names[y] / (f.stem + ".png")
+                mask = load_image(mf) if mf.is_file() else None
+            try:
+                valid = _valid_mask(img.shape[:2], exclude_rows, mask)
+                # one generator per frame, seeded by its name: adding a frame does not move the others' crops
+                rng = np.random.default_rng([seed, *rel.encode()])
+                pos = crop_positions(valid, size, per_frame, rng, max_masked)
+            except NcmError as exc:
+                raise NcmError(str(exc), f) from None
+            for j, (y0, x0) in enumerate(pos):
+                c = img[y0:y0 + size, x0:x0 + size]
+                writer.add(c, splits[rel], ds.class_names[y], rel, rel, (y0, x0, y0 + size, x0 + size),
+                           f"{f.stem}_{j:04d}")
+            report(progress, k + 1, len(ds.files), f.name)
+        if len(shapes) > 1:
+            warnings.warn(f"{ds.root}: frames have {len(shapes)} different sizes; crops are all {size} px, "
+                          "but check that the frames share one pixel size", stacklevel=2)
+        params = {"kind": "crops", "data": str(ds.root), "size": size, "per_frame": per_frame,
+                  "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+                  "exclude_rows": None if exclude_rows is None else list(exclude_rows),
+                  "masks": None if mask_root is None else str(mask_root), "max_masked": max_masked}
+        return writer.finish(params, splits)
+    except BaseException:
+        writer.abort()
+        raise

@@ -1,0 +1,141 @@
+"""Class-per-folder image datasets, split by source image, and random crops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ncm_core.errors import NcmError
+from ncm_core.io.mosaic import PIL_SUFFIXES, TIFF_SUFFIXES, open_mosaic
+
+IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES
+
+
+@dataclass
+class FolderDataset:
+    """Images found under ``root/<class name>/``; ``labels[i]`` indexes ``class_names``."""
+
+    root: Path
+    class_names: list[str]
+    files: list[Path]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def scan_class_folders(root: str | Path, class_names: list[str] | None = None) -> FolderDataset:
+    """Find images in class sub-folders of ``root`` (sorted, so class order is stable).
+
+    ``class_names`` fixes the class order (e.g. a bundle's) and checks that the
+    folders match it.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise NcmError("dataset folder not found" if not root.exists() else "dataset path is not a folder", root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise NcmError("no class folders found: expected one sub-folder of images per class", root)
+    names = [p.name for p in folders]
+    if class_names is not None:
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise NcmError(f"folders {unknown} are not classes of the model ({len(class_names)} classes: "
+                           f"{', '.join(class_names[:6])}{', ...' if len(class_names) > 6 else ''})", root)
+    else:
+        class_names = names
+    files, labels = [], []
+    for folder in folders:
+        imgs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not imgs:
+            raise NcmError(f"class folder {folder.name!r} has no images ({', '.join(IMAGE_SUFFIXES)})", folder)
+        files += imgs
+        labels += [class_names.index(folder.name)] * len(imgs)
+    return FolderDataset(root, list(class_names), files, labels)
+
+
+def split_by_image(ds: FolderDataset, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices of training and validation images, stratified by class.
+
+    Whole images go to one side, so crops of one image never feed both
+    training and validation.
+    """
+    if not 0 < val_fraction < 1:
+        raise NcmError(f"validation fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    labels = np.asarray(ds.labels)
+    for c, name in enumerate(ds.class_names):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) == 0:
+            continue
+        if len(idx) < 2:
+            raise NcmError(f"class {name!r} has only {len(idx)} image; at least 2 are needed to hold one out "
+                           "for validation", ds.root / name)
+        idx = rng.permutation(idx)
+        n_val = min(max(1, round(val_fraction * len(idx))), len(idx) - 1)
+        val += idx[:n_val].tolist()
+        train += idx[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = None) -> np.ndarray:
+    """Read a whole (frame-sized) image to memory, dropping a band of rows (e.g. an SEM info bar)."""
+    img = np.asarray(open_mosaic(path).data.compute())
+    if exclude_rows is not None:
+        start, stop, _ = slice(*exclude_rows).indices(img.shape[0])
+        img = np.concatenate([img[:start], img[stop:]], axis=0)
+    return img
+
+
+AUGMENTATIONS = ("flip", "rot90")
+
+
+def parse_augment(augment: bool | str | Iterable[str] | None) -> tuple[str, ...]:
+    """Augmentations as a tuple of names: ``True`` is all of :data:`AUGMENTATIONS`, ``"flip,rot90"`` a selection."""
+    if augment is True:
+        return AUGMENTATIONS
+    if augment in (False, None, "", "none"):
+        return ()
+    items = [s.strip() for s in augment.split(",")] if isinstance(augment, str) else list(augment)
+    unknown = sorted(set(items) - set(AUGMENTATIONS))
+    if unknown:
+        raise NcmError(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)} or none")
+    return tuple(a for a in AUGMENTATIONS if a in items)
+
+
+def _augment(c: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
+    if "rot90" in ops:
+        c = np.rot90(c, rng.integers(4))
+    if "flip" in ops and rng.random() < 0.5:
+        c = c[:, ::-1]
+    return c
+
+
+def augment_tiles(tiles: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
+    """A randomly flipped / 90-degree-turned copy of square tiles ``(N, t, t[, C])``."""
+    if not ops:
+        return tiles
+    return np.stack([np.ascontiguousarray(_augment(t, rng, ops)) for t in tiles])
+
+
+def random_crops(
+    images: list[np.ndarray], labels: list[int], size: int, per_image: int, rng: np.random.Generator,
+    augment: bool | tuple[str, ...] = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``per_image`` random ``size`` x ``size`` crops of every image, with flips and 90-degree turns."""
+    ops = parse_augment(augment)
+    crops, ys = [], []
+    for img, y in zip(images, labels):
+        h, w = img.shape[:2]
+        if h < size or w < size:
+            raise NcmError(f"crop size {size} px is larger than an image ({h}x{w} px)")
+        for _ in range(per_image):
+            y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+            c = _augment(img[y0:y0 + size, x0:x0 + size], rng, ops)
+            crops.append(np.ascontiguousarray(c))
+            ys.append(y)
+    return np.stack(crops), np.asarray(ys)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and reports for bundles and predictions."""

@@ -1,0 +1,1 @@
+"""Explanations: attribution methods, guided backpropagation, occlusion, mosaic heatmaps, sanity checks."""

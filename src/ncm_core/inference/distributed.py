@@ -1,0 +1,115 @@
+"""Running prediction blocks on dask.distributed.
+
+Each block of tiles is one task. A worker plugin loads the model once per
+worker (and limits torch to the worker's threads); tasks open the mosaic from
+its path and write only their own output chunks and status chunk, so no two
+writers ever touch one chunk. A worker that dies loses only its running
+block: finished blocks are on disk and marked done, and dask reruns the lost
+task elsewhere. Scheduler addresses: ``tcp://host:8786`` (a running cluster),
+``local:N`` (a LocalCluster of N processes, one thread each), or a
+``distributed.Client``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from distributed import WorkerPlugin
+
+from ncm_core.errors import Cancelled, NcmError
+from ncm_core.progress import CancelFlag, is_cancelled
+
+
+def check_distributable(bundle: Any, mosaic: Any) -> None:
+    """Workers load the bundle and the mosaic from paths they can read: refuse anything else early."""
+    if bundle.path is None:
+        raise NcmError("distributed prediction needs a bundle saved on disk (a path every worker can read)")
+    src = mosaic.source
+    if not src or not Path(src).exists():
+        raise NcmError(f"distributed prediction needs the mosaic as a file or zarr path every worker can read, "
+                       f"not {src or 'an in-memory array'}")
+
+
+@contextlib.contextmanager
+def connect(scheduler: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``scheduler``; clusters started here are closed afterwards."""
+    from distributed import Client, LocalCluster
+
+    if isinstance(scheduler, Client):
+        yield scheduler
+        return
+    text = str(scheduler)
+    if text.startswith("local"):
+        n = int(text.split(":", 1)[1]) if ":" in text else 2
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(text, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise NcmError(f"cannot reach the dask scheduler at {text} ({type(exc).__name__}: {exc})") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class ModelOnWorker(WorkerPlugin):
+    """Worker plugin: the bundle, loaded once per worker, and the mosaics its tasks opened."""
+
+    def __init__(self, bundle_path: str, device: str, threads: int = 1) -> None:
+        super().__init__()
+        self.bundle_path, self.device, self.threads = bundle_path, device, threads
+
+    def setup(self, worker: Any) -> None:
+        import torch
+
+        from ncm_core.models.bundle import load_bundle
+        from ncm_core.devices import resolve_device
+
+        torch.set_num_threads(self.threads)
+        self.dev = resolve_device(self.device)
+        self.bundle = load_bundle(self.bundle_path)
+        self.bundle.model.to(self.dev).eval()
+        self.mosaics: dict[str, Any] = {}
+
+    def mosaic(self, source: str) -> Any:
+        from ncm_core.io.mosaic import open_mosaic
+
+        if source not in self.mosaics:
+            self.mosaics[source] = open_mosaic(source)
+        return self.mosaics[source]
+
+
+def _block_task(plan: Any, source: str, block: tuple[int, int, int, int], plugin: str) -> dict[str, Any] | None:
+    from distributed import get_worker
+
+    state = get_worker().plugins[plugin]
+    mosaic = state.mosaic(source)
+    prepared = plan.prepare(state.bundle, mosaic, block, state.dev)
+    return plan.finish(state.bundle, state.dev, block, prepared, plan.open_arrays())
+
+
+def run_blocks(scheduler: Any, plan: Any, bundle: Any, mosaic: Any, blocks: list[tuple[int, int, int, int]],
+               device: str, cancel: CancelFlag = None) -> Iterator[dict[str, Any] | None]:
+    """Run ``blocks`` as dask tasks; yields each block's failure record (or None) as it finishes."""
+    from distributed import as_completed
+
+    name = f"ncm-model-{Path(bundle.path).resolve()}-{device}"
+    with connect(scheduler) as client:
+        client.register_plugin(ModelOnWorker(str(Path(bundle.path).resolve()), device), name=name)
+        # the plan (with its grid-sized mask) goes to each worker once, not with every task
+        plan_on_workers = client.scatter(plan, broadcast=True)
+        source = str(Path(mosaic.source).resolve())
+        futures = client.map(_block_task, [plan_on_workers] * len(blocks), [source] * len(blocks),
+                             blocks, [name] * len(blocks), pure=False, retries=2)
+        try:
+            for fut in as_completed(futures):
+                if is_cancelled(cancel):
+                    raise Cancelled()
+                yield fut.result()
+        finally:
+            client.cancel(futures)

@@ -1,0 +1,1 @@
+"""Reading and writing images: lazy mosaics (zarr, OME-Zarr, TIFF, PNG), NGFF output, colours."""

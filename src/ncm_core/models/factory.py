@@ -1,0 +1,73 @@
+"""Building models: timm architectures by name, weights only from local files.
+
+:func:`build_model` is a thin layer over ``timm.create_model`` that keeps
+timm's naming (``efficientnet_b0`` ... ``efficientnet_b7``, ``resnet18``,
+``convnext_tiny``, ``mobilenetv3_small_100``, ...) and its adaptation of
+pretrained weights to another number of input channels or classes, but never
+downloads: pretrained weights come from a file the user names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from ncm_core.errors import NcmError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def check_architecture(name: str) -> str:
+    """Return ``name`` if timm knows it (or it is one of :mod:`ncm_core.models.nets`), else raise with close matches."""
+    import timm
+
+    from ncm_core.models import nets
+
+    del nets  # imported for its effect: it registers the project's own models with timm
+
+    if name in timm.list_models():
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for names"
+    raise NcmError(f"unknown architecture {name!r}{hint}")
+
+
+def build_model(
+    architecture: str, num_outputs: int, *, in_chans: int = 1, pretrained: str | Path | bool | None = None,
+    **kwargs: Any,
+):
+    """Create a timm model with ``num_outputs`` outputs and ``in_chans`` input channels.
+
+    ``pretrained`` is a local weights file (``.safetensors`` preferred; ``.pth``
+    files are read with ``torch.load(weights_only=True)``, which never runs
+    pickled code). timm drops a classifier of another size and adapts the first
+    convolution to ``in_chans``. ``pretrained=True`` is refused: nothing is
+    downloaded at run time.
+    """
+    import timm
+
+    check_architecture(architecture)
+    if num_outputs < 1:
+        raise NcmError(f"a model needs at least one output, got {num_outputs}")
+    if in_chans not in (1, 3):
+        raise NcmError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
+    if pretrained is True:
+        raise NcmError(
+            f"{architecture}: napari-ncm does not download weights. Download them once on a machine with "
+            f"network access (e.g. timm.create_model('{architecture}', pretrained=True) and "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')), then pass "
+            "pretrained='weights.safetensors' (CLI: --pretrained weights.safetensors)")
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise NcmError("pretrained weights file not found", path)
+        if not path.name.endswith(WEIGHT_SUFFIXES):
+            raise NcmError(f"pretrained weights must be one of {', '.join(WEIGHT_SUFFIXES)}", path)
+        try:
+            return timm.create_model(architecture, pretrained=True, num_classes=num_outputs, in_chans=in_chans,
+                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except Exception as exc:
+            raise NcmError(f"cannot load these weights into {architecture} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:300]})", path) from None
+    return timm.create_model(architecture, pretrained=False, num_classes=num_outputs, in_chans=in_chans, **kwargs)

@@ -1,0 +1,40 @@
+"""Options objects: one home for each option's default, merged with keyword overrides.
+
+Each task has a dataclass of its options (``PredictOptions``, ``TrainConfig``, ...). The public
+functions keep their keyword interface: ``predict_mosaic(bundle, mosaic, out, tile=128)`` is the
+same as ``predict_mosaic(bundle, mosaic, out, PredictOptions(tile=128))``. The CLI, the napari
+widgets, fingerprints and output attributes read their defaults from the same objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, TypeVar
+
+from ncm_core.errors import NcmError
+
+T = TypeVar("T")
+
+
+def merge_options(cls: type[T], options: T | None, overrides: dict[str, Any]) -> T:
+    """``options`` (or ``cls()``) with ``overrides`` applied; ``None`` values mean "keep the default".
+
+    An unknown keyword raises one :class:`NcmError` that names it and the closest option.
+    """
+    base = cls() if options is None else options
+    if not isinstance(base, cls):
+        raise NcmError(f"expected {cls.__name__}, got {type(base).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in overrides:
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise NcmError(f"unknown option {key!r} for {cls.__name__}{hint}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(base, **given) if given else base  # type: ignore[type-var]
+
+
+def defaults(cls: type[Any]) -> dict[str, Any]:
+    """The default of every field of an options class (for argparse defaults and widget initial values)."""
+    return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}

@@ -1,0 +1,1 @@
+"""Training: the epoch loop, classification, regression, cross-validation, tuning."""

@@ -1,0 +1,145 @@
+"""The epoch loop shared by classification and regression training.
+
+It owns what both tasks need to get right in the same way: mixed precision
+with loss scaling, per-step scheduling, cancellation and progress, the best
+epoch by a validation score with early stopping (the best weights are what the
+caller gets back), and a checkpoint after every epoch (safetensors + JSON, see
+:mod:`ncm_core.models.checkpoint`) from which the same call resumes to the same
+result. The task supplies the loss of a batch, running training statistics,
+validation and the score.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ncm_core.models.checkpoint import load_checkpoint, save_checkpoint
+from ncm_core.errors import NcmError
+from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
+
+
+@dataclass
+class Task:
+    """What differs between tasks.
+
+    ``step(xb, yb, rng)`` returns the loss to back-propagate and the outputs;
+    ``stats(outputs, yb)`` returns sums (divided by the epoch's tile count in
+    the record); ``validate()`` returns validation metrics (``{}`` when there
+    is no validation data); ``score(rec)`` is larger-is-better.
+    """
+
+    step: Callable[[Any, Any, np.random.Generator], tuple[Any, Any]]
+    stats: Callable[[Any, Any], dict[str, float]]
+    validate: Callable[[], dict[str, float]]
+    score: Callable[[dict[str, float]], tuple[float, float]]
+    has_validation: bool
+    progress_key: str | None = None  # validation metric shown in progress messages
+    min_batch: int = 1  # smaller last batches are skipped (BatchNorm1d cannot train on one sample)
+
+
+def open_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: start afresh); one of another run is refused."""
+    ckpt = load_checkpoint(ckpt_dir) if resume else None
+    if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
+        raise NcmError("this folder holds a checkpoint of a training run with other settings or data; "
+                       "choose another output folder, or start again (--restart / resume=False)", ckpt_dir)
+    return ckpt
+
+
+@dataclass
+class LoopState:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_state: dict[str, Any] | None = None
+    resumed_from: int = 0
+
+
+def run_epochs(
+    *, model: Any, opt: Any, sched: Any, scaler: Any, task: Task, epoch_data: Callable[[np.random.Generator], tuple],
+    to_input: Callable[[np.ndarray], Any], to_target: Callable[[np.ndarray], Any], epochs: int, batch_size: int,
+    steps_per_epoch: int, rng: np.random.Generator, fingerprint: str, ckpt_dir: Path, ckpt: dict[str, Any] | None,
+    patience: int | None, progress: ProgressFn | None, cancel: CancelFlag,
+    on_epoch: Callable[[dict[str, float]], None] | None, t0: float,
+) -> LoopState:
+    """Train for up to ``epochs`` epochs; returns the history and the best weights (on the CPU)."""
+    import torch
+
+    st = LoopState()
+    best_score, since_best, step, start = None, 0, 0, 1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        st.history, st.best_epoch, since_best, step = ckpt["history"], ckpt["best_epoch"], ckpt["since_best"], ckpt["step"]
+        best_score = tuple(ckpt["best_score"]) if ckpt["best_score"] is not None else None
+        st.best_state = ckpt["best_model"]
+        start = ckpt["epoch"] + 1
+        for rec in st.history:
+            if on_epoch is not None:
+                on_epoch(rec)
+    st.resumed_from = start - 1
+    total = epochs * steps_per_epoch
+    stopped = ckpt is not None and ckpt.get("stopped", False)
+    elapsed0 = st.history[-1]["seconds"] if st.history else 0.0
+    for epoch in range(start, epochs + 1):
+        if stopped:
+            break
+        model.train()
+        t_epoch = time.monotonic()
+        x, y = epoch_data(rng)
+        order = rng.permutation(len(x))
+        loss_sum, sums = 0.0, {}
+        for k in range(0, len(order), batch_size):
+            check_cancel(cancel)
+            b = order[k:k + batch_size]
+            if len(b) < task.min_batch:
+                continue
+            xb, yb = to_input(x[b]), to_target(y[b])
+            loss, outputs = task.step(xb, yb, rng)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            sched.step_update(num_updates=step)
+            loss_sum += loss.item() * len(b)
+            with torch.no_grad():
+                for key, v in task.stats(outputs, yb).items():
+                    sums[key] = sums.get(key, 0.0) + v
+            report(progress, step, total, f"epoch {epoch}/{epochs} loss {loss.item():.3f}")
+        sched.step(epoch)
+        rec = {"epoch": epoch, "train_loss": loss_sum / len(x), **{k: v / len(x) for k, v in sums.items()},
+               "lr": opt.param_groups[0]["lr"], "train_seconds": time.monotonic() - t_epoch, "tiles": int(len(x))}
+        if task.has_validation:
+            rec.update(task.validate())
+        rec["seconds"] = elapsed0 + time.monotonic() - t0
+        st.history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+        key = task.progress_key
+        msg = f"epoch {epoch}/{epochs} {key.replace('_', ' ')} {rec[key]:.3f}" if key and key in rec else \
+            f"epoch {epoch}/{epochs}"
+        report(progress, step, total, msg)
+        score = task.score(rec) if task.has_validation else (float(epoch), 0.0)
+        if best_score is None or score > best_score:
+            best_score, st.best_epoch, since_best = score, epoch, 0
+            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            since_best += 1
+            stopped = patience is not None and since_best >= patience
+        save_checkpoint(ckpt_dir, {
+            "fingerprint": fingerprint, "epoch": epoch, "step": step, "history": st.history,
+            "best_epoch": st.best_epoch, "best_score": None if best_score is None else list(best_score),
+            "since_best": since_best, "stopped": stopped, "model": model.state_dict(), "best_model": st.best_state,
+            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+    model.load_state_dict(st.best_state)
+    return st

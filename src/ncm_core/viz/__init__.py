@@ -1,0 +1,1 @@
+"""Figures (matplotlib): predictions, training curves, explanations, reports."""

@@ -1,0 +1,1 @@
+"""End-to-end workflows built on the task functions (the demo)."""
