@@ -30,18 +30,20 @@ def timed(fn):
 
 
 def mosaic_costs(work: Path, side: int) -> dict:
-    from ncm_core.models.bundle import BundleConfig, save_bundle
-    from ncm_core.explain.heatmaps import explain_mosaic
-    from ncm_core.models.factory import build_model
-    from ncm_core.inference.predict import predict_mosaic
-    from ncm_core.models.preprocess import InputSpec
     from ncm_core.data.synth import CLASS_NAMES
+    from ncm_core.explain.heatmaps import explain_mosaic
+    from ncm_core.inference.predict import predict_mosaic
+    from ncm_core.models.bundle import BundleConfig, save_bundle
+    from ncm_core.models.factory import build_model
+    from ncm_core.models.preprocess import InputSpec
 
     mosaic = make_mosaic(work / "mosaic.zarr", side)
     bundle = work / "effnet"
-    save_bundle(build_model("efficientnet_b0", 12, in_chans=1),
-                BundleConfig("efficientnet_b0", class_names=list(CLASS_NAMES), input=InputSpec(1, (64, 64)),
-                             tile_size=64), bundle)
+    save_bundle(
+        build_model("efficientnet_b0", 12, in_chans=1),
+        BundleConfig("efficientnet_b0", class_names=list(CLASS_NAMES), input=InputSpec(1, (64, 64)), tile_size=64),
+        bundle,
+    )
     kw = dict(device="cpu", overwrite=True)
     res = {"side": side, "tiles": (side // 64) ** 2}
     _, res["predict"] = timed(lambda: predict_mosaic(bundle, mosaic, work / "p.zarr", ood=False, **kw))
@@ -56,8 +58,8 @@ def occlusion_costs(shape=(224, 672), window=7) -> dict:
     import torch
     from captum.attr import Occlusion
 
-    from ncm_core.models.factory import build_model
     from ncm_core.explain.occlusion import local_plan, occlusion_maps
+    from ncm_core.models.factory import build_model
 
     model = build_model("ncm_vgg", 5, in_chans=3)
     g = torch.Generator().manual_seed(0)
@@ -72,18 +74,32 @@ def occlusion_costs(shape=(224, 672), window=7) -> dict:
     x = torch.rand(1, 3, *shape, generator=g)
     fill = torch.zeros(3)  # a black window: on a noise crop its mean would hardly change the output
     plan = local_plan(model, x)
-    ours, t_ours = timed(lambda: occlusion_maps(model, x, np.array([[4]]), window=(window, window),
-                                                stride=(window, window), fill=fill))
+    ours, t_ours = timed(
+        lambda: occlusion_maps(model, x, np.array([[4]]), window=(window, window), stride=(window, window), fill=fill)
+    )
     occ = Occlusion(model)
     with torch.inference_mode():
-        ref, t_ref = timed(lambda: occ.attribute(x, sliding_window_shapes=(3, window, window),
-                                                 strides=(3, window, window),
-                                                 baselines=fill.reshape(3, 1, 1).expand(3, *shape), target=4,
-                                                 perturbations_per_eval=1))
+        ref, t_ref = timed(
+            lambda: occ.attribute(
+                x,
+                sliding_window_shapes=(3, window, window),
+                strides=(3, window, window),
+                baselines=fill.reshape(3, 1, 1).expand(3, *shape),
+                target=4,
+                perturbations_per_eval=1,
+            )
+        )
     ref = ref[:, 0].numpy()
-    return {"shape": shape, "window": window, "windows": (shape[0] // window) * (shape[1] // window),
-            "plan": plan, "ours": t_ours, "captum": t_ref,
-            "diff": float(np.abs(ours[:, 0] - ref).max()), "scale": float(np.abs(ref).max())}
+    return {
+        "shape": shape,
+        "window": window,
+        "windows": (shape[0] // window) * (shape[1] // window),
+        "plan": plan,
+        "ours": t_ours,
+        "captum": t_ref,
+        "diff": float(np.abs(ours[:, 0] - ref).max()),
+        "scale": float(np.abs(ref).max()),
+    }
 
 
 def main() -> None:
@@ -106,21 +122,21 @@ Each ratio compares timings taken in the same run.
 - Machine: {machine()}
 - Mosaic: {a.side} x {a.side} px synthetic SEM (zarr, 512 px chunks), efficientnet_b0 (untrained weights: timing
   only), 64 px tiles, 12 classes, batch 16 (heatmaps) / 64 (prediction), CPU
-- Occlusion: ncm_vgg (the rate-capability network, 5 outputs) on one {o['shape'][0]} x {o['shape'][1]} crop, window
-  {o['window']} x {o['window']} with stride {o['window']} ({o['windows']} windows), fill 0 (black), one target,
+- Occlusion: ncm_vgg (the rate-capability network, 5 outputs) on one {o["shape"][0]} x {o["shape"][1]} crop, window
+  {o["window"]} x {o["window"]} with stride {o["window"]} ({o["windows"]} windows), fill 0 (black), one target,
   convolutional BatchNorm statistics from random crops
 
 | measure | values | ratio | goal |
 |---|---|---|---|
-| Grad-CAM heatmap of the whole mosaic, tiles not overlapping, vs plain prediction (best of 2) | {m['gradcam0']:.1f} vs {p:.1f} s | {m['gradcam0'] / p:.2f} | <= 3 |
-| Grad-CAM heatmap with the default quarter-tile overlap (1.8x the tiles, blended) vs plain prediction | {m['gradcam']:.1f} vs {p:.1f} s | {m['gradcam'] / p:.2f} | |
-| Batched local occlusion vs captum Occlusion, perturbations_per_eval=1 | {o['ours']:.1f} vs {o['captum']:.1f} s | {o['captum'] / o['ours']:.1f}x | >= 5x |
-| Largest difference of the map from captum's | {o['diff']:.1e} (map values up to {o['scale']:.3g}) | | <= 1e-5 |
+| Grad-CAM heatmap of the whole mosaic, tiles not overlapping, vs plain prediction (best of 2) | {m["gradcam0"]:.1f} vs {p:.1f} s | {m["gradcam0"] / p:.2f} | <= 3 |
+| Grad-CAM heatmap with the default quarter-tile overlap (1.8x the tiles, blended) vs plain prediction | {m["gradcam"]:.1f} vs {p:.1f} s | {m["gradcam"] / p:.2f} | |
+| Batched local occlusion vs captum Occlusion, perturbations_per_eval=1 | {o["ours"]:.1f} vs {o["captum"]:.1f} s | {o["captum"] / o["ours"]:.1f}x | >= 5x |
+| Largest difference of the map from captum's | {o["diff"]:.1e} (map values up to {o["scale"]:.3g}) | | <= 1e-5 |
 
 Notes: the Grad-CAM cost stays close to prediction because the autograd graph starts at the target layer
 (the trunk below it runs as plain inference) and one forward pass gives both the targets and the maps.
 Local occlusion recomputes only the part of the trunk a window can change (receptive-field margin
-{o['plan'].margin if o['plan'] else '-'} px at feature stride {o['plan'].stride if o['plan'] else '-'}) and is checked against full evaluation first.
+{o["plan"].margin if o["plan"] else "-"} px at feature stride {o["plan"].stride if o["plan"] else "-"}) and is checked against full evaluation first.
 The untrained network's map values are small; the difference to captum is float32 rounding of
 score differences. On a CPU, batching whole 224 x 672 inputs is slower per image than one at a time
 (a development run with batch 32 took 843 s against captum's 880 s), so the full-input path, used when

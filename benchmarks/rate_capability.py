@@ -36,8 +36,8 @@ from _report import write_section  # noqa: E402
 
 def angle_errors(n: int, seed: int = 0) -> dict[str, float]:
     from ncm_core.data import synth
-    from ncm_core.io.mosaic import open_mosaic
     from ncm_core.data.sections import detect_section
+    from ncm_core.io.mosaic import open_mosaic
 
     rng = np.random.default_rng(seed)
     errs, th_errs, secs = [], [], []
@@ -50,8 +50,13 @@ def angle_errors(n: int, seed: int = 0) -> dict[str, float]:
         secs.append(time.perf_counter() - t)
         errs.append(abs(g.angle_deg - tilt))
         th_errs.append(abs(g.thickness_um - (s.thickness_um + 2 * s.pixel_size)) / s.thickness_um)
-    return {"n": n, "max": float(np.max(errs)), "mean": float(np.mean(errs)), "thickness_max_rel": float(np.max(th_errs)),
-            "seconds_per_section": float(np.median(secs))}
+    return {
+        "n": n,
+        "max": float(np.max(errs)),
+        "mean": float(np.mean(errs)),
+        "thickness_max_rel": float(np.max(th_errs)),
+        "seconds_per_section": float(np.median(secs)),
+    }
 
 
 def baselines(data, y: np.ndarray, splits) -> dict[str, float]:
@@ -60,7 +65,7 @@ def baselines(data, y: np.ndarray, splits) -> dict[str, float]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures
 
-    from ncm_core.training.regression import regression_metrics
+    from ncm_core.evaluation.regression import regression_metrics
 
     x = data.x.numpy()
     gray = x.mean(1)
@@ -72,9 +77,11 @@ def baselines(data, y: np.ndarray, splits) -> dict[str, float]:
             m = make_pipeline(PolynomialFeatures(3), LinearRegression()).fit(feats[tr], y[tr, k])
             fit_pred[te, k] = m.predict(feats[te])
     names = data.target_names
-    return {"mean": regression_metrics(y, mean_pred, names)["mape"],
-            "features": regression_metrics(y, fit_pred, names)["mape"],
-            "features_r2": regression_metrics(y, fit_pred, names)["r2"]}
+    return {
+        "mean": regression_metrics(y, mean_pred, names)["mape"],
+        "features": regression_metrics(y, fit_pred, names)["mape"],
+        "features_r2": regression_metrics(y, fit_pred, names)["r2"],
+    }
 
 
 def main() -> None:
@@ -89,8 +96,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from ncm_core.data import synth
-    from ncm_core.training.regression import cross_validate, grouped_kfold, load_regression_data
     from ncm_core.data.sections import extract_sections
+    from ncm_core.training.cross_validation import cross_validate
+    from ncm_core.training.regression_data import grouped_kfold, load_regression_data
 
     quick = a.quick
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="ncm-bench-rate-"))
@@ -107,47 +115,73 @@ def main() -> None:
         t = time.perf_counter()
         extract_sections(sorted(ds.glob("*.ome.tif")), crops, mode="sliding", stride=(48, 168), overwrite=True)
     t_extract = time.perf_counter() - t
-    settings = dict(input_size=(48, 144), epochs=4 if quick else 30, batch_size=16, patience=10, seed=0,
-                    groups=["porosity"])
+    settings = dict(
+        input_size=(48, 144), epochs=4 if quick else 30, batch_size=16, patience=10, seed=0, groups=["porosity"]
+    )
     shutil.rmtree(work / "cv", ignore_errors=True)  # every fold is trained (and timed) in this run
     t = time.perf_counter()
-    r = cross_validate(crops, ds / "targets.csv", work / "cv", folds=5, **settings,
-                       on_epoch=lambda rec: print(f"fold {rec['fold']} epoch {rec['epoch']}: train MAPE "
-                                                  f"{rec['train_mape']:.2f} val MAPE {rec.get('val_mape', 0):.2f}",
-                                                  flush=True) if rec["epoch"] % 10 == 0 else None)
+    r = cross_validate(
+        crops,
+        ds / "targets.csv",
+        work / "cv",
+        folds=5,
+        **settings,
+        on_epoch=lambda rec: (
+            print(
+                f"fold {rec['fold']} epoch {rec['epoch']}: train MAPE "
+                f"{rec['train_mape']:.2f} val MAPE {rec.get('val_mape', 0):.2f}",
+                flush=True,
+            )
+            if rec["epoch"] % 10 == 0
+            else None
+        ),
+    )
     t_cv = time.perf_counter() - t
     m = r.metrics
     d = load_regression_data(crops, ds / "targets.csv", settings["input_size"], groups=["porosity"])
     base = baselines(d, d.y, grouped_kfold(d.sources, 5, 0))
     n_mosaics, n_crops = len(set(d.sources)), len(d.sources)
-    print(json.dumps({"cv": m["fold_mean"], "crops": m["crops"]["mape"], "baselines": base, "seconds": t_cv}),
-          flush=True)
+    print(
+        json.dumps({"cv": m["fold_mean"], "crops": m["crops"]["mape"], "baselines": base, "seconds": t_cv}), flush=True
+    )
     if quick:
         print("quick run: nothing recorded")
         return
     shutil.copy(work / "cv" / "rate_capability.png", ROOT / "docs" / "images" / "rate-capability.png")
     shutil.copy(work / "cv" / "scatter.png", ROOT / "docs" / "images" / "rate-scatter.png")
     rows = [
-        ("Collector angle error, 40 sections tilted in [-3, 3] deg", f"max {angles['max']:.3f}, mean "
-         f"{angles['mean']:.3f} deg", "<= 0.2 deg"),
+        (
+            "Collector angle error, 40 sections tilted in [-3, 3] deg",
+            f"max {angles['max']:.3f}, mean {angles['mean']:.3f} deg",
+            "<= 0.2 deg",
+        ),
         ("Active-layer thickness error (same sections)", f"max {100 * angles['thickness_max_rel']:.2f} %", ""),
         ("Section detection time (600 x 1800 px)", f"{angles['seconds_per_section']:.2f} s", ""),
-        ("5-fold grouped CV: MAPE per crop, mean +- std over folds",
-         f"{m['fold_mean']['mape']:.2f} +- {m['fold_std']['mape']:.2f} %", "<= 3 %"),
+        (
+            "5-fold grouped CV: MAPE per crop, mean +- std over folds",
+            f"{m['fold_mean']['mape']:.2f} +- {m['fold_std']['mape']:.2f} %",
+            "<= 3 %",
+        ),
         ("5-fold grouped CV: R^2 (mean over targets), mean over folds", f"{m['fold_mean']['r2']:.3f}", ""),
         ("MAPE per mosaic (mean of its crops)", f"{m['mosaics']['mape']:.2f} %", ""),
         ("All 5 folds trained (2 CPU threads)", f"{t_cv / 60:.1f} min", "<= 30 min"),
         ("Baseline: predict the training mean", f"MAPE {base['mean']:.2f} %", ""),
-        ("Baseline: cubic fit to crop solid fraction and brightness",
-         f"MAPE {base['features']:.2f} %, R^2 {base['features_r2']:.3f}", ""),
+        (
+            "Baseline: cubic fit to crop solid fraction and brightness",
+            f"MAPE {base['features']:.2f} %, R^2 {base['features_r2']:.3f}",
+            "",
+        ),
     ]
-    targets = "\n".join(f"| {n} | {t['mape']:.2f} % | {t['mae']:.2f} Ah/kg | {t['r2']:.3f} |"
-                        for n, t in m["crops"]["targets"].items())
-    groups = "\n".join(f"| {g['value']} | {g['crops']} | {g['mape']:.2f} % |" for g in m["groups"]
-                       if g["group"] == "porosity")
-    text = f"""## Rate capability from cross-sections (5-fold grouped CV)
+    targets = "\n".join(
+        f"| {n} | {t['mape']:.2f} % | {t['mae']:.2f} Ah/kg | {t['r2']:.3f} |" for n, t in m["crops"]["targets"].items()
+    )
+    groups = "\n".join(
+        f"| {g['value']} | {g['crops']} | {g['mape']:.2f} % |" for g in m["groups"] if g["group"] == "porosity"
+    )
+    text = (
+        f"""## Rate capability from cross-sections (5-fold grouped CV)
 
-Written by `make bench-rate` (`benchmarks/rate_capability.py`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+Written by `make bench-rate` (`benchmarks/rate_capability.py`), {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
 - Machine: {platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: none
 - Data: {n_mosaics} synthetic cross-sections ({shape[0]} x {shape[1]} px, 0.123 um/px, tilted up to 3 deg), 6 per
@@ -160,7 +194,9 @@ Written by `make bench-rate` (`benchmarks/rate_capability.py`), {time.strftime('
 
 | measure | value | goal |
 |---|---|---|
-""" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows) + f"""
+"""
+        + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+        + f"""
 
 Per target (all crops, each predicted by the fold that did not train on its mosaic):
 
@@ -181,6 +217,7 @@ from; it shows how far each crop's own porosity scatters around its mosaic's, a 
 beat much. The batch size is 16, not the published 38, so that the few hundred crops give enough
 steps on a CPU in the time budget. Figures: `docs/images/rate-capability.png`, `docs/images/rate-scatter.png`.
 """
+    )
     write_section(ROOT / "docs" / "benchmarks.md", "rate", text)
     print(f"done in {(time.perf_counter() - t_all) / 60:.1f} min; docs/benchmarks.md updated")
 

@@ -29,11 +29,19 @@ from _report import write_section  # noqa: E402
 def machine() -> str:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"GPU: {gpu}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"GPU: {gpu}, Python {platform.python_version()}"
+    )
 
 
 def torch_cuda() -> bool:
@@ -53,7 +61,7 @@ def make_mosaic(path: Path, side: int, chunk: int = 512) -> Path:
     reps = -(-side // 1024)
     for y in range(0, side, chunk):
         rows = sample[(y + np.arange(min(chunk, side - y))) % 1024]
-        z[y:y + len(rows)] = np.tile(rows, (1, reps))[:, :side]
+        z[y : y + len(rows)] = np.tile(rows, (1, reps))[:, :side]
     return path
 
 
@@ -66,8 +74,9 @@ def make_bundle(path: Path, arch: str, tile: int) -> Path:
 
     torch.manual_seed(0)
     model = build_model(arch, 12, in_chans=1).eval()
-    cfg = BundleConfig(architecture=arch, class_names=[f"c{k}" for k in range(12)],
-                       input=InputSpec(1, (tile, tile)), tile_size=tile)
+    cfg = BundleConfig(
+        architecture=arch, class_names=[f"c{k}" for k in range(12)], input=InputSpec(1, (tile, tile)), tile_size=tile
+    )
     return save_bundle(model, cfg, path)
 
 
@@ -102,10 +111,10 @@ def ort_forward_rate(runner, batch: int, tile: int, n_batches: int) -> float:
 
 def forget_choices() -> None:
     """Forget the layout and backend measured earlier in this process, so each timed run pays its own."""
-    import ncm_core.inference.predict
+    import ncm_core.inference.layout
     import ncm_core.inference.runtime
 
-    ncm_core.inference.predict._LAYOUTS.clear()
+    ncm_core.inference.layout._LAYOUTS.clear()
     ncm_core.inference.runtime._CHOICES.clear()
 
 
@@ -125,7 +134,7 @@ def tiles_inside_regions(grid, side: int, bundle_path) -> tuple[np.ndarray, np.n
     for i in range(rows):
         for j in range(cols):
             y0, y1, x0, x1 = grid.cell_rect(i, j)
-            t = truth[y0:min(y1, side), x0:min(x1, side)]
+            t = truth[y0 : min(y1, side), x0 : min(x1, side)]
             inside[i, j] = t.size > 0 and (t == t.flat[0]).all() and y1 <= side and x1 <= side
             cls[i, j] = to_bundle[t.flat[0]] if t.size else 0
     return inside, cls
@@ -146,7 +155,7 @@ def naive_rate(bundle, mosaic_path: Path, tile: int, n_tiles: int, out: Path) ->
     with torch.inference_mode():
         for k in range(n_tiles):
             i, j = divmod(k, cols)
-            a = np.asarray(m.data[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile].compute())
+            a = np.asarray(m.data[i * tile : (i + 1) * tile, j * tile : (j + 1) * tile].compute())
             p = bundle.model(tiles_to_tensor(a[None], bundle.config.input))
             res[i, j] = int(p.argmax())
     return n_tiles / (time.perf_counter() - t)
@@ -181,9 +190,45 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_rss(bundle: Path, mosaic: Path, out: Path) -> float:
-    r = subprocess.run([sys.executable, "-c", PEAK, str(bundle), str(mosaic), str(out)], capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK, str(bundle), str(mosaic), str(out)], capture_output=True, text=True, check=True
+    )
     return int(r.stdout.split()[-1]) / 1024
+
+
+TIMED = """
+import resource, subprocess, sys, time
+t = time.perf_counter()
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def timed(cmd: list[str], runs: int = 3) -> tuple[float, float]:
+    """Median wall seconds and median peak RSS (MB) of ``cmd``, each run in a fresh process."""
+    walls, peaks = [], []
+    for _ in range(runs):
+        r = subprocess.run([sys.executable, "-c", TIMED, *cmd], capture_output=True, text=True, check=True)
+        wall, rss = r.stdout.split()[-2:]
+        walls.append(float(wall))
+        peaks.append(int(rss) / 1024)
+    return float(np.median(walls)), float(np.median(peaks))
+
+
+def startup(tmp: Path, arch: str = "efficientnet_b0", tile: int = 64, side: int = 256) -> dict[str, float]:
+    """Start-up cost: ``ncm predict`` of a small image (``side`` px, 16 tiles) vs ``ncm --version``."""
+    bundle = make_bundle(tmp / f"startup-{arch}", arch, tile)
+    mosaic = make_mosaic(tmp / "startup.zarr", side, chunk=side)
+    ncm = [sys.executable, "-m", "ncm_core.cli"]
+    version = timed([*ncm, "--version"])
+    predict = timed([*ncm, "predict", str(bundle), str(mosaic), str(tmp / "startup-pred.zarr"), "-q", "--overwrite"])
+    return {
+        "predict_s": predict[0],
+        "predict_mb": predict[1],
+        "version_s": version[0],
+        "version_mb": version[1],
+        "tiles": (side // tile) ** 2,
+    }
 
 
 def main() -> None:
@@ -195,8 +240,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args()
 
-    from ncm_core.models.bundle import load_bundle
     from ncm_core.inference.predict import predict_mosaic
+    from ncm_core.models.bundle import load_bundle
 
     side = 1536 if a.quick else 3072
     tile, batch = a.tile, 64
@@ -223,8 +268,13 @@ def main() -> None:
             marks: list[float] = []
             forget_choices()
             t = time.perf_counter()
-            pred = predict_mosaic(bpath, mosaic, tmp / f"pred{k}.zarr", batch_size=batch,
-                                  progress=lambda d, n, m: marks.append(time.perf_counter()))
+            pred = predict_mosaic(
+                bpath,
+                mosaic,
+                tmp / f"pred{k}.zarr",
+                batch_size=batch,
+                progress=lambda d, n, m, marks=marks: marks.append(time.perf_counter()),
+            )
             end = time.perf_counter()
             backend = pred.attrs["backend"]
             # the pipeline against its own engine's forward (it picks backend and layout by measurement)
@@ -240,20 +290,49 @@ def main() -> None:
         pipe, fwd, fwd_cl, fwd_ort = med(pipes), med(fwd_rates), med(fwd_cl_rates), med(ort_rates)
         same = fwd_ort if backend == "onnxruntime" else max(fwd, fwd_cl)
         mp_s = pipe * tile * tile / 1e6
-        rows.append((f"Pipeline (steady state) vs the model's own forward on in-memory batches, same engine "
-                     f"({backend}); median of 5 alternating rounds", f"{pipe:.0f} vs {same:.0f} tiles/s "
-                     f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", f"{med(ratios):.2f}", ">= 0.90"))
-        rows.append(("Pipeline including start-up (bundle load, layout and backend measurement, output set-up)",
-                     f"{med(pipes_all):.0f} tiles/s", f"{med(ratios_all):.2f}", ""))
+        rows.append(
+            (
+                f"Pipeline (steady state) vs the model's own forward on in-memory batches, same engine "
+                f"({backend}); median of 5 alternating rounds",
+                f"{pipe:.0f} vs {same:.0f} tiles/s (rounds: {', '.join(f'{r:.2f}' for r in ratios)})",
+                f"{med(ratios):.2f}",
+                ">= 0.90",
+            )
+        )
+        rows.append(
+            (
+                "Pipeline including start-up (bundle load, layout and backend measurement, output set-up)",
+                f"{med(pipes_all):.0f} tiles/s",
+                f"{med(ratios_all):.2f}",
+                "",
+            )
+        )
         rows.append(("Pipeline throughput", f"{pipe:.0f} tiles/s, {mp_s:.1f} MP/s", "", ""))
-        rows.append(("Pipeline vs PyTorch's own forward (faster layout)", f"{pipe:.0f} vs {max(fwd, fwd_cl):.0f} "
-                     "tiles/s", f"{pipe / max(fwd, fwd_cl):.2f}", ""))
-        rows.append(("channels_last vs contiguous forward (PyTorch)", f"{fwd_cl:.0f} vs {fwd:.0f} tiles/s",
-                     f"{fwd_cl / fwd:.2f}", "used if > 1"))
+        rows.append(
+            (
+                "Pipeline vs PyTorch's own forward (faster layout)",
+                f"{pipe:.0f} vs {max(fwd, fwd_cl):.0f} tiles/s",
+                f"{pipe / max(fwd, fwd_cl):.2f}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "channels_last vs contiguous forward (PyTorch)",
+                f"{fwd_cl:.0f} vs {fwd:.0f} tiles/s",
+                f"{fwd_cl / fwd:.2f}",
+                "used if > 1",
+            )
+        )
         if ort:
-            rows.append(("ONNX Runtime vs PyTorch forward (faster layout), in-memory batches",
-                         f"{fwd_ort:.0f} vs {max(fwd, fwd_cl):.0f} tiles/s", f"{fwd_ort / max(fwd, fwd_cl):.2f}",
-                         "used if > 1"))
+            rows.append(
+                (
+                    "ONNX Runtime vs PyTorch forward (faster layout), in-memory batches",
+                    f"{fwd_ort:.0f} vs {max(fwd, fwd_cl):.0f} tiles/s",
+                    f"{fwd_ort / max(fwd, fwd_cl):.2f}",
+                    "used if > 1",
+                )
+            )
 
         # agreement needs a competent model (random weights give near-ties): a ResNet-10t trained on
         # synthetic SEM frames of the 12 classes; the mosaic's regions are the same 12 classes
@@ -263,8 +342,16 @@ def main() -> None:
         frames = synth.write_sem_dataset(tmp / "frames", 6, (544, 512), info_bar=32)
         dt = a.dense_tile
         t = time.perf_counter()
-        res = train(frames, tmp / "trained", architecture="resnet10t", tile_size=dt, epochs=8,
-                    crops_per_image=48, lr=2e-3, exclude_rows=(-32, None))
+        res = train(
+            frames,
+            tmp / "trained",
+            architecture="resnet10t",
+            tile_size=dt,
+            epochs=8,
+            crops_per_image=48,
+            lr=2e-3,
+            exclude_rows=(-32, None),
+        )
         train_s = time.perf_counter() - t
         trained = res.bundle
         val_acc = json.loads((Path(trained) / "config.json").read_text())["training"]["best_val_accuracy"]
@@ -273,9 +360,19 @@ def main() -> None:
             forget_choices()
             marks = []
             t = time.perf_counter()
-            runs[name] = (predict_mosaic(trained, mosaic, tmp / f"{name}.zarr", batch_size=batch, stride=dt // 2,
-                                         progress=lambda d, n, m: marks.append(time.perf_counter()), **kw),
-                          time.perf_counter() - t, time.perf_counter() - marks[0])
+            runs[name] = (
+                predict_mosaic(
+                    trained,
+                    mosaic,
+                    tmp / f"{name}.zarr",
+                    batch_size=batch,
+                    stride=dt // 2,
+                    progress=lambda d, n, m, marks=marks: marks.append(time.perf_counter()),
+                    **kw,
+                ),
+                time.perf_counter() - t,
+                time.perf_counter() - marks[0],
+            )
         exact, exact_s, exact_ss = runs["exact"]
         dense, dense_s, dense_ss = runs["dense"]
         dense0, dense0_s, dense0_ss = runs["dense0"]
@@ -285,47 +382,102 @@ def main() -> None:
         share = dense.attrs["n_rechecked"] / dense.attrs["n_predicted"]
         inside, truth = tiles_inside_regions(exact.grid, side, trained)
         acc = {n: float((np.asarray(r[0].labels)[inside] == truth[inside] + 1).mean()) for n, r in runs.items()}
-        head = f"Dense mode, {dt} px tiles at stride {dt // 2} ({exact.grid.size} tiles, trained ResNet-10t, " \
-               f"{exact.attrs['backend']})"
-        rows.append((f"{head}: time vs exact per-tile, start-up included (rechecking tiles with a top-2 margin "
-                     f"< {dense.attrs['dense_recheck']}: {share:.1%})",
-                     f"{dense_s:.1f} vs {exact_s:.1f} s", f"{dense_s / exact_s:.2f}", "<= 0.40"))
-        rows.append(("Dense mode: same, steady state (from the first block on)",
-                     f"{dense_ss:.1f} vs {exact_ss:.1f} s", f"{dense_ss / exact_ss:.2f}", "<= 0.40"))
-        rows.append(("Dense mode: class agreement with exact per-tile evaluation", f"{agree:.1%} of tiles",
-                     f"{agree:.3f}", ">= 0.99"))
-        rows.append(("Dense mode without rechecks: time (start-up included; steady state) and agreement",
-                     f"{dense0_s:.1f} s; {dense0_ss:.1f} s; {agree0:.1%} of tiles",
-                     f"{dense0_s / exact_s:.2f}; {dense0_ss / exact_ss:.2f}; {agree0:.3f}", ""))
-        rows.append((f"Accuracy on the {int(inside.sum())} tiles inside one region of the mosaic: exact / dense / "
-                     "dense without rechecks", f"{acc['exact']:.1%} / {acc['dense']:.1%} / {acc['dense0']:.1%}",
-                     "", ""))
-        rows.append(("Dense-mode model: ResNet-10t trained on 6 synthetic frames per class, 8 epochs",
-                     f"validation accuracy {val_acc:.1%}, {train_s / 60:.1f} min", "", ""))
+        head = (
+            f"Dense mode, {dt} px tiles at stride {dt // 2} ({exact.grid.size} tiles, trained ResNet-10t, "
+            f"{exact.attrs['backend']})"
+        )
+        rows.append(
+            (
+                f"{head}: time vs exact per-tile, start-up included (rechecking tiles with a top-2 margin "
+                f"< {dense.attrs['dense_recheck']}: {share:.1%})",
+                f"{dense_s:.1f} vs {exact_s:.1f} s",
+                f"{dense_s / exact_s:.2f}",
+                "<= 0.40",
+            )
+        )
+        rows.append(
+            (
+                "Dense mode: same, steady state (from the first block on)",
+                f"{dense_ss:.1f} vs {exact_ss:.1f} s",
+                f"{dense_ss / exact_ss:.2f}",
+                "<= 0.40",
+            )
+        )
+        rows.append(
+            (
+                "Dense mode: class agreement with exact per-tile evaluation",
+                f"{agree:.1%} of tiles",
+                f"{agree:.3f}",
+                ">= 0.99",
+            )
+        )
+        rows.append(
+            (
+                "Dense mode without rechecks: time (start-up included; steady state) and agreement",
+                f"{dense0_s:.1f} s; {dense0_ss:.1f} s; {agree0:.1%} of tiles",
+                f"{dense0_s / exact_s:.2f}; {dense0_ss / exact_ss:.2f}; {agree0:.3f}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"Accuracy on the {int(inside.sum())} tiles inside one region of the mosaic: exact / dense / "
+                "dense without rechecks",
+                f"{acc['exact']:.1%} / {acc['dense']:.1%} / {acc['dense0']:.1%}",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "Dense-mode model: ResNet-10t trained on 6 synthetic frames per class, 8 epochs",
+                f"validation accuracy {val_acc:.1%}, {train_s / 60:.1f} min",
+                "",
+                "",
+            )
+        )
 
         n_naive = min(n_tiles, 400 if a.quick else 800)
         naive = naive_rate(bundle, mosaic, tile, n_naive, tmp / "naive.zarr")
-        rows.append(("Pipeline vs naive loop (read, preprocess, forward, write one tile)",
-                     f"{pipe:.0f} vs {naive:.0f} tiles/s", f"{pipe / naive:.1f}x", "speed-up"))
+        rows.append(
+            (
+                "Pipeline vs naive loop (read, preprocess, forward, write one tile)",
+                f"{pipe:.0f} vs {naive:.0f} tiles/s",
+                f"{pipe / naive:.1f}x",
+                "speed-up",
+            )
+        )
 
         flops = model_flops_per_tile(bundle.model, tile)
         mm = matmul_flops()
-        rows.append(("Model forward FLOP/s vs dense matmul FLOP/s (fp32)",
-                     f"{flops * fwd / 1e9:.1f} vs {mm / 1e9:.1f} GFLOP/s ({flops / 1e6:.0f} MFLOP/tile)",
-                     f"{flops * fwd / mm:.2f}", ""))
+        rows.append(
+            (
+                "Model forward FLOP/s vs dense matmul FLOP/s (fp32)",
+                f"{flops * fwd / 1e9:.1f} vs {mm / 1e9:.1f} GFLOP/s ({flops / 1e6:.0f} MFLOP/tile)",
+                f"{flops * fwd / mm:.2f}",
+                "",
+            )
+        )
 
         big = make_mosaic(tmp / "big.zarr", 2 * side)
         p1 = peak_rss(bpath, mosaic, tmp / "m1.zarr")
         p4 = peak_rss(bpath, big, tmp / "m4.zarr")
-        rows.append(("Peak RSS, mosaic 4x larger in area vs 1x", f"{p4:.0f} vs {p1:.0f} MB", f"{p4 / p1:.3f}",
-                     "<= 1.10"))
+        rows.append(
+            ("Peak RSS, mosaic 4x larger in area vs 1x", f"{p4:.0f} vs {p1:.0f} MB", f"{p4 / p1:.3f}", "<= 1.10")
+        )
 
         t = time.perf_counter()
         predict_mosaic(bpath, mosaic, tmp / "dist.zarr", batch_size=batch, scheduler="local:2")
         dist_s = time.perf_counter() - t
         single_s = n_tiles / med(pipes_all)  # both with start-up
-        rows.append(("2-worker LocalCluster vs one process (same mosaic, start-up included)",
-                     f"{dist_s:.1f} vs {single_s:.1f} s", f"{single_s / dist_s:.2f}", "speed-up"))
+        rows.append(
+            (
+                "2-worker LocalCluster vs one process (same mosaic, start-up included)",
+                f"{dist_s:.1f} vs {single_s:.1f} s",
+                f"{single_s / dist_s:.2f}",
+                "speed-up",
+            )
+        )
 
     lines = [
         "## Mosaic prediction",
@@ -341,8 +493,12 @@ def main() -> None:
         "within one run. Preparing a block (read, decode, cut, convert) costs about 3 % of its model time, and on",
         "2 cores that work shares the cores the model uses. Backend (PyTorch or ONNX Runtime) and memory layout",
         "are chosen per run by a short measurement; each timed run here measures afresh. "
-        + ("No GPU was available for this run; on a GPU the same command records tiles/s there (bf16 autocast, "
-           "pinned memory, asynchronous copies)." if not torch_cuda() else "GPU rows: see the machine line."),
+        + (
+            "No GPU was available for this run; on a GPU the same command records tiles/s there (bf16 autocast, "
+            "pinned memory, asynchronous copies)."
+            if not torch_cuda()
+            else "GPU rows: see the machine line."
+        ),
         "",
         "| measure | values | ratio | goal |",
         "|---|---|---|---|",

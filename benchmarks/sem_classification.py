@@ -45,7 +45,7 @@ def plain_loop_rate(x: np.ndarray, y: np.ndarray, arch: str, batch: int, lr: flo
     model.train()
     t = time.perf_counter()
     for k in range(0, len(xt), batch):
-        loss = F.cross_entropy(model(xt[k:k + batch]), yt[k:k + batch])
+        loss = F.cross_entropy(model(xt[k : k + batch]), yt[k : k + batch])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -55,9 +55,9 @@ def plain_loop_rate(x: np.ndarray, y: np.ndarray, arch: str, batch: int, lr: flo
 def ood_check(bundle, size: int) -> dict[str, float]:
     """Share of tiles flagged out of distribution on images the model has never seen the like of."""
     from ncm_core.data import synth
-    from ncm_core.models.bundle import load_bundle
     from ncm_core.data.datasets import random_crops
     from ncm_core.inference.predict import classify_tensor
+    from ncm_core.models.bundle import load_bundle
     from ncm_core.models.preprocess import tiles_to_tensor
 
     b = load_bundle(bundle)
@@ -65,8 +65,9 @@ def ood_check(bundle, size: int) -> dict[str, float]:
     lm = synth.cross_section(0.35, (600, 900), seed=0).image.mean(-1).astype(np.uint8)
     foreign = {
         "light-microscopy cross-section (grey)": lm,
-        "SEM frame at 2x the training magnification (NCM622, 100 cycles)":
-            np.kron(synth.sem_frame("NCM622", "cycled100", (256, 256), info_bar=0, seed=77), np.ones((2, 2), np.uint8)),
+        "SEM frame at 2x the training magnification (NCM622, 100 cycles)": np.kron(
+            synth.sem_frame("NCM622", "cycled100", (256, 256), info_bar=0, seed=77), np.ones((2, 2), np.uint8)
+        ),
         "uniform noise": rng.integers(0, 255, (512, 512)).astype(np.uint8),
     }
     out = {}
@@ -94,8 +95,8 @@ def main() -> None:
     from ncm_core.data import synth
     from ncm_core.data.crops import build_crops
     from ncm_core.evaluation.evaluate import evaluate
-    from ncm_core.viz.figures import confusion_matrix_figure, training_curves_figure
     from ncm_core.training.classify import train
+    from ncm_core.viz.figures import confusion_matrix_figure, training_curves_figure
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from run import machine
@@ -106,15 +107,32 @@ def main() -> None:
         frames = synth.write_sem_dataset(work / "frames", a.frames, (512 + 32, 512), info_bar=32, seed=0)
         t_data = time.monotonic() - t0
         t1 = time.monotonic()
-        ts = build_crops(frames, work / "crops", size=a.size, per_frame=a.per_frame, val_fraction=0.2,
-                         test_fraction=0.2, exclude_rows=(-32, None), seed=0)
+        ts = build_crops(
+            frames,
+            work / "crops",
+            size=a.size,
+            per_frame=a.per_frame,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            exclude_rows=(-32, None),
+            seed=0,
+        )
         t_crops = time.monotonic() - t1
         print(f"data {t_data:.0f} s, crops {t_crops:.0f} s: {ts.counts()}", flush=True)
         x, y, _ = ts.load("train")
         plain = [plain_loop_rate(x, y, a.arch, 32, 2e-3, 12)]
         t2 = time.monotonic()
-        r = train(ts.root, work / "model", architecture=a.arch, epochs=a.epochs, batch_size=32, lr=2e-3,
-                  optimizer="adamw", seed=0, progress=None)
+        r = train(
+            ts.root,
+            work / "model",
+            architecture=a.arch,
+            epochs=a.epochs,
+            batch_size=32,
+            lr=2e-3,
+            optimizer="adamw",
+            seed=0,
+            progress=None,
+        )
         t_train = time.monotonic() - t2
         plain.append(plain_loop_rate(x, y, a.arch, 32, 2e-3, 12))
         print(f"trained {t_train:.0f} s, best val {r.best_val_accuracy:.3f} at epoch {r.best_epoch}", flush=True)
@@ -127,8 +145,12 @@ def main() -> None:
         figs = Path(a.figures)
         figs.mkdir(parents=True, exist_ok=True)
         tm = m["tiles"]
-        confusion_matrix_figure(tm["confusion_matrix"], tm["class_names"], figs / "sem-confusion.png",
-                                title=f"Test-frame crops: accuracy {tm['accuracy']:.1%} (n = {tm['n']})")
+        confusion_matrix_figure(
+            tm["confusion_matrix"],
+            tm["class_names"],
+            figs / "sem-confusion.png",
+            title=f"Test-frame crops: accuracy {tm['accuracy']:.1%} (n = {tm['n']})",
+        )
         training_curves_figure(r.history, figs / "sem-training.png", title=f"{a.arch}, {a.size} px crops")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -137,24 +159,24 @@ def main() -> None:
     ood_table = "".join(f"| Out-of-distribution flags: {k} | {v:.1%} | high |\n" for k, v in ood_rows.items())
     text = f"""## SEM classification (12 classes, held-out frames)
 
-Written by `make bench-sem` (`benchmarks/sem_classification.py`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+Written by `make bench-sem` (`benchmarks/sem_classification.py`) on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
 - Machine: {machine()}
 - Data: {a.frames} synthetic SEM frames per class (512 x 512 px + 32-row info bar); whole frames split
-  train/validation/test = {len(ts.groups('train'))}/{len(ts.groups('val'))}/{len(ts.groups('test'))} (all classes) before cropping;
-  {a.per_frame} random {a.size} px crops per frame outside the info bar ({counts.get('train', 0)} train,
-  {counts.get('val', 0)} validation, {counts.get('test', 0)} test crops)
+  train/validation/test = {len(ts.groups("train"))}/{len(ts.groups("val"))}/{len(ts.groups("test"))} (all classes) before cropping;
+  {a.per_frame} random {a.size} px crops per frame outside the info bar ({counts.get("train", 0)} train,
+  {counts.get("val", 0)} validation, {counts.get("test", 0)} test crops)
 - Model: {a.arch} from scratch (no pretrained weights: nothing is downloaded), input {a.size} px, AdamW lr 2e-3,
   cosine schedule, batch 32, flips and 90-degree turns, {a.epochs} epochs, best epoch by validation accuracy
   ({r.best_epoch})
 
 | measure | value | goal |
 |---|---|---|
-| Test accuracy, crops of held-out frames | {tm['accuracy']:.1%} ({tm['n']} crops) | >= 95 % |
-| Test accuracy, held-out frames (mean crop probability) | {m['images']['accuracy']:.1%} ({m['images']['n']} frames) | |
-| Composition-only / state-only accuracy (crops) | {tm.get('composition_accuracy', float('nan')):.1%} / {tm.get('state_accuracy', float('nan')):.1%} | |
-| Balanced accuracy (crops) | {tm['balanced_accuracy']:.1%} | |
-| Out-of-distribution flags on test crops (threshold: 99th percentile of validation) | {m.get('ood_fraction', float('nan')):.1%} | about 1 % |
+| Test accuracy, crops of held-out frames | {tm["accuracy"]:.1%} ({tm["n"]} crops) | >= 95 % |
+| Test accuracy, held-out frames (mean crop probability) | {m["images"]["accuracy"]:.1%} ({m["images"]["n"]} frames) | |
+| Composition-only / state-only accuracy (crops) | {tm.get("composition_accuracy", float("nan")):.1%} / {tm.get("state_accuracy", float("nan")):.1%} | |
+| Balanced accuracy (crops) | {tm["balanced_accuracy"]:.1%} | |
+| Out-of-distribution flags on test crops (threshold: 99th percentile of validation) | {m.get("ood_fraction", float("nan")):.1%} | about 1 % |
 | Time: sample data + crops + training (2 CPU cores) | {total / 60:.1f} min ({t_data:.0f} + {t_crops:.0f} + {t_train:.0f} s); evaluation {t_eval:.0f} s | <= 20 min |
 {ood_table}| Training throughput, `train` vs a plain timm loop on the same tiles | {ours:.0f} vs {plain_rate:.0f} tiles/s | {ours / plain_rate:.2f} |
 

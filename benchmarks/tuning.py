@@ -36,9 +36,18 @@ def run(study_dir: Path, tiles: Path, grid: dict, epochs: int, pruner: str, redu
     for v in grid.values():
         n *= len(v)
     t = time.monotonic()
-    r = tune(tiles, study_dir, space=space, n_trials=n, max_epochs=epochs, min_epochs=1, reduction_factor=reduction,
-             pruner=pruner, sampler=optuna.samplers.GridSampler(grid, seed=0),
-             train_kwargs=dict(architecture="resnet10t", seed=0))
+    r = tune(
+        tiles,
+        study_dir,
+        space=space,
+        n_trials=n,
+        max_epochs=epochs,
+        min_epochs=1,
+        reduction_factor=reduction,
+        pruner=pruner,
+        sampler=optuna.samplers.GridSampler(grid, seed=0),
+        train_kwargs=dict(architecture="resnet10t", seed=0),
+    )
     return r, time.monotonic() - t
 
 
@@ -62,8 +71,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ncm-bench-tune-"))
     try:
         fr = synth.write_sem_dataset(work / "frames", frames, (256 + 32, 256), info_bar=32, seed=0)
-        ts = build_crops(fr, work / "tiles", size=size, per_frame=per_frame, val_fraction=0.34, test_fraction=0.0,
-                         exclude_rows=(-32, None), seed=0)
+        ts = build_crops(
+            fr,
+            work / "tiles",
+            size=size,
+            per_frame=per_frame,
+            val_fraction=0.34,
+            test_fraction=0.0,
+            exclude_rows=(-32, None),
+            seed=0,
+        )
         full, t_full = run(work / "grid", ts.root, grid, a.epochs, "none", a.reduction)
         asha, t_asha = run(work / "asha", ts.root, grid, a.epochs, "asha", a.reduction)
     finally:
@@ -73,12 +90,12 @@ def main() -> None:
     share = asha.epochs_run / full.epochs_run
     text = f"""## Tuning: ASHA against a full grid
 
-Written by `make bench-tune` (`benchmarks/tuning.py`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+Written by `make bench-tune` (`benchmarks/tuning.py`) on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
 - Machine: {machine()}
 - Data: a tile set of synthetic SEM crops, 12 classes x {frames} frames ({size} px, {per_frame} crops per frame;
   whole frames held out for validation); ResNet-10t from scratch, AdamW, cosine schedule
-- Grid: learning rate {grid['lr']} x batch size {grid['batch_size']} = {n_cfg} configurations, {a.epochs} epochs each
+- Grid: learning rate {grid["lr"]} x batch size {grid["batch_size"]} = {n_cfg} configurations, {a.epochs} epochs each
 - ASHA: Optuna's SuccessiveHalvingPruner, minimum 1 epoch, reduction factor {a.reduction}, the same grid in the
   same order (GridSampler), trials one after another
 

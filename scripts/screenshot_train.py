@@ -27,7 +27,7 @@ def main(out: str = "docs/images/napari-train.png") -> None:
         y0, y1, x0, x1 = ys.min() + 12, ys.max() - 12, xs.min() + 12, xs.max() - 12
         h = (y1 - y0 - 24) // 3
         for k in range(3):
-            data[y0 + k * (h + 12):y0 + k * (h + 12) + h, x0:x1] = v
+            data[y0 + k * (h + 12) : y0 + k * (h + 12) + h, x0:x1] = v
     layer.data = data
     widget.arch.value = "resnet10t"
     widget.tile.value = 32

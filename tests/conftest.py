@@ -24,8 +24,13 @@ def sem_folders(tmp_path_factory) -> Path:
     from ncm_core.data import synth
 
     root = tmp_path_factory.mktemp("data") / "frames"
-    return synth.write_sem_dataset(root, frames_per_class=3, shape=(144, 128), info_bar=16,
-                                   classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"))
+    return synth.write_sem_dataset(
+        root,
+        frames_per_class=3,
+        shape=(144, 128),
+        info_bar=16,
+        classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +45,18 @@ def tiny_bundle(sem_folders, tmp_path_factory) -> Path:
     from ncm_core.training.classify import train
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    train(sem_folders, out, architecture="resnet10t", tile_size=32, epochs=3, crops_per_image=24, batch_size=16, lr=3e-3,
-          exclude_rows=(-16, None), seed=0)
+    train(
+        sem_folders,
+        out,
+        architecture="resnet10t",
+        tile_size=32,
+        epochs=3,
+        crops_per_image=24,
+        batch_size=16,
+        lr=3e-3,
+        exclude_rows=(-16, None),
+        seed=0,
+    )
     return out
 
 
@@ -61,8 +76,13 @@ def section_set(tmp_path_factory) -> Path:
     """Six synthetic cross-section mosaics (three porosities, tilted up to 3 degrees) and targets.csv."""
     from ncm_core.data import synth
 
-    return synth.write_section_dataset(tmp_path_factory.mktemp("sections") / "mosaics", porosities=(0.25, 0.35, 0.45),
-                                       per_porosity=2, shape=(460, 1200), thickness_px=280)
+    return synth.write_section_dataset(
+        tmp_path_factory.mktemp("sections") / "mosaics",
+        porosities=(0.25, 0.35, 0.45),
+        per_porosity=2,
+        shape=(460, 1200),
+        thickness_px=280,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +90,13 @@ def section_crops(section_set, tmp_path_factory) -> Path:
     """Sliding-window crops of 128 x 384 px of every mosaic of ``section_set``."""
     from ncm_core.data.sections import extract_sections
 
-    return extract_sections(sorted(section_set.glob("*.ome.tif")), tmp_path_factory.mktemp("crops") / "crops",
-                            crop=(128, 384), mode="sliding", stride=(64, 192))
+    return extract_sections(
+        sorted(section_set.glob("*.ome.tif")),
+        tmp_path_factory.mktemp("crops") / "crops",
+        crop=(128, 384),
+        mode="sliding",
+        stride=(64, 192),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +105,14 @@ def tiny_regressor(section_crops, section_set, tmp_path_factory) -> Path:
     from ncm_core.training.regression import train_regressor
 
     out = tmp_path_factory.mktemp("bundles") / "regressor"
-    train_regressor(section_crops, section_set / "targets.csv", out, groups=["porosity"], input_size=(32, 96),
-                    epochs=3, batch_size=8, seed=0)
+    train_regressor(
+        section_crops,
+        section_set / "targets.csv",
+        out,
+        groups=["porosity"],
+        input_size=(32, 96),
+        epochs=3,
+        batch_size=8,
+        seed=0,
+    )
     return out

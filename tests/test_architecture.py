@@ -81,8 +81,12 @@ def test_every_module_belongs_to_a_layer():
 
 
 def test_imports_only_go_down():
-    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
-              for m, deps in graph().items() for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    upward = [
+        f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+        for m, deps in graph().items()
+        for d in sorted(deps)
+        if layer_of(d) > layer_of(m)
+    ]
     assert not upward, "imports against the layers:\n" + "\n".join(upward)
 
 
@@ -95,7 +99,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for d in sorted(g.get(n, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state and (c := visit(d)):
                 return c
         stack.pop()
@@ -144,7 +148,20 @@ def test_public_functions_take_an_options_object_beyond_12_parameters():
     wide = []
     for m, p in all_modules().items():
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and _n_params(node) > 12 \
-                    and not _takes_options(node):
+            if (
+                isinstance(node, ast.FunctionDef)
+                and not node.name.startswith("_")
+                and _n_params(node) > 12
+                and not _takes_options(node)
+            ):
                 wide.append(f"{m}.{node.name}: {_n_params(node)} parameters")
     assert not wide, "\n".join(wide)
+
+
+def test_every_lazy_export_of_the_package_resolves():
+    import ncm_core
+
+    for name in ncm_core.__all__:
+        assert getattr(ncm_core, name) is not None, name
+    with pytest.raises(AttributeError):
+        ncm_core.no_such_name  # noqa: B018

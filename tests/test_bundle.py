@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ncm_core.models.bundle import load_bundle, save_bundle
 from ncm_core.errors import NcmError
+from ncm_core.models.bundle import load_bundle, save_bundle
 from ncm_core.models.factory import build_model
 
 
@@ -26,13 +26,41 @@ def test_round_trip_gives_the_same_outputs(tiny_bundle):
     assert cfg["format"] == "ncm-bundle" and "torch" in cfg["versions"]
 
 
-def test_loading_never_unpickles(tiny_bundle, monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("unpickling during bundle load")
+def _refuse(*a, **k):
+    raise AssertionError("unpickling during bundle load")
 
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(torch, "load", refuse)
+
+class _RefusingUnpickler:
+    def __init__(self, *a, **k):
+        _refuse()
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Every way into pickle fails: the module functions, the Unpickler class (what torch.load uses), torch.load."""
+    import _pickle
+
+    for mod in (pickle, _pickle):
+        monkeypatch.setattr(mod, "load", _refuse)
+        monkeypatch.setattr(mod, "loads", _refuse)
+        monkeypatch.setattr(mod, "Unpickler", _RefusingUnpickler)
+    monkeypatch.setattr(torch, "load", _refuse)
+
+
+def test_the_unpickling_guard_catches_every_route(no_unpickling, tmp_path):
+    import io
+
+    data = pickle.dumps({"a": 1})
+    for attempt in (
+        lambda: pickle.loads(data),
+        lambda: pickle.Unpickler(io.BytesIO(data)).load(),
+        lambda: torch.load(io.BytesIO(b"x")),
+    ):
+        with pytest.raises(AssertionError, match="unpickling"):
+            attempt()
+
+
+def test_loading_never_unpickles(tiny_bundle, no_unpickling):
     load_bundle(tiny_bundle)
 
 

@@ -6,10 +6,14 @@ import sys
 GUI = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy")
 
 
-def _loaded_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True).stdout
-    return {m.split(".")[0] for m in out.split()}
+def _loaded_after(code: str, top_level: bool = True) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {m.split(".")[0] if top_level else m for m in out.split()}
 
 
 def test_import_ncm_core_pulls_no_qt_no_napari_no_torch():
@@ -19,10 +23,15 @@ def test_import_ncm_core_pulls_no_qt_no_napari_no_torch():
 
 
 def test_whole_core_pulls_no_qt_no_napari():
-    code = ("import ncm_core.cli, ncm_core.training.classify, ncm_core.inference.predict, ncm_core.evaluation.evaluate, ncm_core.workflows.demo, "
-            "ncm_core.viz.figures, ncm_core.models.bundle, ncm_core.models.factory, ncm_core.data.tiling, ncm_core.io.mosaic, ncm_core.data.synth\n"
-            "from ncm_core.models.factory import build_model; build_model('resnet18', 2)")
+    """Every module of ncm_core (found by walking the package), then a model built: still no Qt, no napari."""
+    code = (
+        "import pkgutil, importlib, ncm_core\n"
+        "for m in pkgutil.walk_packages(ncm_core.__path__, 'ncm_core.'):\n"
+        "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+        "from ncm_core.models.factory import build_model; build_model('resnet18', 2)"
+    )
     mods = _loaded_after(code)
+    assert "ncm_core.inference.engine" in _loaded_after(code, top_level=False)
     assert not mods & set(GUI), mods & set(GUI)
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from ncm_core.models.bundle import BundleConfig, ModelBundle, load_bundle
 from ncm_core.errors import NcmError
 from ncm_core.explain.methods import METHODS, SIGNED, explain
+from ncm_core.models.bundle import BundleConfig, ModelBundle, load_bundle
 from ncm_core.models.preprocess import InputSpec
 
 
@@ -47,9 +47,14 @@ class LeftHalfNet(nn.Module):
 
 
 def _bundle(model: nn.Module, size: int = 32, task: str = "classify", names=("a", "b")) -> ModelBundle:
-    cfg = BundleConfig("custom", task=task, class_names=list(names) if task == "classify" else [],
-                       target_names=list(names) if task == "regress" else [],
-                       input=InputSpec(1, (size, size)), tile_size=size)
+    cfg = BundleConfig(
+        "custom",
+        task=task,
+        class_names=list(names) if task == "classify" else [],
+        target_names=list(names) if task == "regress" else [],
+        input=InputSpec(1, (size, size)),
+        tile_size=size,
+    )
     return ModelBundle(model.eval(), cfg)
 
 
@@ -86,17 +91,18 @@ def test_flipping_a_regression_output_flips_the_sign_of_grad_ram(rng):
     assert np.abs(before.maps).max() > 0
     np.testing.assert_allclose(after.maps, -before.maps, atol=1e-6 * np.abs(before.maps).max())
     assert (before.maps < 0).any() and (before.maps > 0).any()  # signed: both directions of influence
-    np.testing.assert_allclose(after.scores[:, 1] - bundle.config.regression.get("mean", 0),
-                               -before.scores[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(
+        after.scores[:, 1] - bundle.config.regression.get("mean", 0), -before.scores[:, 1], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("stride", [4, 2])
 @pytest.mark.parametrize("local", [None, False])
 def test_batched_occlusion_equals_captums_one_at_a_time_loop(stride, local, rng):
-    from ncm_core.models.factory import build_model
     from captum.attr import Occlusion
 
     from ncm_core.explain.occlusion import local_plan, occlusion_maps
+    from ncm_core.models.factory import build_model
 
     model = build_model("ncm_vgg", 4, in_chans=3, widths=(8, 8, 8), dense=8).eval()
     x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
@@ -104,13 +110,27 @@ def test_batched_occlusion_equals_captums_one_at_a_time_loop(stride, local, rng)
         assert local_plan(model, x) is not None  # the fast path really is taken
     targets = np.array([[1, 3], [0, 2]])
     fill = torch.tensor([0.4, 0.5, 0.6])
-    ours = occlusion_maps(model, x, targets, window=(6, 6), stride=(stride, stride), fill=fill,
-                          score=lambda z: torch.softmax(z, 1), batch_size=7, local=local)
+    ours = occlusion_maps(
+        model,
+        x,
+        targets,
+        window=(6, 6),
+        stride=(stride, stride),
+        fill=fill,
+        score=lambda z: torch.softmax(z, 1),
+        batch_size=7,
+        local=local,
+    )
     occ = Occlusion(lambda z: torch.softmax(model(z), 1))
     for k in range(2):
-        ref = occ.attribute(x, sliding_window_shapes=(3, 6, 6), strides=(3, stride, stride),
-                            baselines=fill.reshape(3, 1, 1).expand(3, 40, 56), target=targets[:, k].tolist(),
-                            perturbations_per_eval=1)
+        ref = occ.attribute(
+            x,
+            sliding_window_shapes=(3, 6, 6),
+            strides=(3, stride, stride),
+            baselines=fill.reshape(3, 1, 1).expand(3, 40, 56),
+            target=targets[:, k].tolist(),
+            perturbations_per_eval=1,
+        )
         np.testing.assert_allclose(ours[:, k], ref[:, 0].numpy(), atol=1e-5)
         np.testing.assert_allclose(ref[:, 0], ref[:, 2], atol=1e-7)  # every channel gets the window's value
 
@@ -146,8 +166,10 @@ def test_silu_guided_backprop_follows_the_documented_rule_by_hand():
     ours = SmoothGuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=0)[0, 0, 0]
     plain = Saliency(model).attribute(x.clone().requires_grad_(True), target=0, abs=False)[0, 0, 0]
     # rule: R_in = max(f'(z), 0) * max(R_out, 0); R_out of unit c is v_c, dz_c/dx = w_c
-    hand = [2.0 * max(_silu_prime(2.0 * xi), 0) * max(1.0, 0) + 0.5 * max(_silu_prime(0.5 * xi), 0) * max(-1.0, 0)
-            for xi in (1.0, -1.0)]
+    hand = [
+        2.0 * max(_silu_prime(2.0 * xi), 0) * max(1.0, 0) + 0.5 * max(_silu_prime(0.5 * xi), 0) * max(-1.0, 0)
+        for xi in (1.0, -1.0)
+    ]
     grad = [2.0 * _silu_prime(2.0 * xi) - 0.5 * _silu_prime(0.5 * xi) for xi in (1.0, -1.0)]
     np.testing.assert_allclose(ours.detach().numpy(), hand, rtol=1e-5)
     np.testing.assert_allclose(plain.detach().numpy(), grad, rtol=1e-5)
@@ -163,8 +185,15 @@ def test_guided_rule_is_captums_on_relu_networks():
     from ncm_core.explain.guided import SmoothGuidedBackprop
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
     x = torch.randn(2, 1, 12, 12)
     ours = SmoothGuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=[0, 2])
     model[1].inplace = False  # captum cannot hook in-place modules; ours switches them temporarily
@@ -200,21 +229,22 @@ def test_mosaic_heatmap_lines_up_with_the_tiles_it_came_from(rng, tmp_path):
 
     bundle = _bundle(LeftHalfNet())
     img, mosaic = _mosaic(rng)
-    h = explain_mosaic(bundle, mosaic, tmp_path / "h.zarr", "gradram", target="a", overlap=0, factor=1,
-                       device="cpu")
+    h = explain_mosaic(bundle, mosaic, tmp_path / "h.zarr", "gradram", target="a", overlap=0, factor=1, device="cpu")
     hm = np.asarray(h.data)
     assert hm.shape == (1, 96, 128) and np.isfinite(hm).all()
     for i, j in [(0, 0), (1, 2), (2, 3)]:
-        tile = img[i * 32:(i + 1) * 32, j * 32:(j + 1) * 32]
-        np.testing.assert_allclose(hm[0, i * 32:(i + 1) * 32, j * 32:(j + 1) * 32],
-                                   explain(bundle, tile[None], "gradram", target="a").maps[0, 0], atol=1e-5)
+        tile = img[i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32]
+        np.testing.assert_allclose(
+            hm[0, i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32],
+            explain(bundle, tile[None], "gradram", target="a").maps[0, 0],
+            atol=1e-5,
+        )
     # overlapping tiles: where one tile alone covers the mosaic, its own map comes through unchanged
-    h2 = explain_mosaic(bundle, mosaic, tmp_path / "h2.zarr", "gradram", target="a", overlap=8, factor=1,
-                        device="cpu")
+    h2 = explain_mosaic(bundle, mosaic, tmp_path / "h2.zarr", "gradram", target="a", overlap=8, factor=1, device="cpu")
     hm2 = np.asarray(h2.data)
     tile = img[24:56, 48:80]  # tile (1, 2) at stride 24
     own = explain(bundle, tile[None], "gradram", target="a").maps[0, 0]
-    np.testing.assert_allclose(hm2[0, 24 + 8:56 - 8, 48 + 8:80 - 8], own[8:-8, 8:-8], atol=1e-5)
+    np.testing.assert_allclose(hm2[0, 24 + 8 : 56 - 8, 48 + 8 : 80 - 8], own[8:-8, 8:-8], atol=1e-5)
     assert h2.world_transform() == ((0.5, 0.5), (0.0, 0.0))
 
 
@@ -227,8 +257,7 @@ def test_mosaic_heatmap_with_a_factor_is_placed_on_the_pixel_centres(rng, tmp_pa
     assert h.data.shape == (2, 24, 32) and h.names == ["a", "b"]
     assert h.world_transform() == ((2.0, 2.0), (0.75, 0.75))  # t + s (f - 1) / 2
     assert open_heatmap(tmp_path / "h.zarr").limits[0][0] == 0.0  # unsigned: from 0
-    top2 = explain_mosaic(bundle, mosaic, tmp_path / "t.zarr", "occlusion", target="top-2", window=(8, 8),
-                          device="cpu")
+    top2 = explain_mosaic(bundle, mosaic, tmp_path / "t.zarr", "occlusion", target="top-2", window=(8, 8), device="cpu")
     assert top2.names == ["top-1 class", "top-2 class"] and top2.signed
     lo, hi = top2.limits[0]
     assert lo == -hi
@@ -299,8 +328,7 @@ def test_bad_input_gives_one_clear_error_each(tiles, rng):
         with pytest.raises(NcmError) as err:
             explain(bundle, tiles, **kw)
         assert msg in str(err.value) and "\n" not in str(err.value)
-    reg = _bundle(build_model("ncm_vgg", 2, in_chans=1, widths=(4, 4, 4), dense=4), 32,
-                  "regress", ("Q_1C", "Q_5C"))
+    reg = _bundle(build_model("ncm_vgg", 2, in_chans=1, widths=(4, 4, 4), dense=4), 32, "regress", ("Q_1C", "Q_5C"))
     for target in ("class:a", "predicted", "top-2"):
         with pytest.raises(NcmError, match="regressor"):
             explain(reg, tiles, "gradram", target=target)
@@ -314,8 +342,74 @@ def test_explain_a_trained_bundle_from_disk(tiny_bundle, sem_folders):
     bundle = load_bundle(tiny_bundle)
     frame = next(sem_folders.rglob("*.png"))
     img = np.asarray(open_mosaic(frame).data[:96, :96].compute())
-    tiles = np.stack([img[y:y + 32, x:x + 32] for y in (0, 32, 64) for x in (0, 32)])
+    tiles = np.stack([img[y : y + 32, x : x + 32] for y in (0, 32, 64) for x in (0, 32)])
     e = explain(bundle, tiles, "gradcam", target="top-2")
     assert e.maps.shape == (6, 2, 32, 32) and e.layer
     np.testing.assert_array_equal(e.targets, np.argsort(-e.scores, 1, kind="stable")[:, :2])
     assert np.allclose(e.scores.sum(1), 1, atol=1e-5)
+
+
+def test_explain_folder_writes_maps_table_and_overview_atomically(tiny_bundle, tmp_path, rng):
+    """The folder task is a core function: same files as ``ncm explain`` on a folder, nothing half-written."""
+    import csv
+
+    import tifffile
+    from PIL import Image
+
+    from ncm_core.explain.options import ExplainOptions
+    from ncm_core.workflows.explanations import explain_folder
+
+    tiles = tmp_path / "tiles"
+    (tiles / "sub").mkdir(parents=True)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32)).astype(np.uint8)).save(tiles / f"t{k}.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32)).astype(np.uint8)).save(tiles / "sub" / "t2.png")
+    r = explain_folder(
+        tiny_bundle, tiles, tmp_path / "ex", ExplainOptions(target="top-2"), methods="gradcam,gradram", device="cpu"
+    )
+    out = tmp_path / "ex"
+    assert r.path == out and r.images == 3 and r.methods == ["gradcam", "gradram"] and r.overview
+    assert r.checks is None and r.check_lines() == []
+    assert {p.name for p in (out / "maps").iterdir()} == {
+        f"{s}__{m}.tif" for s in ("t0", "t1", "sub__t2") for m in ("gradcam", "gradram")
+    }
+    assert tifffile.imread(out / "maps" / "t0__gradcam.tif").shape == (2, 32, 32)
+    with open(out / "explanations.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 * 2 * 2 and set(rows[0]) == {
+        "image",
+        "method",
+        "layer",
+        "map",
+        "target",
+        "score",
+        "min",
+        "max",
+    }
+    assert (out / "overview.png").is_file() and not (tmp_path / "ex.partial").exists()
+    assert "3 image(s) x 2 method(s)" in r.summary() and "overview.png" in r.summary()
+    with pytest.raises(NcmError, match="output exists"):
+        explain_folder(tiny_bundle, tiles, out)
+    with pytest.raises(NcmError, match="unknown option 'windw'.*'window'"):
+        explain_folder(tiny_bundle, tiles, tmp_path / "bad", windw=(8, 8))
+    with pytest.raises(NcmError, match="class 9 is out of range"):
+        explain_folder(tiny_bundle, tiles, tmp_path / "bad", target=9)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+    (tiles / "empty").mkdir()
+    with pytest.raises(NcmError, match="no images"):
+        explain_folder(tiny_bundle, tiles / "empty", tmp_path / "none")
+
+
+def test_target_choices_and_a_clicked_tile_come_from_the_core(tiny_bundle, rng):
+    from ncm_core.explain.interactive import explain_tile_at, target_choices, tile_targets
+
+    bundle = load_bundle(tiny_bundle)
+    choices = target_choices(tiny_bundle)
+    assert choices[:3] == ["predicted", "top-2", "all"] and choices[3:] == bundle.class_names
+    assert target_choices(bundle) == choices and tile_targets(bundle.config) == "top-2"
+    image = rng.integers(0, 255, (70, 90)).astype(np.uint8)
+    te = explain_tile_at(bundle, image, 40, 80, "gradcam")
+    assert (te.y0, te.x0, te.size) == (32, 58, 32) and te.explanation.maps.shape == (1, 2, 32, 32)
+    np.testing.assert_array_equal(te.tile, image[32:64, 58:90])
+    assert te.describe().startswith("tile y 32, x 58: ")
+    assert explain_tile_at(bundle, image, 80, 10) is None

@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ncm_core.data import synth  # noqa: E402
-from ncm_core.models.bundle import load_bundle  # noqa: E402
 from ncm_core.errors import NcmError  # noqa: E402
-from ncm_core.io.mosaic import write_ome_zarr  # noqa: E402
 from ncm_core.inference.predict import predict_mosaic  # noqa: E402
+from ncm_core.io.mosaic import write_ome_zarr  # noqa: E402
+from ncm_core.models.bundle import load_bundle  # noqa: E402
 
 from .conftest import decisive  # noqa: E402
 
@@ -49,14 +49,18 @@ def test_gpu_prediction_matches_the_cpu(tiny_bundle, mosaic_path, tmp_path):
 
 @cuda
 def test_gpu_blocks_are_prepared_in_pinned_memory(tiny_bundle, mosaic_path):
+    from ncm_core.inference.engine import Context, read_region
+    from ncm_core.inference.predict import plan_grid
+    from ncm_core.inference.tiles import TileClassTask
     from ncm_core.io.mosaic import open_mosaic
-    from ncm_core.inference.predict import _BlockPlan, plan_grid
 
     bundle = load_bundle(tiny_bundle)
     mosaic = open_mosaic(mosaic_path)
     grid = plan_grid(bundle, mosaic)
-    plan = _BlockPlan(None, grid, np.ones(grid.shape, bool), (4, 4), 16)
-    x = plan.prepare(bundle, mosaic, (0, 4, 0, 4), torch.device("cuda"))
+    task = TileClassTask(grid, np.ones(grid.shape, bool), (4, 4), 16)
+    block = task.blocks()[0]
+    assert block.cells == (0, 4, 0, 4)
+    x = task.prepare(Context(bundle, mosaic, torch.device("cuda")), block, read_region(mosaic, block.pixels))
     assert x.device.type == "cpu" and x.is_pinned() and x.shape[0] == 16
 
 
@@ -74,8 +78,18 @@ def test_mixed_precision_training_on_gpu_gives_a_bundle_that_loads_on_the_cpu(se
     from ncm_core.training.classify import amp_dtype, train
 
     assert amp_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
-    res = train(sem_folders, tmp_path / "b", architecture="resnet10t", tile_size=32, epochs=2, crops_per_image=8,
-                batch_size=16, exclude_rows=(-16, None), device="cuda", amp="auto")
+    res = train(
+        sem_folders,
+        tmp_path / "b",
+        architecture="resnet10t",
+        tile_size=32,
+        epochs=2,
+        crops_per_image=8,
+        batch_size=16,
+        exclude_rows=(-16, None),
+        device="cuda",
+        amp="auto",
+    )
     b = load_bundle(res.bundle, device="cpu")
     assert all(torch.isfinite(p).all() for p in b.model.parameters())
     assert next(b.model.parameters()).device.type == "cpu"

@@ -38,8 +38,9 @@ def test_zarr_array_and_group(tmp_path, rng):
 def test_ome_zarr_round_trip_multiscale_rgb(tmp_path, rng):
     a = (rng.random((130, 150, 3)) * 255).astype(np.uint8)
     lab = (rng.random((130, 150)) * 4).astype(np.uint8)
-    p = write_ome_zarr(tmp_path / "m.ome.zarr", a, pixel_size=0.25, translate=(2.0, 3.0), chunks=64, levels=3,
-                       labels={"truth": lab})
+    p = write_ome_zarr(
+        tmp_path / "m.ome.zarr", a, pixel_size=0.25, translate=(2.0, 3.0), chunks=64, levels=3, labels={"truth": lab}
+    )
     m = open_mosaic(p)
     assert m.axes == "yxc" and m.shape == (130, 150) and m.pixel_size == 0.25
     assert m.translate == (2.0, 3.0) and len(m.levels) == 3
@@ -62,8 +63,9 @@ def test_tiff_is_read_lazily_tile_by_tile(tmp_path, rng):
 
 def test_ome_tiff_channels_and_physical_size(tmp_path, rng):
     a = (rng.random((3, 64, 80)) * 255).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "x.ome.tif", a, ome=True,
-                     metadata={"axes": "CYX", "PhysicalSizeX": 0.123, "PhysicalSizeY": 0.123})
+    tifffile.imwrite(
+        tmp_path / "x.ome.tif", a, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 0.123, "PhysicalSizeY": 0.123}
+    )
     m = open_mosaic(tmp_path / "x.ome.tif")
     assert m.axes == "yxc" and m.shape == (64, 80) and m.pixel_size == pytest.approx(0.123)
     assert np.array_equal(m.data.compute(), np.moveaxis(a, 0, -1))

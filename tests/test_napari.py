@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from ncm_core.models.bundle import load_bundle  # noqa: E402
 from ncm_core.inference.predict import classify_tiles  # noqa: E402
+from ncm_core.models.bundle import load_bundle  # noqa: E402
 
 
 @pytest.fixture
@@ -97,12 +97,19 @@ def test_widget_reports_bad_input_in_one_line(viewer_with_sample, tmp_path):
 
 def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_bundle, tmp_path):
     from ncm_core.data import synth
-    from ncm_core.io.mosaic import write_ome_zarr
     from ncm_core.inference.predict import predict_mosaic
+    from ncm_core.io.mosaic import write_ome_zarr
 
     m = synth.sem_mosaic((200, 260), seed=1)
-    mp = write_ome_zarr(tmp_path / "m.ome.zarr", m.image, pixel_size=0.05, chunks=64, levels=2,
-                        labels={"truth": m.truth + 1}, label_classes={"truth": list(m.class_names)})
+    mp = write_ome_zarr(
+        tmp_path / "m.ome.zarr",
+        m.image,
+        pixel_size=0.05,
+        chunks=64,
+        levels=2,
+        labels={"truth": m.truth + 1},
+        label_classes={"truth": list(m.class_names)},
+    )
     predict_mosaic(tiny_bundle, mp, tmp_path / "p.zarr")
     viewer = make_napari_viewer()
     viewer.open(str(mp), plugin="napari-ncm")
@@ -166,8 +173,8 @@ def _paint_three_classes(viewer, widget):
     for v in (1, 5, 9):
         ys, xs = np.nonzero(truth == v)
         y0, y1, x0, x1 = ys.min() + 24, ys.max() - 24, xs.min() + 24, xs.max() - 24
-        data[y0:y0 + 96, x0:x0 + 96] = v
-        data[y1 - 96:y1, x1 - 96:x1] = v
+        data[y0 : y0 + 96, x0 : x0 + 96] = v
+        data[y1 - 96 : y1, x1 - 96 : x1] = v
     layer.data = data
     return layer
 
@@ -287,8 +294,7 @@ def test_sections_widget_shows_collector_and_crops_aligned(make_napari_viewer, s
 
     viewer = make_napari_viewer()
     m = open_mosaic(section_set / "section_002.ome.tif")
-    image = viewer.add_image(np.asarray(m.data), rgb=True, scale=(0.123, 0.123), translate=(10.0, 20.0),
-                             name="section")
+    image = viewer.add_image(np.asarray(m.data), rgb=True, scale=(0.123, 0.123), translate=(10.0, 20.0), name="section")
     _, w = viewer.window.add_plugin_dock_widget("napari-ncm", "Cross-section")
     w.image.value = image
     w.crop_h.value, w.crop_w.value = 128, 384
@@ -390,6 +396,22 @@ def test_explain_widget_adds_aligned_heatmaps_and_explains_a_clicked_tile(viewer
     np.testing.assert_allclose(box.min(0), [63.5, 95.5]) and np.testing.assert_allclose(box.max(0), [95.5, 127.5])
 
 
+def test_explain_widget_explains_a_folder_of_tiles(viewer_with_sample, tiny_bundle, tmp_path):
+    from PIL import Image
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for k in range(2):
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (32, 32)).astype(np.uint8)).save(tiles / f"t{k}.png")
+    widget = _explain_widget(viewer_with_sample, tiny_bundle)
+    widget.folder.value = str(tiles)
+    widget.out.value = str(tmp_path / "explained")
+    r = widget.explain_folder(sync=True)
+    assert r is not None, widget.status.value
+    assert {p.name for p in (tmp_path / "explained" / "maps").iterdir()} == {"t0__gradcam.tif", "t1__gradcam.tif"}
+    assert widget.status.value == r.summary() and "2 image(s) x 1 method(s)" in r.summary()
+
+
 def test_explain_widget_in_a_real_thread_worker(viewer_with_sample, tiny_bundle, qtbot):
     viewer = viewer_with_sample
     widget = _explain_widget(viewer, tiny_bundle)
@@ -404,8 +426,14 @@ def test_reader_opens_a_heatmap(make_napari_viewer, tiny_bundle, tmp_path):
     from ncm_core.explain.heatmaps import explain_mosaic
 
     rng = np.random.default_rng(0)
-    explain_mosaic(tiny_bundle, rng.integers(0, 255, (96, 128)).astype(np.uint8), tmp_path / "occ.zarr",
-                   "occlusion", window=(8, 8), device="cpu")
+    explain_mosaic(
+        tiny_bundle,
+        rng.integers(0, 255, (96, 128)).astype(np.uint8),
+        tmp_path / "occ.zarr",
+        "occlusion",
+        window=(8, 8),
+        device="cpu",
+    )
     viewer = make_napari_viewer()
     layers = viewer.open(str(tmp_path / "occ.zarr"), plugin="napari-ncm")
     assert [la.name for la in layers] == ["occ predicted class"] and layers[0].colormap.name == "RdBu_r"

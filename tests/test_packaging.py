@@ -22,17 +22,36 @@ def test_editable_install_finds_the_top_level_manifest():
 
     pm = PluginManifest.from_distribution("napari-ncm")
     assert pm.name == "napari-ncm"
-    assert Path(pm.package_metadata and __import__("napari_ncm").__file__).parent.joinpath("napari.yaml").read_text() \
+    assert (
+        Path(pm.package_metadata and __import__("napari_ncm").__file__).parent.joinpath("napari.yaml").read_text()
         == (ROOT / "napari.yaml").read_text()
+    )
 
 
 @pytest.mark.slow
 def test_built_wheel_ships_the_manifest_and_entry_point(tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "ncm-demo", "*.egg-info",
-                                                                             "build", "dist", "__pycache__"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    shutil.copytree(
+        ROOT,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".venv", ".git", "ncm-demo", "*.egg-info", "build", "dist", "__pycache__"),
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     [whl] = (tmp_path / "dist").glob("napari_ncm-*.whl")
     with zipfile.ZipFile(whl) as z:

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ncm_core.data import synth
+from ncm_core.data.sections import detect_section, iter_crops, largest_rectangle, sample_frame
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import open_mosaic
-from ncm_core.data.sections import detect_section, iter_crops, largest_rectangle, sample_frame
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -68,11 +68,14 @@ def test_largest_rectangle_under_a_histogram():
     assert largest_rectangle([0, 0]) == (0, 0, 0.0)
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("noise", "no current collector"),
-    ("sem", "no current collector"),
-    ("thin", "do not fit"),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("noise", "no current collector"),
+        ("sem", "no current collector"),
+        ("thin", "do not fit"),
+    ],
+)
 def test_bad_sections_give_one_clear_error(kind, words):
     rng = np.random.default_rng(0)
     if kind == "noise":
@@ -90,7 +93,7 @@ def test_section_detection_reads_the_mosaic_in_strips(monkeypatch):
     """Every read of a lazy mosaic is one strip (or one crop's bounding box), never the whole image."""
     import dask.array as da
 
-    from ncm_core.data import sections
+    from ncm_core.data import section_detection as sections
 
     s = synth.cross_section(0.35, (520, 1500), tilt_deg=1.0, thickness_px=300, seed=9)
     shapes = []
@@ -117,20 +120,24 @@ def _csv(tmp_path, text, name="t.csv"):
 def test_targets_csv_reads_values_groups_and_c_rates(tmp_path):
     from ncm_core.data.targets import read_targets
 
-    t = read_targets(_csv(tmp_path, "image,porosity,Q_0.2C,Q_1C,Q_5C\na.tif,0.3,180,150,60\nb,0.4,181,160,80\n"),
-                     groups=["porosity"])
+    t = read_targets(
+        _csv(tmp_path, "image,porosity,Q_0.2C,Q_1C,Q_5C\na.tif,0.3,180,150,60\nb,0.4,181,160,80\n"), groups=["porosity"]
+    )
     assert t.names == ["Q_0.2C", "Q_1C", "Q_5C"] and t.values.shape == (2, 3)
     assert t.groups["porosity"] == ["0.3", "0.4"] and t.c_rates() == [0.2, 1.0, 5.0]
     assert t.index("a") == 0 and t.index("b.ome.tif") == 1 and t.index("c") is None
 
 
-@pytest.mark.parametrize("text, words", [
-    ("image,Q_1C\na,150\nb,abc\n", "row 3: Q_1C of 'b' is not a number"),
-    ("image,Q_1C,Q_2C\na,150,\nb,160,120\n", "row 2: Q_2C of 'a' is missing"),
-    ("image,Q_1C\na,150\na,160\n", "listed twice"),
-    ("name,Q_1C\na,150\n", "needs an 'image' column"),
-    ("image,Q_1C\na,0\nb,10\n", "MAPE is undefined at zero"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("image,Q_1C\na,150\nb,abc\n", "row 3: Q_1C of 'b' is not a number"),
+        ("image,Q_1C,Q_2C\na,150,\nb,160,120\n", "row 2: Q_2C of 'a' is missing"),
+        ("image,Q_1C\na,150\na,160\n", "listed twice"),
+        ("name,Q_1C\na,150\n", "needs an 'image' column"),
+        ("image,Q_1C\na,0\nb,10\n", "MAPE is undefined at zero"),
+    ],
+)
 def test_bad_targets_csv_is_one_line(tmp_path, text, words):
     from ncm_core.data.targets import read_targets
 
@@ -195,8 +202,17 @@ def test_lookahead_radam_and_warmup_schedule_as_published():
     model = torch.nn.Linear(3, 1)
     opt = create_optimizer_v2(model, opt="lookahead_radam", lr=1e-3)
     assert isinstance(opt, Lookahead) and opt.defaults["lookahead_k"] == 6 and opt.defaults["lookahead_alpha"] == 0.5
-    sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=9, warmup_epochs=1.0, warmup_prefix=True,
-                                   warmup_lr=1e-5, min_lr=1e-5, step_on_epochs=False, updates_per_epoch=10)
+    sched, _ = create_scheduler_v2(
+        opt,
+        sched="cosine",
+        num_epochs=9,
+        warmup_epochs=1.0,
+        warmup_prefix=True,
+        warmup_lr=1e-5,
+        min_lr=1e-5,
+        step_on_epochs=False,
+        updates_per_epoch=10,
+    )
     lrs = []
     for step in range(100):
         sched.step_update(num_updates=step)
@@ -258,13 +274,35 @@ def test_best_weights_are_restored_not_the_last_ones(tmp_path):
         return {"val_loss": 0.0, "val_mape": next(scores)}
 
     x, y = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32), np.ones((16, 1), np.float32)
-    task = Task(step=lambda xb, yb, r: (((model(xb) - yb) ** 2).mean(), None), stats=lambda o, yb: {},
-                validate=validate, score=lambda rec: (-rec["val_mape"], 0.0), has_validation=True)
-    st_ = run_epochs(model=model, opt=opt, sched=sched, scaler=torch.amp.GradScaler("cpu", enabled=False), task=task,
-                     epoch_data=lambda r: (x, y), to_input=torch.as_tensor, to_target=torch.as_tensor, epochs=5,
-                     batch_size=4, steps_per_epoch=4, rng=np.random.default_rng(0), fingerprint="x",
-                     ckpt_dir=tmp_path / "ck", ckpt=None, patience=2, progress=None, cancel=None, on_epoch=None,
-                     t0=0.0)
+    task = Task(
+        step=lambda xb, yb, r: (((model(xb) - yb) ** 2).mean(), None),
+        stats=lambda o, yb: {},
+        validate=validate,
+        score=lambda rec: (-rec["val_mape"], 0.0),
+        has_validation=True,
+    )
+    st_ = run_epochs(
+        model=model,
+        opt=opt,
+        sched=sched,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        task=task,
+        epoch_data=lambda r: (x, y),
+        to_input=torch.as_tensor,
+        to_target=torch.as_tensor,
+        epochs=5,
+        batch_size=4,
+        steps_per_epoch=4,
+        rng=np.random.default_rng(0),
+        fingerprint="x",
+        ckpt_dir=tmp_path / "ck",
+        ckpt=None,
+        patience=2,
+        progress=None,
+        cancel=None,
+        on_epoch=None,
+        t0=0.0,
+    )
     assert st_.best_epoch == 2 and len(st_.history) == 4  # early stop after 2 epochs without improvement
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k]) and not torch.equal(v, snapshots[-1][k])
@@ -289,8 +327,9 @@ def test_regressor_bundle_keeps_its_best_epoch_and_units(tiny_regressor, section
     val = [i for i, s in enumerate(d.sources) if s in cfg.training["val_sources"]]
     assert val and not set(cfg.training["val_sources"]) & set(cfg.training["train_sources"])
     v = predict_values(b, d.x[val])
-    assert regression_metrics(d.y[val], v, d.target_names)["mape"] == pytest.approx(hist[best - 1]["val_mape"],
-                                                                                     rel=1e-4)
+    assert regression_metrics(d.y[val], v, d.target_names)["mape"] == pytest.approx(
+        hist[best - 1]["val_mape"], rel=1e-4
+    )
     assert 20 < float(v.mean()) < 250  # in Ah/kg, not standardised units
 
 
@@ -298,8 +337,18 @@ def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp
     from ncm_core.models.bundle import load_bundle
     from ncm_core.training.regression import cross_validate
 
-    r = cross_validate(section_crops, section_set / "targets.csv", tmp_path / "cv", folds=3, groups=["porosity"],
-                       input_size=(32, 96), epochs=2, batch_size=8, l1=1e-6, adversarial=2.0)
+    r = cross_validate(
+        section_crops,
+        section_set / "targets.csv",
+        tmp_path / "cv",
+        folds=3,
+        groups=["porosity"],
+        input_size=(32, 96),
+        epochs=2,
+        batch_size=8,
+        l1=1e-6,
+        adversarial=2.0,
+    )
     folds = {}
     for row in r.predictions:
         folds.setdefault(row["source"], set()).add(row["fold"])
@@ -316,8 +365,18 @@ def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp
     for f in ("predictions.csv", "per_group.csv", "per_target.csv", "scatter.png", "rate_capability.png"):
         assert (tmp_path / "cv" / f).stat().st_size > 100
     # a second run reuses the finished folds
-    again = cross_validate(section_crops, section_set / "targets.csv", tmp_path / "cv", folds=3, groups=["porosity"],
-                           input_size=(32, 96), epochs=2, batch_size=8, l1=1e-6, adversarial=2.0)
+    again = cross_validate(
+        section_crops,
+        section_set / "targets.csv",
+        tmp_path / "cv",
+        folds=3,
+        groups=["porosity"],
+        input_size=(32, 96),
+        epochs=2,
+        batch_size=8,
+        l1=1e-6,
+        adversarial=2.0,
+    )
     assert again.metrics["crops"] == r.metrics["crops"] and again.seconds < r.seconds
 
 
@@ -333,7 +392,9 @@ def test_predict_section_gives_values_per_crop_and_a_summary(tiny_regressor, sec
     out = write_section_prediction(sp, tmp_path / "pred")
     info = json.loads((out / "summary.json").read_text())
     assert info["crops"] == len(sp.values) and abs(info["geometry"]["angle_deg"]) <= 3.05
-    assert (out / "rate_capability.png").is_file() and len((out / "crops.csv").read_text().splitlines()) == len(sp.values) + 1
+    assert (out / "rate_capability.png").is_file() and len((out / "crops.csv").read_text().splitlines()) == len(
+        sp.values
+    ) + 1
 
 
 def test_classifier_and_regressor_bundles_are_not_mixed_up(tiny_bundle, tiny_regressor, section_set):
@@ -347,3 +408,79 @@ def test_classifier_and_regressor_bundles_are_not_mixed_up(tiny_bundle, tiny_reg
 
         with pytest.raises(NcmError, match="regress"):
             predict_mosaic(tiny_regressor, section_set / "section_000.ome.tif", "unused.zarr")
+
+
+def test_val_fraction_zero_trains_on_every_mosaic_and_keeps_the_last_epoch(section_crops, section_set, tmp_path):
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.training.config import NO_VALIDATION
+    from ncm_core.training.regression import grouped_split, train_regressor
+
+    tr_idx, va_idx = grouped_split(["a", "a", "b", "c"], 0.0)
+    assert tr_idx.tolist() == [0, 1, 2, 3] and va_idx.tolist() == []
+    r = train_regressor(
+        section_crops,
+        section_set / "targets.csv",
+        tmp_path / "m",
+        groups=["porosity"],
+        input_size=(32, 96),
+        epochs=2,
+        batch_size=8,
+        val_fraction=0,
+        ood=False,
+    )
+    tr = load_bundle(r.bundle).config.training
+    assert tr["val_sources"] == [] and len(tr["train_sources"]) == 6 and tr["val_fraction"] == 0
+    assert r.best_epoch == 2 == len(r.history) and tr["kept_epoch"] == NO_VALIDATION and not r.validated
+    assert np.isnan(r.best_val_mape)
+
+
+def test_val_fraction_zero_for_regression_from_the_command_line(section_crops, section_set, tmp_path):
+    from .test_cli import ncm
+
+    r = ncm(
+        "train",
+        section_crops,
+        tmp_path / "m",
+        "--task",
+        "regress",
+        "--targets",
+        section_set / "targets.csv",
+        "--group",
+        "porosity",
+        "--input-size",
+        "32x96",
+        "--epochs",
+        2,
+        "--batch-size",
+        8,
+        "--val-fraction",
+        0,
+        "--no-ood",
+        "-q",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no validation data: the last epoch (2 of 2) is kept" in r.stdout
+    r = ncm(
+        "train",
+        section_crops,
+        tmp_path / "n",
+        "--task",
+        "regress",
+        "--targets",
+        section_set / "targets.csv",
+        "--monitor",
+        "accuracy",
+        "-q",
+    )
+    assert r.returncode != 0 and "--monitor for regression is mape or loss, not accuracy" in r.stderr
+
+
+def test_regression_options_are_checked_in_one_line():
+    from ncm_core.training.config import RegressConfig
+
+    with pytest.raises(NcmError, match="loss must be one of mape, mae, mse, huber, got 'l1'"):
+        RegressConfig(loss="l1").validate()
+    with pytest.raises(NcmError, match="did you mean 'max_rotate'"):
+        from ncm_core.options import merge_options
+
+        merge_options(RegressConfig, None, {"max_rotation": 5})

@@ -11,25 +11,38 @@ from PIL import Image
 
 from ncm_core.data import synth
 from ncm_core.data.annotations import Rectangle, tiles_from_annotations
-from ncm_core.models.bundle import load_bundle
 from ncm_core.data.crops import build_crops
+from ncm_core.data.tilesets import open_tile_set
 from ncm_core.errors import Cancelled, NcmError
 from ncm_core.evaluation.evaluate import class_factors, evaluate, marginal_metrics, summarize_prediction
-from ncm_core.data.tilesets import open_tile_set
+from ncm_core.models.bundle import load_bundle
 from ncm_core.training.classify import train
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     """3 classes x 4 frames of 160x128 px with a 16-row info bar."""
-    return synth.write_sem_dataset(tmp_path_factory.mktemp("f") / "frames", 4, (160, 128), info_bar=16,
-                                   classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"))
+    return synth.write_sem_dataset(
+        tmp_path_factory.mktemp("f") / "frames",
+        4,
+        (160, 128),
+        info_bar=16,
+        classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"),
+    )
 
 
 @pytest.fixture(scope="module")
 def crops(frames, tmp_path_factory):
-    return build_crops(frames, tmp_path_factory.mktemp("c") / "crops", size=32, per_frame=6, val_fraction=0.25,
-                       test_fraction=0.25, exclude_rows=(-16, None), seed=0)
+    return build_crops(
+        frames,
+        tmp_path_factory.mktemp("c") / "crops",
+        size=32,
+        per_frame=6,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        exclude_rows=(-16, None),
+        seed=0,
+    )
 
 
 # ----------------------------------------------------------------------------------------- crops
@@ -54,13 +67,29 @@ def test_crop_manifest_records_the_rectangle_and_avoids_the_info_bar(crops, fram
 
 
 def test_crops_are_reproducible_by_seed(frames, crops, tmp_path):
-    again = build_crops(frames, tmp_path / "again", size=32, per_frame=6, val_fraction=0.25, test_fraction=0.25,
-                        exclude_rows=(-16, None), seed=0)
+    again = build_crops(
+        frames,
+        tmp_path / "again",
+        size=32,
+        per_frame=6,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        exclude_rows=(-16, None),
+        seed=0,
+    )
     assert [r.row() for r in again.records] == [r.row() for r in crops.records]
     for a, b in zip(again.records[::11], crops.records[::11]):
         assert (again.root / a.file).read_bytes() == (crops.root / b.file).read_bytes()
-    other = build_crops(frames, tmp_path / "other", size=32, per_frame=6, val_fraction=0.25, test_fraction=0.25,
-                        exclude_rows=(-16, None), seed=1)
+    other = build_crops(
+        frames,
+        tmp_path / "other",
+        size=32,
+        per_frame=6,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        exclude_rows=(-16, None),
+        seed=1,
+    )
     assert [r.rect for r in other.records] != [r.rect for r in crops.records]
 
 
@@ -70,8 +99,16 @@ def test_crops_avoid_masked_pixels(frames, tmp_path):
     m = np.zeros((160, 128), np.uint8)
     m[:, :80] = 255  # only the right 48 columns are allowed
     Image.fromarray(m).save(masks / "NCM333_pristine_000.png")
-    ts = build_crops(frames, tmp_path / "c", size=32, per_frame=10, val_fraction=0.25, test_fraction=0.0,
-                     masks=tmp_path / "masks", seed=0)
+    ts = build_crops(
+        frames,
+        tmp_path / "c",
+        size=32,
+        per_frame=10,
+        val_fraction=0.25,
+        test_fraction=0.0,
+        masks=tmp_path / "masks",
+        seed=0,
+    )
     rects = [r.rect for r in ts.records if r.source == "NCM333_pristine/NCM333_pristine_000.png"]
     assert len(rects) == 10 and all(x0 >= 80 for _, x0, _, _ in rects)
 
@@ -81,7 +118,7 @@ def test_a_tampered_manifest_with_leakage_is_refused(crops, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(crops.root, bad)
-    rows = list(csv.DictReader(open(bad / "manifest.csv")))
+    rows = list(csv.DictReader((bad / "manifest.csv").read_text().splitlines()))
     val_frame = next(r["source"] for r in rows if r["split"] == "val")
     for r in rows:
         if r["source"] == val_frame:
@@ -95,10 +132,13 @@ def test_a_tampered_manifest_with_leakage_is_refused(crops, tmp_path):
         open_tile_set(bad)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(size=200), "larger than the frame"),
-    (dict(val_fraction=0.5, test_fraction=0.5), "nothing to train"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(size=200), "larger than the frame"),
+        (dict(val_fraction=0.5, test_fraction=0.5), "nothing to train"),
+    ],
+)
 def test_crop_parameters_that_cannot_work(frames, tmp_path, kwargs, words):
     with pytest.raises(NcmError, match=words):
         build_crops(frames, tmp_path / "c", **kwargs)
@@ -133,15 +173,16 @@ def painted():
     m = synth.sem_mosaic((400, 600), grid=(2, 3), seed=1, classes=synth.CLASS_NAMES[:3])
     lab = np.zeros(m.image.shape, np.uint8)
     for y0, y1, x0, x1, c in m.regions:
-        lab[y0 + 8:y0 + 80, x0 + 8:x0 + 80] = c + 1
-        lab[y1 - 80:y1 - 8, x1 - 80:x1 - 8] = c + 1
+        lab[y0 + 8 : y0 + 80, x0 + 8 : x0 + 80] = c + 1
+        lab[y1 - 80 : y1 - 8, x1 - 80 : x1 - 8] = c + 1
     return m, lab
 
 
 def test_painted_regions_never_feed_two_splits(painted, tmp_path):
     m, lab = painted
-    ts = tiles_from_annotations(m.image, tmp_path / "t", tile=32, labels=lab, names=list(m.class_names),
-                                val_fraction=0.25, min_coverage=0.75)
+    ts = tiles_from_annotations(
+        m.image, tmp_path / "t", tile=32, labels=lab, names=list(m.class_names), val_fraction=0.25, min_coverage=0.75
+    )
     groups = {s: set(ts.groups(s)) for s in ("train", "val")}
     assert groups["train"] and groups["val"] and not groups["train"] & groups["val"]
     present = {m.class_names[c] for *_, c in m.regions}
@@ -185,7 +226,7 @@ def test_a_class_painted_once_is_trained_on_but_not_validated(painted, tmp_path)
     single = lab.copy()
     y0, y1, x0, x1, c = next(r for r in m.regions if r[4] == 0)
     single[single == 1] = 0
-    single[y0 + 8:y0 + 80, x0 + 8:x0 + 80] = 1  # class 1 painted once
+    single[y0 + 8 : y0 + 80, x0 + 8 : x0 + 80] = 1  # class 1 painted once
     with pytest.warns(UserWarning, match="too few separate regions"):
         ts = tiles_from_annotations(m.image, tmp_path / "t", tile=32, labels=single, names=list(m.class_names))
     assert m.class_names[0] not in {r.cls for r in ts.split("val")}
@@ -216,14 +257,27 @@ def test_resume_after_an_interrupted_training_gives_the_same_model(crops, tmp_pa
     with pytest.raises(NcmError, match="other settings"):  # a checkpoint of another run is never mixed in
         stop2 = threading.Event()
         with pytest.raises(Cancelled):
-            _train(crops.root, tmp_path / "x", progress=lambda d, t, m: stop2.set() if "val" in m else None,
-                   cancel=stop2)
+            _train(
+                crops.root, tmp_path / "x", progress=lambda d, t, m: stop2.set() if "val" in m else None, cancel=stop2
+            )
         _train(crops.root, tmp_path / "x", seed=5)
 
 
 def test_training_options_reach_the_bundle(crops, tmp_path):
-    r = train(crops.root, tmp_path / "m", architecture="resnet10t", epochs=2, batch_size=16, optimizer="sgd",
-              momentum=0.8, augment="flip", normalize=True, input_size=48, monitor="balanced_accuracy", amp="off")
+    r = train(
+        crops.root,
+        tmp_path / "m",
+        architecture="resnet10t",
+        epochs=2,
+        batch_size=16,
+        optimizer="sgd",
+        momentum=0.8,
+        augment="flip",
+        normalize=True,
+        input_size=48,
+        monitor="balanced_accuracy",
+        amp="off",
+    )
     cfg = load_bundle(r.bundle).config
     t = cfg.training
     assert t["optimizer"] == "sgd" and t["augment"] == ["flip"] and t["monitor"] == "balanced_accuracy"
@@ -232,13 +286,16 @@ def test_training_options_reach_the_bundle(crops, tmp_path):
     assert cfg.ood["method"].startswith("mahalanobis") and cfg.ood["threshold"] > 0
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(augment="mirror"), "unknown augmentation"),
-    (dict(monitor="f1"), "monitor must be"),
-    (dict(amp="fp16", device="cpu"), "float16 mixed precision needs a CUDA device"),
-    (dict(architecture="efficientnet_b99"), "unknown architecture"),
-    (dict(tile_size=48), "tiles are 32 px"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(augment="mirror"), "unknown augmentation"),
+        (dict(monitor="f1"), "monitor must be"),
+        (dict(amp="fp16", device="cpu"), "float16 mixed precision needs a CUDA device"),
+        (dict(architecture="efficientnet_b99"), "unknown architecture"),
+        (dict(tile_size=48), "tiles are 32 px"),
+    ],
+)
 def test_bad_training_options(crops, tmp_path, kwargs, words):
     with pytest.raises(NcmError, match=words):
         train(crops.root, tmp_path / "m", epochs=1, **kwargs)
@@ -247,13 +304,17 @@ def test_bad_training_options(crops, tmp_path, kwargs, words):
 # ----------------------------------------------------------------------------------------- evaluation
 def test_marginal_accuracies_of_a_hand_made_confusion_matrix():
     names = ["NCM333_pristine", "NCM333_cycled100", "NCM811_pristine", "NCM811_cycled100"]
-    cm = [[5, 3, 0, 0],  # true 333 pristine: 3 right composition, wrong state
-          [0, 4, 0, 0],
-          [2, 0, 6, 0],  # 2 wrong composition, right state
-          [0, 0, 1, 9]]
+    cm = [
+        [5, 3, 0, 0],  # true 333 pristine: 3 right composition, wrong state
+        [0, 4, 0, 0],
+        [2, 0, 6, 0],  # 2 wrong composition, right state
+        [0, 0, 1, 9],
+    ]
     f = class_factors(names)
-    assert f == {"composition": ["NCM333", "NCM333", "NCM811", "NCM811"],
-                 "state": ["pristine", "cycled100", "pristine", "cycled100"]}
+    assert f == {
+        "composition": ["NCM333", "NCM333", "NCM811", "NCM811"],
+        "state": ["pristine", "cycled100", "pristine", "cycled100"],
+    }
     comp, state = marginal_metrics(cm, f["composition"]), marginal_metrics(cm, f["state"])
     assert comp["accuracy"] == pytest.approx((5 + 3 + 4 + 6 + 1 + 9) / 30)
     assert state["accuracy"] == pytest.approx((5 + 4 + 2 + 6 + 9) / 30)
@@ -265,9 +326,16 @@ def test_marginal_accuracies_of_a_hand_made_confusion_matrix():
 def test_evaluate_writes_the_report(tiny_bundle, sem_folders, tmp_path):
     m = evaluate(tiny_bundle, sem_folders, out=tmp_path / "ev")
     files = {p.name for p in (tmp_path / "ev").iterdir()}
-    assert {"metrics.json", "tiles_confusion_matrix.csv", "tiles_confusion_matrix.png", "images_per_class.csv",
-            "predictions.csv", "tiles.csv", "tiles_state_confusion_matrix.csv"} <= files
-    rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
+    assert {
+        "metrics.json",
+        "tiles_confusion_matrix.csv",
+        "tiles_confusion_matrix.png",
+        "images_per_class.csv",
+        "predictions.csv",
+        "tiles.csv",
+        "tiles_state_confusion_matrix.csv",
+    } <= files
+    rows = list(csv.DictReader((tmp_path / "ev" / "predictions.csv").read_text().splitlines()))
     assert len(rows) == 9 and {"majority", "confidence", "ood_fraction", "p_NCM811_pristine"} <= set(rows[0])
     probs = np.array([[float(r[f"p_{n}"]) for n in load_bundle(tiny_bundle).class_names] for r in rows])
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
@@ -283,8 +351,9 @@ def test_evaluating_other_classes_than_the_bundle_is_refused(tiny_bundle, tmp_pa
 def test_whole_image_aggregate_and_ood_flags(tiny_bundle, tmp_path):
     from ncm_core.inference.predict import predict_mosaic
 
-    sem = synth.sem_mosaic((192, 256), grid=(1, 2), seed=4,
-                           classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100"))
+    sem = synth.sem_mosaic(
+        (192, 256), grid=(1, 2), seed=4, classes=("NCM333_pristine", "NCM811_pristine", "NCM811_cycled100")
+    )
     p = predict_mosaic(tiny_bundle, sem.image, tmp_path / "sem.zarr")
     [whole] = summarize_prediction(p)
     assert whole["tiles"] == p.grid.size and whole["predicted"] in p.class_names

@@ -22,6 +22,7 @@ def test_info_bar_is_dark_band_at_bottom():
 
 def test_state_changes_the_image_statistics():
     """Cycled particles have cracks: more dark pixels inside the bright particle area than pristine."""
+
     def dark_inside(state):
         img = synth.sem_frame("NCM523", state, (256, 256), info_bar=0, seed=1).astype(float)
         return ((img < 45) & (synth.ndimage.uniform_filter(img, 9) > 110)).mean()

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncm_core.errors import NcmError
 from ncm_core.data.tiling import TileGrid, band_mask, extract_tiles, pixel_mask_to_cells
+from ncm_core.errors import NcmError
 
 
 @st.composite
@@ -30,7 +30,7 @@ def test_pad_grid_covers_every_pixel_from_the_offset(g):
             y0, y1, x0, x1 = g.cell_rect(i, j)
             cov[y0:y1, x0:x1] = True
     if g.stride <= g.tile:
-        assert cov[g.offset[0]:h, g.offset[1]:w].all()
+        assert cov[g.offset[0] : h, g.offset[1] : w].all()
     y0, y1, x0, x1 = g.cell_rect(rows - 1, cols - 1)
     assert y0 < h and x0 < w  # no tile starts outside the image
     if g.stride <= g.tile:
@@ -59,12 +59,12 @@ def test_extract_tiles_matches_direct_slicing(g):
     rows, cols = g.shape
     r0, c0 = rows // 2, cols // 2
     y0, y1, x0, x1 = g.region(r0, rows, c0, cols)
-    tiles = extract_tiles(img[y0:min(y1, h), x0:min(x1, w)], g, r0, rows, c0, cols)
+    tiles = extract_tiles(img[y0 : min(y1, h), x0 : min(x1, w)], g, r0, rows, c0, cols)
     assert tiles.shape == (rows - r0, cols - c0, g.tile, g.tile)
     for i in range(r0, rows):
         for j in range(c0, cols):
             a0, a1, b0, b1 = g.cell_rect(i, j)
-            inside = img[a0:min(a1, h), b0:min(b1, w)]
+            inside = img[a0 : min(a1, h), b0 : min(b1, w)]
             t = tiles[i - r0, j - c0]
             assert np.array_equal(t[: inside.shape[0], : inside.shape[1]], inside)
 
@@ -103,11 +103,14 @@ def test_pixel_mask_at_lower_resolution():
     assert keep[:, :2].all() and not keep[:, 2:].any()
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(image_shape=(100, 100), tile=0), "tile size"),
-    (dict(image_shape=(100, 100), tile=16, stride=0), "stride"),
-    (dict(image_shape=(30, 40), tile=64), "smaller than one tile"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(image_shape=(100, 100), tile=0), "tile size"),
+        (dict(image_shape=(100, 100), tile=16, stride=0), "stride"),
+        (dict(image_shape=(30, 40), tile=64), "smaller than one tile"),
+    ],
+)
 def test_bad_grids(kw, words):
     with pytest.raises(NcmError, match=words):
         TileGrid(**kw)

@@ -52,14 +52,17 @@ def test_default_space_is_the_studys():
     assert {"batch_size", "normalize", "augment"} <= set(sp)
 
 
-@pytest.mark.parametrize("space, words", [
-    ({}, "empty"),
-    ({"learning_rate": {"type": "float", "low": 1, "high": 2}}, "unknown parameter 'learning_rate'"),
-    ({"lr": {"type": "float", "low": 0.1, "high": 0.01}}, "must be below high"),
-    ({"lr": {"type": "float", "low": 0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
-    ({"batch_size": {"type": "categorical", "choices": []}}, "non-empty list"),
-    ({"lr": {"type": "normal"}}, "float, int or categorical"),
-])
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({}, "empty"),
+        ({"learning_rate": {"type": "float", "low": 1, "high": 2}}, "unknown parameter 'learning_rate'"),
+        ({"lr": {"type": "float", "low": 0.1, "high": 0.01}}, "must be below high"),
+        ({"lr": {"type": "float", "low": 0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
+        ({"batch_size": {"type": "categorical", "choices": []}}, "non-empty list"),
+        ({"lr": {"type": "normal"}}, "float, int or categorical"),
+    ],
+)
 def test_bad_search_spaces(space, words):
     with pytest.raises(NcmError, match=words):
         load_space(space)
@@ -67,7 +70,9 @@ def test_bad_search_spaces(space, words):
 
 def test_space_from_a_yaml_file(tmp_path):
     f = tmp_path / "space.yaml"
-    f.write_text("lr: {type: float, low: 0.001, high: 0.01, log: true}\nbatch_size: {type: categorical, choices: [8, 16]}\n")
+    f.write_text(
+        "lr: {type: float, low: 0.001, high: 0.01, log: true}\nbatch_size: {type: categorical, choices: [8, 16]}\n"
+    )
     assert load_space(f)["batch_size"]["choices"] == [8, 16]
     f.write_text("lr: [unclosed\n")
     with pytest.raises(NcmError, match="space.yaml: cannot parse"):
@@ -75,8 +80,7 @@ def test_space_from_a_yaml_file(tmp_path):
 
 
 def test_asha_prunes_trials_that_fall_behind(tmp_path):
-    study = optimize(tmp_path / "s", toy_curves, identity={"toy": 1}, n_trials=15,
-                     pruner=make_pruner("asha", 1, 3, 9))
+    study = optimize(tmp_path / "s", toy_curves, identity={"toy": 1}, n_trials=15, pruner=make_pruner("asha", 1, 3, 9))
     states = [t.state for t in study.trials]
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert states.count(optuna.trial.TrialState.COMPLETE) + len(pruned) == 15
@@ -103,8 +107,13 @@ def test_resume_after_killing_the_process_mid_trial(tmp_path):
     script.write_text(TOY)
     out = tmp_path / "s"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.Popen([sys.executable, str(script), str(out), "8", "0.25"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(out), "8", "0.25"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait for >= 2 finished trials and one running
@@ -123,8 +132,9 @@ def test_resume_after_killing_the_process_mid_trial(tmp_path):
     assert len(killed) == 1 and killed[0].intermediate_values  # killed mid-trial
     finished = {t.number: (t.state, t.params) for t in before if t.state != optuna.trial.TrialState.RUNNING}
 
-    r = subprocess.run([sys.executable, str(script), str(out), "8", "0"], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), str(out), "8", "0"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     after = optuna.load_study(study_name="ncm", storage=_storage(out)).get_trials()
     for n, (state, params) in finished.items():  # nothing finished is lost or changed
@@ -152,7 +162,7 @@ def test_a_two_worker_local_cluster_runs_one_study(tmp_path):
         x = trial.suggest_float("x", -3, 3)
         trial.set_user_attr("pid", _os.getpid())
         _time.sleep(0.5)  # one worker alone would need 6 s: the other has long started by then
-        return -(x - 1) ** 2
+        return -((x - 1) ** 2)
 
     study = optimize(tmp_path / "s", objective, identity={"toy": 2}, n_trials=12, scheduler="local:2")
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -166,10 +176,19 @@ def test_unreachable_dask_scheduler_is_one_line(tmp_path):
 
 
 def test_tune_real_training_writes_best_bundle_and_report(sem_folders, tmp_path):
-    space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-             "batch_size": {"type": "categorical", "choices": [8, 16]}}
-    r = tune(sem_folders, tmp_path / "t", space=space, n_trials=3, max_epochs=2, min_epochs=1,
-             train_kwargs=dict(architecture="resnet10t", tile_size=32, crops_per_image=6, exclude_rows=(-16, None)))
+    space = {
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "batch_size": {"type": "categorical", "choices": [8, 16]},
+    }
+    r = tune(
+        sem_folders,
+        tmp_path / "t",
+        space=space,
+        n_trials=3,
+        max_epochs=2,
+        min_epochs=1,
+        train_kwargs=dict(architecture="resnet10t", tile_size=32, crops_per_image=6, exclude_rows=(-16, None)),
+    )
     assert r.n_complete + r.n_pruned == 3 and r.best_bundle is not None
     from ncm_core.models.bundle import load_bundle
 
@@ -182,8 +201,16 @@ def test_tune_real_training_writes_best_bundle_and_report(sem_folders, tmp_path)
     assert (tmp_path / "t" / "optimization_history.png").is_file()
 
     # the final model: the best configuration trained again on train + validation frames
-    r2 = tune(sem_folders, tmp_path / "t", space=space, n_trials=3, max_epochs=2, resume=True, retrain=True,
-              train_kwargs=dict(architecture="resnet10t", tile_size=32, crops_per_image=6, exclude_rows=(-16, None)))
+    r2 = tune(
+        sem_folders,
+        tmp_path / "t",
+        space=space,
+        n_trials=3,
+        max_epochs=2,
+        resume=True,
+        retrain=True,
+        train_kwargs=dict(architecture="resnet10t", tile_size=32, crops_per_image=6, exclude_rows=(-16, None)),
+    )
     t2 = load_bundle(r2.best_bundle).config.training
     assert t2["holdout"] is False and t2["val_images"] == [] and len(t2["train_images"]) == 9
     assert json.loads((tmp_path / "t" / "best.json").read_text())["bundle_retrained_on"] == "train + validation"
@@ -196,8 +223,25 @@ def test_ncm_tune_command_and_its_errors(sem_folders, tmp_path):
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}}))
-    r = ncm("tune", sem_folders, tmp_path / "t", "--space", space, "--trials", 2, "--max-epochs", 1, "--arch",
-            "resnet10t", "--tile", 32, "--crops", 4, "--exclude-rows=-16:", "-q")
+    r = ncm(
+        "tune",
+        sem_folders,
+        tmp_path / "t",
+        "--space",
+        space,
+        "--trials",
+        2,
+        "--max-epochs",
+        1,
+        "--arch",
+        "resnet10t",
+        "--tile",
+        32,
+        "--crops",
+        4,
+        "--exclude-rows=-16:",
+        "-q",
+    )
     assert r.returncode == 0, r.stderr
     import re
 
@@ -213,7 +257,17 @@ def test_ncm_tune_command_and_its_errors(sem_folders, tmp_path):
 
 
 def test_worker_processes_share_one_study(tmp_path):
-    study = optimize(tmp_path / "s", toy_curves, identity={"toy": 3}, n_trials=8, n_jobs=2,
-                     pruner=make_pruner("asha", 1, 3, 9))
+    study = optimize(
+        tmp_path / "s", toy_curves, identity={"toy": 3}, n_trials=8, n_jobs=2, pruner=make_pruner("asha", 1, 3, 9)
+    )
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(counted) >= 8 and len({t.number for t in study.trials}) == len(study.trials)
+
+
+def test_tuning_refuses_a_run_without_validation_in_one_line(sem_folders, tmp_path):
+    """Trials are compared by validation accuracy: val_fraction 0 (no validation) is refused, not run."""
+    with pytest.raises(NcmError, match="tuning compares trials by their validation accuracy; val_fraction must be"):
+        tune(sem_folders, tmp_path / "t", train_kwargs={"val_fraction": 0})
+    with pytest.raises(NcmError, match="unknown option 'n_trial' for TuneConfig; did you mean 'n_trials'"):
+        tune(sem_folders, tmp_path / "t", n_trial=3)
+    assert not (tmp_path / "t").exists()

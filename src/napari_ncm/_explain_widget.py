@@ -4,6 +4,8 @@
   image layer, bundle, method and target in a thread worker (napari's
   progress bar, Cancel) and adds one Image layer per map, aligned with the
   image (diverging colormap with symmetric limits for signed maps).
+* **Explain folder** runs :func:`ncm_core.workflows.explanations.explain_folder` on a folder of
+  tiles (or section crops): maps, ``explanations.csv`` and ``overview.png`` in the 'Save to' folder.
 * **Clicking** the image (with this dock open) explains the tile under the
   mouse: its class probabilities and the maps of its two most probable
   classes side by side (for a regression bundle: its values and the maps of
@@ -15,22 +17,21 @@ Layers are changed only in the callbacks, on the main thread.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from qtpy.QtCore import QObject, Signal
 
 from napari_ncm._background import RunsInBackground
+from ncm_core.explain.options import ExplainOptions, Method
 
 if TYPE_CHECKING:
     import napari
 
-METHOD_CHOICES = ["gradcam", "gradcam++", "scorecam", "layercam", "gradram", "guided-backprop", "guided-gradcam",
-                  "occlusion"]
+METHOD_CHOICES = list(get_args(Method))
 
 
 class _Bridge(QObject):
@@ -51,25 +52,60 @@ class ExplainWidget(RunsInBackground, Container):
         self._viewer = viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="Image")
         self.bundle = FileEdit(mode="d", label="Model bundle")
-        self.method = ComboBox(choices=METHOD_CHOICES, value="gradcam", label="Method")
-        self.target = ComboBox(choices=["predicted", "top-2", "all"], value="predicted", label="Target",
-                               tooltip="predicted / top-2: each tile's own classes; or one class or target")
-        self.overlap = SpinBox(value=-1, min=-1, max=4096, label="Overlap (px)",
-                               tooltip="pixels shared by neighbouring tiles; -1 = a quarter tile")
-        self.factor = SpinBox(value=0, min=0, max=64, label="Heatmap factor",
-                              tooltip="mosaic pixels per heatmap pixel; 0 = automatic (4, or 1 for guided)")
+        self.method = ComboBox(choices=METHOD_CHOICES, value=ExplainOptions.method, label="Method")
+        self.target = ComboBox(
+            choices=["predicted", "top-2", "all"],
+            value="predicted",
+            label="Target",
+            tooltip="predicted / top-2: each tile's own classes; or one class or target",
+        )
+        self.overlap = SpinBox(
+            value=-1,
+            min=-1,
+            max=4096,
+            label="Overlap (px)",
+            tooltip="pixels shared by neighbouring tiles; -1 = a quarter tile",
+        )
+        self.factor = SpinBox(
+            value=0,
+            min=0,
+            max=64,
+            label="Heatmap factor",
+            tooltip="mosaic pixels per heatmap pixel; 0 = automatic (4, or 1 for guided)",
+        )
         self.out = FileEdit(mode="w", label="Save to (.zarr)", tooltip="optional; a temporary folder otherwise")
+        self.folder = FileEdit(
+            mode="d",
+            label="Tiles folder",
+            tooltip="optional: explain every image of a folder (maps, table, overview) into 'Save to' instead",
+        )
+        self.folder_button = PushButton(text="Explain folder")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Click a tile of the image to explain it.")
-        self.extend([self.image, self.bundle, self.method, self.target, self.overlap, self.factor, self.out,
-                     self.run_button, self.cancel_button, self.status])
+        self.extend(
+            [
+                self.image,
+                self.bundle,
+                self.method,
+                self.target,
+                self.overlap,
+                self.factor,
+                self.out,
+                self.folder,
+                self.folder_button,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
         self.figure = Figure(figsize=(4.8, 2.6), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.canvas.setVisible(False)
         self.native.layout().addWidget(self.canvas)
         self.run_button.changed.connect(lambda: self.run())
+        self.folder_button.changed.connect(lambda: self.explain_folder())
         self.cancel_button.changed.connect(self.cancel)
         self.bundle.changed.connect(self._bundle_changed)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
@@ -84,22 +120,23 @@ class ExplainWidget(RunsInBackground, Container):
         self.result = None
         self.worker = None
         self._tmp: Any = None
+        self._what = "heatmap"
 
     # ------------------------------------------------------------ settings
     def _bundle_changed(self) -> None:
-        path = Path(str(self.bundle.value))
+        from ncm_core.errors import NcmError
+        from ncm_core.explain.interactive import target_choices
+
         try:
-            cfg = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError):
+            choices = target_choices(Path(str(self.bundle.value)))
+        except NcmError:
             return
-        names = cfg.get("class_names") if cfg.get("task", "classify") == "classify" else cfg.get("target_names")
-        base = ["predicted", "top-2", "all"] if cfg.get("task", "classify") == "classify" else ["all"]
-        self.target.choices = base + list(names or [])
-        self.target.value = base[0]
+        self.target.choices = choices
+        self.target.value = choices[0]
 
     def _load(self) -> Any:
-        from ncm_core.models.bundle import load_bundle
         from ncm_core.errors import NcmError
+        from ncm_core.models.bundle import load_bundle
 
         path = str(self.bundle.value)
         if path in ("", "."):
@@ -119,28 +156,75 @@ class ExplainWidget(RunsInBackground, Container):
             raise NcmError("choose an image layer")
         return layer_to_mosaic(self.image.value)
 
-    def _out_path(self) -> Path:
+    def _out_path(self, folder: bool = False) -> Path:
+        """'Save to', or a temporary path (a heatmap zarr, or with ``folder`` an output folder)."""
         out = str(self.out.value)
         if out not in ("", "."):
             return Path(out)
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="ncm-explain-")
-        return Path(self._tmp.name) / f"{self.method.value}-{self.target.value}.zarr".replace("/", "_")
+        name = f"{self.method.value}-{self.target.value}" + ("-tiles" if folder else ".zarr")
+        return Path(self._tmp.name) / name.replace("/", "_")
 
     # ------------------------------------------------------------ jobs
     def _job(self):
+        if self._what == "folder":
+            return self._folder_job()
         mosaic, bundle = self._mosaic(), self._load()
         self._cancel = threading.Event()
         cancel, bridge = self._cancel, self._bridge
-        kw = dict(overlap=None if self.overlap.value < 0 else self.overlap.value,
-                  factor=self.factor.value or None, device="cpu" if self._on_cpu() else "auto")
+        kw = dict(
+            overlap=None if self.overlap.value < 0 else self.overlap.value,
+            factor=self.factor.value or None,
+            device="cpu" if self._on_cpu() else "auto",
+        )
         method, target, out = self.method.value, self.target.value, self._out_path()
 
         def work():
             from ncm_core.explain.heatmaps import explain_mosaic
 
-            return "heatmap", explain_mosaic(bundle, mosaic, out, method, target, overwrite=True, cancel=cancel,
-                                             progress=lambda d, t, m: bridge.progress.emit((d, t, m)), **kw)
+            return "heatmap", explain_mosaic(
+                bundle,
+                mosaic,
+                out,
+                method=method,
+                target=target,
+                overwrite=True,
+                cancel=cancel,
+                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                **kw,
+            )
+
+        return work
+
+    def _folder_job(self):
+        from ncm_core.errors import NcmError
+
+        folder = str(self.folder.value)
+        if folder in ("", "."):
+            raise NcmError("choose a folder of tiles")
+        bundle = self._load()
+        self._cancel = threading.Event()
+        cancel, bridge = self._cancel, self._bridge
+        method, target = self.method.value, self.target.value
+        out = self._out_path(folder=True)
+        device = "cpu" if self._on_cpu() else "auto"
+
+        def work():
+            from ncm_core.workflows.explanations import explain_folder
+
+            return "folder", explain_folder(
+                bundle,
+                folder,
+                out,
+                methods=method,
+                target=target,
+                device=device,
+                overwrite=True,
+                cancel=cancel,
+                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+            )
+
         return work
 
     @staticmethod
@@ -157,32 +241,36 @@ class ExplainWidget(RunsInBackground, Container):
         self.result = None
         return self._run_function(task, sync, "Explain", "Explaining...")
 
+    def explain_folder(self, sync: bool = False):
+        """Explain every image of the tiles folder into 'Save to' (maps, explanations.csv, overview.png)."""
+        self._what = "folder"
+        try:
+            task = self._prepare()
+        finally:
+            self._what = "heatmap"
+        if task is None:
+            return None
+        self.result = None
+        return self._run_function(task, sync, "Explain folder", "Explaining the folder...")
+
     def explain_tile(self, y: float, x: float, sync: bool = False):
         """Explain the tile holding data pixel (y, x) of the image layer: probabilities and top-2 maps."""
         from ncm_core.errors import NcmError
-
         from ncm_core.explain.heatmaps import tile_at
 
         try:
             mosaic, bundle = self._mosaic(), self._load()
-            where = tile_at(bundle, mosaic, y, x)
+            if tile_at(bundle, mosaic, y, x) is None:
+                return None
         except NcmError as exc:
             self._on_error(exc)
             return None
-        if where is None:
-            return None
-        y0, x0, T = where
         method = self.method.value
-        regress = bundle.config.task == "regress"
-        target = [0, 1] if regress and bundle.config.num_outputs > 1 else ([0] if regress else "top-2")
 
         def work():
-            import numpy as np
+            from ncm_core.explain.interactive import explain_tile_at
 
-            from ncm_core.explain.methods import explain
-
-            tile = np.asarray(mosaic.data[y0:y0 + T, x0:x0 + T].compute())
-            return "tile", ((y0, x0, T), tile, explain(bundle, tile[None], method, target))
+            return "tile", explain_tile_at(bundle, mosaic, y, x, method)
 
         self.result = None
         return self._run_function(work, sync, "Explain tile", "Explaining the tile...")
@@ -204,8 +292,10 @@ class ExplainWidget(RunsInBackground, Container):
         self.result = res
         if what == "heatmap":
             self._show_heatmap(res)
-        else:
-            self._show_tile(*res)
+        elif what == "folder":
+            self.status.value = res.summary()
+        elif res is not None:
+            self._show_tile(res)
 
     def _show_heatmap(self, hm: Any) -> None:
         from napari_ncm._layers import heatmap_layers
@@ -216,16 +306,17 @@ class ExplainWidget(RunsInBackground, Container):
             if kw["name"] in self._viewer.layers:
                 self._viewer.layers.remove(kw["name"])
             self._viewer.add_image(data, **kw)
-        self.status.value = (f"{hm.method}: {len(hm.names)} map(s), {hm.attrs['n_tiles']} tiles, "
-                             f"{hm.attrs['seconds']:.1f} s")
+        self.status.value = (
+            f"{hm.method}: {len(hm.names)} map(s), {hm.attrs['n_tiles']} tiles, {hm.attrs['seconds']:.1f} s"
+        )
 
-    def _show_tile(self, where: tuple[int, int, int], tile: Any, ex: Any) -> None:
+    def _show_tile(self, te: Any) -> None:
         import numpy as np
 
-        from ncm_core.viz.figures import draw_tile_explanation
+        from ncm_core.viz.explanations import draw_tile_explanation
 
-        y0, x0, T = where
-        self.tile_result = (where, ex)
+        y0, x0, T = where = (te.y0, te.x0, te.size)
+        self.tile_result = (where, te.explanation)
         image = self.image.value
         rect = np.array([[y0 - 0.5, x0 - 0.5], [y0 + T - 0.5, x0 + T - 0.5]])
         name = f"{image.name} explained tile"
@@ -233,15 +324,30 @@ class ExplainWidget(RunsInBackground, Container):
         if name in self._viewer.layers:
             self._viewer.layers[name].data = [rect]
         else:
-            self._viewer.add_shapes([rect], shape_type="rectangle", edge_color="cyan", face_color="transparent",
-                                    edge_width=2, name=name, **kw)
+            self._viewer.add_shapes(
+                [rect],
+                shape_type="rectangle",
+                edge_color="cyan",
+                face_color="transparent",
+                edge_width=2,
+                name=name,
+                **kw,
+            )
             self._viewer.layers.selection.active = image
-        draw_tile_explanation(self.figure, tile, ex, self._loaded[1].class_names or
-                              self._loaded[1].config.target_names)
+        draw_tile_explanation(
+            self.figure, te.tile, te.explanation, self._loaded[1].class_names or self._loaded[1].config.target_names
+        )
         self.canvas.setVisible(True)
         self.canvas.draw_idle()
-        top = ", ".join(f"{n} {ex.scores[0, t]:.2f}" for n, t in zip(ex.names[0], ex.targets[0]))
-        self.status.value = f"tile y {y0}, x {x0}: {top}"
+        self.status.value = te.describe()
 
     def _has_result(self) -> bool:
         return self.result is not None
+
+    def _start(self, worker: Any, description: str, running_text: str = "Running...") -> Any:
+        self.folder_button.enabled = False
+        return super()._start(worker, description, running_text)
+
+    def _on_finished(self) -> None:
+        super()._on_finished()
+        self.folder_button.enabled = True

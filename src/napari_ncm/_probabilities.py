@@ -51,7 +51,8 @@ class TileProbabilities(QWidget):
 
     def show_at(self, world: Any) -> bool:
         """Plot the tile under world position ``world`` of the topmost visible prediction layer."""
-        from ncm_core.viz.figures import probability_bars
+        from ncm_core.evaluation.tiles import tile_report
+        from ncm_core.viz.prediction import probability_bars
 
         for layer in reversed(list(self._viewer.layers)):
             meta = layer.metadata or {}
@@ -63,24 +64,17 @@ class TileProbabilities(QWidget):
             except Exception as exc:  # the prediction was moved or deleted
                 self.info.setText(f"{layer.name}: {exc}")
                 return False
-            rows, cols = pred.grid.shape
-            if not (0 <= i < rows and 0 <= j < cols):
+            r = tile_report(pred, i, j)
+            if r is None:
                 continue
-            probs = np.asarray(pred.probabilities[:, i, j])
-            y0, y1, x0, x1 = pred.grid.cell_rect(i, j)
-            where = f"tile ({i}, {j}), pixels y {y0}:{y1}, x {x0}:{x1}"
-            if np.isnan(probs).any():
-                self.info.setText(f"{layer.name}: {where} was not predicted (masked)")
+            if r.probabilities is None:
+                self.info.setText(f"{layer.name}: {r.describe()}")
                 self.ax.clear()
                 self.canvas.draw_idle()
                 self.shown = {"layer": layer.name, "cell": (i, j), "probabilities": None}
                 return True
-            top = int(probs.argmax())
-            text = f"{where}: {pred.class_names[top]} ({probs[top]:.2f})"
-            if pred.ood is not None:
-                r = float(np.asarray(pred.ood[i, j]))
-                text += f"; out-of-distribution score {r:.2f}" + (" - unlike the training tiles!" if r > 1 else "")
-            self.info.setText(text)
+            probs = r.probabilities
+            self.info.setText(r.describe())
             probability_bars(self.ax, probs, pred.class_names, pred.colors, title=layer.name)
             self.figure.tight_layout()
             self.canvas.draw_idle()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ncm_core._layers import LayerData, class_labels_kwargs, heatmap_layers, mosaic_layers, prediction_layers
+from napari_ncm._layers import LayerData, class_labels_kwargs, heatmap_layers, mosaic_layers, prediction_layers
 
 SUFFIXES = (".zarr", ".tif", ".tiff")
 
@@ -45,23 +46,34 @@ def _ngff_labels(path: Path) -> list[LayerData]:
         m = open_mosaic(path / "labels" / name)
         attrs = dict(root[f"labels/{name}"].attrs)
         il = attrs.get("ome", attrs).get("image-label", {})
-        kw: dict[str, Any] = {"name": name, "scale": m.scale, "translate": m.translate, "opacity": 0.4,
-                              "visible": False, "multiscale": len(m.levels) > 1}
+        kw: dict[str, Any] = {
+            "name": name,
+            "scale": m.scale,
+            "translate": m.translate,
+            "opacity": 0.4,
+            "visible": False,
+            "multiscale": len(m.levels) > 1,
+        }
         props = {p["label-value"]: p for p in il.get("properties", [])}
         colors = {c["label-value"]: tuple(v / 255 for v in c["rgba"]) for c in il.get("colors", [])}
         if props and colors:
             n = max(props)
             names_ = [str(props.get(v, {}).get("class", v)) for v in range(1, n + 1)]
-            kw.update(class_labels_kwargs(names_, [colors.get(v, (0.5, 0.5, 0.5, 1.0)) for v in range(1, n + 1)],
-                                          str(props.get(0, {}).get("class", "background"))))
+            kw.update(
+                class_labels_kwargs(
+                    names_,
+                    [colors.get(v, (0.5, 0.5, 0.5, 1.0)) for v in range(1, n + 1)],
+                    str(props.get(0, {}).get("class", "background")),
+                )
+            )
         out.append((m.levels if len(m.levels) > 1 else m.data, kw, "labels"))
     return out
 
 
 def read(path: str | list[str]) -> list[LayerData]:
     """Open a mosaic or a prediction as layer-data tuples (lazy)."""
-    from ncm_core.io.mosaic import open_mosaic
     from ncm_core.inference.predict import is_prediction, open_prediction
+    from ncm_core.io.mosaic import open_mosaic
 
     if isinstance(path, list):
         return [layer for p in path for layer in read(p)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ncm_core._layers import LayerData, class_labels_kwargs
+from napari_ncm._layers import LayerData, class_labels_kwargs
 
 
 def sem_mosaic() -> list[LayerData]:
@@ -14,11 +14,20 @@ def sem_mosaic() -> list[LayerData]:
 
     m = synth.sem_mosaic()
     scale = (m.pixel_size, m.pixel_size)
-    img_kw: dict[str, Any] = {"name": "SEM mosaic", "scale": scale, "contrast_limits": (0, 255),
-                              "metadata": {"pixel_size": m.pixel_size, "unit": "micrometer"}}
+    img_kw: dict[str, Any] = {
+        "name": "SEM mosaic",
+        "scale": scale,
+        "contrast_limits": (0, 255),
+        "metadata": {"pixel_size": m.pixel_size, "unit": "micrometer"},
+    }
     names = list(m.class_names)
-    truth_kw = {"name": "truth", "scale": scale, "opacity": 0.35, "visible": False,
-                **class_labels_kwargs(names, class_colors(len(names)))}
+    truth_kw = {
+        "name": "truth",
+        "scale": scale,
+        "opacity": 0.35,
+        "visible": False,
+        **class_labels_kwargs(names, class_colors(len(names))),
+    }
     return [(m.image, img_kw, "image"), (m.truth.astype("uint8") + 1, truth_kw, "labels")]
 
 

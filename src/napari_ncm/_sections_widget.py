@@ -6,7 +6,7 @@
   checked before anything is written.
 * **Extract crops** writes them with :func:`ncm_core.data.sections.extract_sections`
   (a folder the Train widget's regression mode reads).
-* **Predict** runs :func:`ncm_core.training.regression.predict_section` with a
+* **Predict** runs :func:`ncm_core.inference.sections.predict_section` with a
   regression bundle and adds one Shapes layer per target, each crop filled by
   its predicted value (its value shows in the status bar under the mouse),
   and draws the section's predicted rate capability (mean +- std over the
@@ -26,6 +26,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from qtpy.QtCore import QObject, Signal
 
 from napari_ncm._background import RunsInBackground
+from ncm_core.data.section_detection import MODES, SectionOptions
 
 if TYPE_CHECKING:
     import napari
@@ -53,12 +54,22 @@ class SectionsWidget(RunsInBackground, Container):
         super().__init__(labels=True)
         self._viewer = viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="Image")
-        self.crop_h = SpinBox(value=224, min=8, max=8192, label="Crop height (px)")
-        self.crop_w = SpinBox(value=672, min=8, max=16384, label="Crop width (px)")
-        self.mode = ComboBox(choices=["center", "sliding"], value="center", label="Crops",
-                             tooltip="one row of crops centred in the active layer, or a sliding window")
-        self.margin = SpinBox(value=4, min=0, max=512, label="Margin (px)",
-                              tooltip="pixels left out next to the collector and below the surface")
+        d = SectionOptions()
+        self.crop_h = SpinBox(value=d.crop[0], min=8, max=8192, label="Crop height (px)")
+        self.crop_w = SpinBox(value=d.crop[1], min=8, max=16384, label="Crop width (px)")
+        self.mode = ComboBox(
+            choices=list(MODES),
+            value=d.mode,
+            label="Crops",
+            tooltip="one row of crops centred in the active layer, or a sliding window",
+        )
+        self.margin = SpinBox(
+            value=d.margin,
+            min=0,
+            max=512,
+            label="Margin (px)",
+            tooltip="pixels left out next to the collector and below the surface",
+        )
         self.detect_button = PushButton(text="Detect")
         self.crops_out = FileEdit(mode="w", label="Crop folder", tooltip="where Extract writes the crops")
         self.extract_button = PushButton(text="Extract crops")
@@ -67,9 +78,22 @@ class SectionsWidget(RunsInBackground, Container):
         self.run_button = self.detect_button  # the mixin disables this one while working
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([self.image, self.crop_h, self.crop_w, self.mode, self.margin, self.detect_button,
-                     self.crops_out, self.extract_button, self.bundle, self.predict_button, self.cancel_button,
-                     self.status])
+        self.extend(
+            [
+                self.image,
+                self.crop_h,
+                self.crop_w,
+                self.mode,
+                self.margin,
+                self.detect_button,
+                self.crops_out,
+                self.extract_button,
+                self.bundle,
+                self.predict_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
         self.figure = Figure(figsize=(4.5, 3.0), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
@@ -123,8 +147,10 @@ class SectionsWidget(RunsInBackground, Container):
             def extract():
                 from ncm_core.data.sections import extract_sections
 
-                return "extract", extract_sections([mosaic], out, overwrite=True, progress=progress, cancel=cancel,
-                                                   crop=kw["crop"], mode=kw["mode"], margin=kw["margin"])
+                return "extract", extract_sections(
+                    [mosaic], out, overwrite=True, progress=progress, cancel=cancel, **kw
+                )
+
             return extract
         bundle = str(self.bundle.value)
         if bundle in ("", "."):
@@ -134,10 +160,12 @@ class SectionsWidget(RunsInBackground, Container):
         guard_triton()
 
         def predict():
-            from ncm_core.training.regression import predict_section
+            from ncm_core.inference.sections import predict_section
 
-            return "predict", predict_section(bundle, mosaic, mode=kw["mode"], margin=kw["margin"],
-                                              progress=progress, cancel=cancel)
+            return "predict", predict_section(
+                bundle, mosaic, mode=kw["mode"], margin=kw["margin"], progress=progress, cancel=cancel
+            )
+
         return predict
 
     def _go(self, what: str, sync: bool):
@@ -168,17 +196,22 @@ class SectionsWidget(RunsInBackground, Container):
         for suffix in (" collector", " crops"):
             if f"{name}{suffix}" in self._viewer.layers:
                 self._viewer.layers.remove(f"{name}{suffix}")
-        self._viewer.add_shapes([geom.collector_line()], shape_type="line", edge_color="red", edge_width=3,
-                                name=f"{name} collector", **kw)
-        self._viewer.add_shapes(geom.crop_polygons(outline=True), shape_type="polygon", edge_color="yellow",
-                                face_color="transparent", edge_width=2, name=f"{name} crops",
-                                features={"crop": list(range(len(geom.crops)))}, **kw)
+        self._viewer.add_shapes(
+            [geom.collector_line()], shape_type="line", edge_color="red", edge_width=3, name=f"{name} collector", **kw
+        )
+        self._viewer.add_shapes(
+            geom.crop_polygons(outline=True),
+            shape_type="polygon",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            name=f"{name} crops",
+            features={"crop": list(range(len(geom.crops)))},
+            **kw,
+        )
 
     def _show_values(self, sp: Any) -> None:
-        import numpy as np
-
-        from ncm_core.viz.figures import draw_rate_capability
-        from ncm_core.data.targets import parse_c_rates
+        from ncm_core.viz.rate_capability import draw_section_prediction
 
         image = self.image.value
         kw = section_layers_kwargs(image)
@@ -190,15 +223,21 @@ class SectionsWidget(RunsInBackground, Container):
                 self._viewer.layers.remove(lname)
             v = sp.values[:, k]
             lo, hi = float(v.min()), float(v.max())
-            self._viewer.add_shapes(polys, shape_type="polygon", features=features, face_color=n,
-                                    face_colormap="viridis", face_contrast_limits=(lo, hi if hi > lo else lo + 1),
-                                    edge_width=0, opacity=0.6, name=lname, visible=k == 0, **kw)
-        summ = sp.summary()
-        draw_rate_capability(self.figure.gca() if self.figure.axes else self.figure.add_subplot(1, 1, 1), {},
-                             {image.name: (np.array([summ[n]["mean"] for n in sp.target_names]),
-                                           np.array([summ[n]["std"] for n in sp.target_names]))},
-                             sp.target_names, parse_c_rates(sp.target_names),
-                             title=f"Predicted ({len(sp.values)} crops)")
+            self._viewer.add_shapes(
+                polys,
+                shape_type="polygon",
+                features=features,
+                face_color=n,
+                face_colormap="viridis",
+                face_contrast_limits=(lo, hi if hi > lo else lo + 1),
+                edge_width=0,
+                opacity=0.6,
+                name=lname,
+                visible=k == 0,
+                **kw,
+            )
+        ax = self.figure.gca() if self.figure.axes else self.figure.add_subplot(1, 1, 1)
+        draw_section_prediction(ax, image.name, sp.summary(), sp.target_names, len(sp.values))
         self.figure.tight_layout()
         self.canvas.setVisible(True)
         self.canvas.draw_idle()
@@ -211,17 +250,16 @@ class SectionsWidget(RunsInBackground, Container):
         if what == "detect":
             self.geometry = res
             self._show_geometry(res)
-            th = f"{res.thickness_um:.1f} um" if res.thickness_um is not None else f"{res.thickness_px:.0f} px"
-            self.status.value = (f"collector {res.angle_deg:+.2f} deg{' (turned 180)' if res.turned else ''}, "
-                                 f"active layer {th}, {len(res.crops)} crops")
+            self.status.value = res.describe()
         elif what == "extract":
             self.status.value = f"crops written to {Path(res)}"
         else:
             self.prediction, self.geometry = res, res.geometry
             self._show_geometry(res.geometry)
             self._show_values(res)
-            parts = ", ".join(f"{n} {v['mean']:.4g}+-{v['std']:.2g}" for n, v in list(res.summary().items())[:3])
-            self.status.value = f"{len(res.values)} crops: {parts}{', ...' if len(res.target_names) > 3 else ''}"
+            from ncm_core.data.sections import summary_line
+
+            self.status.value = summary_line(res.summary(), len(res.values))
 
     def _has_result(self) -> bool:
         return self.result is not None

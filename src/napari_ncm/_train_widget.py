@@ -28,22 +28,55 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton,
-                              SpinBox, create_widget)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from qtpy.QtCore import QObject, Signal
 
 from napari_ncm._background import RunsInBackground
+from ncm_core.training.config import LOSSES, RegressConfig, TrainConfig
 
 if TYPE_CHECKING:
     import napari
 
 FOLDER, ANNOTATIONS = "Folder (class folders or tile set)", "Annotations in this viewer"
 CLASSIFY, REGRESS = "Classify tiles", "Regress values (cross-section crops)"
-_DEFAULTS = {  # widget -> (classification, regression) default
-    "arch": ("efficientnet_b0", "ncm_vgg"), "optimizer": ("adamw", "lookahead_radam"), "epochs": (10, 100),
-    "batch_size": (32, 38), "patience": (0, 20), "val_fraction": (0.25, 0.2),
+#: widget -> the option of TrainConfig (classification) and RegressConfig (regression) it shows
+_FIELDS = {
+    "arch": "architecture",
+    "optimizer": "optimizer",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "patience": "patience",
+    "val_fraction": "val_fraction",
 }
-_AUGMENT = (["flip,rot90", "flip", "rot90", "none"], ["shift,rotate,hflip", "shift,rotate", "hflip", "none"])
+
+
+def task_defaults(regress: bool) -> dict[str, Any]:
+    """The task's defaults of the widgets that switch with the task, read from its options class
+    (patience None shows as 0 = off)."""
+    c = RegressConfig() if regress else TrainConfig()
+    out = {w: getattr(c, f) for w, f in _FIELDS.items()}
+    out["patience"] = out["patience"] or 0
+    return out
+
+
+def augment_choices(regress: bool) -> list[str]:
+    """All of the task's augmentations, each alone (classification) or all but one, and none."""
+    from ncm_core.data.augment import AUGMENTATIONS
+
+    vocab = AUGMENTATIONS["regress" if regress else "classify"]
+    some = [",".join(vocab[:-1]), vocab[-1]] if regress else list(vocab)
+    return [",".join(vocab), *some, "none"]
 
 
 class _Bridge(QObject):
@@ -108,49 +141,116 @@ class TrainWidget(RunsInBackground, Container):
         super().__init__(labels=True)
         self._viewer = viewer = napari_viewer
         self.task = ComboBox(choices=[CLASSIFY, REGRESS], value=CLASSIFY, label="Task")
-        self.targets = FileEdit(mode="r", filter="*.csv", label="Targets CSV",
-                                tooltip="columns image,<target>,... : one row per mosaic (e.g. capacity per C-rate)")
-        self.group = LineEdit(value="", label="Group columns",
-                              tooltip="comma-separated CSV columns that are not targets, e.g. porosity")
-        self.folds = SpinBox(value=0, min=0, max=50, label="CV folds",
-                             tooltip="k-fold cross-validation grouped by mosaic; 0 = train one model")
-        self.loss = ComboBox(choices=["mape", "mae", "mse", "huber"], value="mape", label="Loss")
-        self.reg_input = LineEdit(value="56x168", label="Input (HxW)",
-                                  tooltip="model input size; crops are resized to it (empty = crop size)")
+        self.targets = FileEdit(
+            mode="r",
+            filter="*.csv",
+            label="Targets CSV",
+            tooltip="columns image,<target>,... : one row per mosaic (e.g. capacity per C-rate)",
+        )
+        self.group = LineEdit(
+            value="", label="Group columns", tooltip="comma-separated CSV columns that are not targets, e.g. porosity"
+        )
+        self.folds = SpinBox(
+            value=0,
+            min=0,
+            max=50,
+            label="CV folds",
+            tooltip="k-fold cross-validation grouped by mosaic; 0 = train one model",
+        )
+        self.loss = ComboBox(choices=list(LOSSES), value=RegressConfig.loss, label="Loss")
+        self.reg_input = LineEdit(
+            value="56x168", label="Input (HxW)", tooltip="model input size; crops are resized to it (empty = crop size)"
+        )
         self.source = ComboBox(choices=[FOLDER, ANNOTATIONS], value=FOLDER, label="Train from")
-        self.data = FileEdit(mode="d", label="Data folder", tooltip="class folders of frames, or a tile set (ncm crops)")
+        self.data = FileEdit(
+            mode="d", label="Data folder", tooltip="class folders of frames, or a tile set (ncm crops)"
+        )
         self.image = create_widget(annotation=napari.layers.Image, label="Image", options={"nullable": True})
-        self.labels = create_widget(annotation=napari.layers.Labels, label="Painted labels",
-                                    options={"nullable": True})
+        self.labels = create_widget(annotation=napari.layers.Labels, label="Painted labels", options={"nullable": True})
         self.shapes = create_widget(annotation=napari.layers.Shapes, label="Rectangles", options={"nullable": True})
-        self.classes = LineEdit(value=default_class_names(), label="Classes",
-                                tooltip="names of label values 1, 2, ... (comma separated)")
+        self.classes = LineEdit(
+            value=default_class_names(), label="Classes", tooltip="names of label values 1, 2, ... (comma separated)"
+        )
         self.new_labels = PushButton(text="New annotation layer")
-        self.exclude_rows = LineEdit(value="", label="Exclude rows",
-                                     tooltip="frames: rows no crop may touch, e.g. -32: for a 32-row SEM info bar")
-        self.tile = SpinBox(value=96, min=8, max=4096, label="Tile (px)",
-                            tooltip="tile size for annotations and class folders (a tile set keeps its own)")
-        self.arch = LineEdit(value="efficientnet_b0", label="Architecture", tooltip="any timm model name")
-        self.pretrained = FileEdit(mode="r", label="Pretrained weights", filter="*.safetensors *.pth *.pt *.bin",
-                                   tooltip="optional local weights file; nothing is downloaded")
+        self.exclude_rows = LineEdit(
+            value="",
+            label="Exclude rows",
+            tooltip="frames: rows no crop may touch, e.g. -32: for a 32-row SEM info bar",
+        )
+        self.tile = SpinBox(
+            value=96,
+            min=8,
+            max=4096,
+            label="Tile (px)",
+            tooltip="tile size for annotations and class folders (a tile set keeps its own)",
+        )
+        init = task_defaults(regress=False)
+        self.arch = LineEdit(value=init["arch"], label="Architecture", tooltip="any timm model name")
+        self.pretrained = FileEdit(
+            mode="r",
+            label="Pretrained weights",
+            filter="*.safetensors *.pth *.pt *.bin",
+            tooltip="optional local weights file; nothing is downloaded",
+        )
         self.input_size = SpinBox(value=0, min=0, max=2048, label="Input size (px)", tooltip="0 = tile size")
-        self.epochs = SpinBox(value=10, min=1, max=10000, label="Epochs")
-        self.batch_size = SpinBox(value=32, min=1, max=4096, label="Batch size")
-        self.lr = LineEdit(value="0.001", label="Learning rate")
-        self.optimizer = ComboBox(choices=["adamw", "adam", "sgd", "lookahead_radam"], value="adamw", label="Optimizer")
-        self.augment = ComboBox(choices=["flip,rot90", "flip", "rot90", "none"], value="flip,rot90", label="Augment")
-        self.normalize = CheckBox(value=False, text="Normalise by dataset mean/std")
-        self.patience = SpinBox(value=0, min=0, max=1000, label="Early stop", tooltip="epochs without improvement; 0 = off")
-        self.val_fraction = FloatSpinBox(value=0.25, min=0.05, max=0.8, step=0.05, label="Validation share")
+        self.epochs = SpinBox(value=init["epochs"], min=1, max=10000, label="Epochs")
+        self.batch_size = SpinBox(value=init["batch_size"], min=1, max=4096, label="Batch size")
+        self.lr = LineEdit(value=f"{TrainConfig.lr:g}", label="Learning rate")
+        self.optimizer = ComboBox(
+            choices=["adamw", "adam", "sgd", "lookahead_radam"], value=init["optimizer"], label="Optimizer"
+        )
+        choices = augment_choices(regress=False)
+        self.augment = ComboBox(choices=choices, value=choices[0], label="Augment")
+        self.normalize = CheckBox(value=TrainConfig.normalize, text="Normalise by dataset mean/std")
+        self.patience = SpinBox(
+            value=init["patience"], min=0, max=1000, label="Early stop", tooltip="epochs without improvement; 0 = off"
+        )
+        self.val_fraction = FloatSpinBox(
+            value=init["val_fraction"],
+            min=0.0,
+            max=0.8,
+            step=0.05,
+            label="Validation share",
+            tooltip="0 = no validation: the last epoch is kept",
+        )
         self.output = FileEdit(mode="d", label="Bundle folder", tooltip="empty = a temporary folder")
         self.run_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([self.task, self.source, self.data, self.targets, self.group, self.folds, self.loss,
-                     self.reg_input, self.exclude_rows, self.image, self.labels, self.shapes, self.classes,
-                     self.new_labels, self.tile, self.arch, self.pretrained, self.input_size, self.epochs, self.batch_size, self.lr,
-                     self.optimizer, self.augment, self.normalize, self.patience, self.val_fraction, self.output,
-                     self.run_button, self.cancel_button, self.status])
+        self.extend(
+            [
+                self.task,
+                self.source,
+                self.data,
+                self.targets,
+                self.group,
+                self.folds,
+                self.loss,
+                self.reg_input,
+                self.exclude_rows,
+                self.image,
+                self.labels,
+                self.shapes,
+                self.classes,
+                self.new_labels,
+                self.tile,
+                self.arch,
+                self.pretrained,
+                self.input_size,
+                self.epochs,
+                self.batch_size,
+                self.lr,
+                self.optimizer,
+                self.augment,
+                self.normalize,
+                self.patience,
+                self.val_fraction,
+                self.output,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
         self.figure = Figure(figsize=(4.5, 2.6), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
@@ -184,11 +284,11 @@ class TrainWidget(RunsInBackground, Container):
         return self.task.value == REGRESS
 
     def _task_changed(self) -> None:
-        k = int(self.regress)
-        for name, values in _DEFAULTS.items():
-            getattr(self, name).value = values[k]
-        self.augment.choices = _AUGMENT[k]
-        self.augment.value = _AUGMENT[k][0]
+        for name, value in task_defaults(self.regress).items():
+            getattr(self, name).value = value
+        choices = augment_choices(self.regress)
+        self.augment.choices = choices
+        self.augment.value = choices[0]
         if self.regress:
             self.source.value = FOLDER
         self._show_source()
@@ -200,8 +300,11 @@ class TrainWidget(RunsInBackground, Container):
         self.data.visible = not ann
         self.exclude_rows.visible = not ann and not reg
         self.tile.visible = self.input_size.visible = not reg
-        self.data.tooltip = ("crops from the Cross-section widget or 'ncm sections'" if reg
-                             else "class folders of frames, or a tile set (ncm crops)")
+        self.data.tooltip = (
+            "crops from the Cross-section widget or 'ncm sections'"
+            if reg
+            else "class folders of frames, or a tile set (ncm crops)"
+        )
         for w in (self.targets, self.group, self.folds, self.loss, self.reg_input):
             w.visible = reg
         for w in (self.image, self.labels, self.shapes, self.classes, self.new_labels):
@@ -213,8 +316,8 @@ class TrainWidget(RunsInBackground, Container):
     def new_annotation_layer(self):
         """A Labels layer over the chosen image, one value per class of *Classes*, with class colours and names."""
         import numpy as np
-
         from napari.utils.notifications import show_error
+
         from napari_ncm._layers import class_labels_kwargs
         from ncm_core.io.colors import class_colors
 
@@ -226,9 +329,13 @@ class TrainWidget(RunsInBackground, Container):
         data = image.data[0] if image.multiscale else image.data
         shape = data.shape[:2] if image.rgb else data.shape[-2:]
         kw = class_labels_kwargs(names, class_colors(len(names)), "unlabelled")
-        layer = self._viewer.add_labels(np.zeros(shape, np.uint8 if len(names) < 255 else np.uint16),
-                                        name=f"{image.name} annotations", scale=image.scale[-2:],
-                                        translate=image.translate[-2:], **kw)
+        layer = self._viewer.add_labels(
+            np.zeros(shape, np.uint8 if len(names) < 255 else np.uint16),
+            name=f"{image.name} annotations",
+            scale=image.scale[-2:],
+            translate=image.translate[-2:],
+            **kw,
+        )
         self.source.value = ANNOTATIONS
         self.labels.value = layer
         return layer
@@ -251,11 +358,19 @@ class TrainWidget(RunsInBackground, Container):
             raise NcmError(f"learning rate must be a positive number such as 0.001, got {self.lr.value!r}") from None
         if self.regress:
             return self._regress_job(out, lr)
-        kwargs = dict(architecture=self.arch.value.strip(), input_size=self.input_size.value or None,
-                      epochs=self.epochs.value, batch_size=self.batch_size.value, lr=lr,
-                      optimizer=self.optimizer.value, augment=self.augment.value, normalize=self.normalize.value,
-                      patience=self.patience.value or None, val_fraction=self.val_fraction.value,
-                      pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value))
+        kwargs = dict(
+            architecture=self.arch.value.strip(),
+            input_size=self.input_size.value or None,
+            epochs=self.epochs.value,
+            batch_size=self.batch_size.value,
+            lr=lr,
+            optimizer=self.optimizer.value,
+            augment=self.augment.value,
+            normalize=self.normalize.value,
+            patience=self.patience.value,
+            val_fraction=self.val_fraction.value,
+            pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value),
+        )
         from ncm_core.data.tiling import parse_rows
 
         ann, data = None, None
@@ -272,8 +387,8 @@ class TrainWidget(RunsInBackground, Container):
         tile = self.tile.value
 
         def task():
-            from ncm_core.evaluation.evaluate import evaluate
             from ncm_core.data.tilesets import is_tile_set, open_tile_set
+            from ncm_core.evaluation.evaluate import evaluate
             from ncm_core.training.classify import train
 
             src = data
@@ -281,13 +396,28 @@ class TrainWidget(RunsInBackground, Container):
                 from ncm_core.data.annotations import tiles_from_annotations
 
                 bridge.progress.emit((0, 0, "cutting annotated tiles"))
-                ts = tiles_from_annotations(ann["image"], tiles_dir, tile=tile, labels=ann["labels"], names=ann["names"],
-                                            rectangles=ann["rectangles"], val_fraction=kwargs["val_fraction"],
-                                            overwrite=True, cancel=cancel)
+                ts = tiles_from_annotations(
+                    ann["image"],
+                    tiles_dir,
+                    tile=tile,
+                    labels=ann["labels"],
+                    names=ann["names"],
+                    rectangles=ann["rectangles"],
+                    val_fraction=kwargs["val_fraction"],
+                    overwrite=True,
+                    cancel=cancel,
+                )
                 src = ts.root
-            r = train(src, out, tile_size=None if is_tile_set(src) else tile, exclude_rows=rows, cancel=cancel,
-                      progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
-                      on_epoch=lambda rec: bridge.epoch.emit(dict(rec)), **kwargs)
+            r = train(
+                src,
+                out,
+                tile_size=None if is_tile_set(src) else tile,
+                exclude_rows=rows,
+                cancel=cancel,
+                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                on_epoch=lambda rec: bridge.epoch.emit(dict(rec)),
+                **kwargs,
+            )
             metrics = None
             if is_tile_set(src) and open_tile_set(src).split("test"):
                 bridge.progress.emit((0, 0, "evaluating on the test split"))
@@ -305,12 +435,21 @@ class TrainWidget(RunsInBackground, Container):
             raise NcmError("choose the targets CSV (image,<target>,...)")
         data, targets = Path(str(self.data.value)), Path(str(self.targets.value))
         groups = [g.strip() for g in self.group.value.split(",") if g.strip()]
-        kwargs = dict(architecture=self.arch.value.strip(), epochs=self.epochs.value, batch_size=self.batch_size.value,
-                      lr=lr, optimizer=self.optimizer.value, augment=self.augment.value, loss=self.loss.value,
-                      normalize=self.normalize.value, patience=self.patience.value or None,
-                      val_fraction=self.val_fraction.value, input_size=self.reg_input.value.strip() or None,
-                      groups=groups,
-                      pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value))
+        kwargs = dict(
+            architecture=self.arch.value.strip(),
+            epochs=self.epochs.value,
+            batch_size=self.batch_size.value,
+            lr=lr,
+            optimizer=self.optimizer.value,
+            augment=self.augment.value,
+            loss=self.loss.value,
+            normalize=self.normalize.value,
+            patience=self.patience.value,
+            val_fraction=self.val_fraction.value,
+            input_size=self.reg_input.value.strip() or None,
+            groups=groups,
+            pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value),
+        )
         folds = self.folds.value
         if folds == 1:
             raise NcmError("cross-validation needs at least 2 folds (0 trains one model)")
@@ -320,8 +459,11 @@ class TrainWidget(RunsInBackground, Container):
         def task():
             from ncm_core.training.regression import cross_validate, train_regressor
 
-            common = dict(progress=lambda d, t, m: bridge.progress.emit((d, t, m)), cancel=cancel,
-                          on_epoch=lambda rec: bridge.epoch.emit(dict(rec)))
+            common = dict(
+                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                cancel=cancel,
+                on_epoch=lambda rec: bridge.epoch.emit(dict(rec)),
+            )
             if folds:
                 return cross_validate(data, targets, out, folds=folds, **common, **kwargs), None
             return train_regressor(data, targets, out, **common, **kwargs), None
@@ -339,9 +481,13 @@ class TrainWidget(RunsInBackground, Container):
             raise NcmError("choose a painted Labels layer and/or a Shapes layer of rectangles")
         lab = None
         if labels is not None:
-            if tuple(labels.scale[-2:]) != tuple(image.scale[-2:]) or tuple(labels.translate[-2:]) != tuple(image.translate[-2:]):
-                raise NcmError(f"labels layer {labels.name!r} is not aligned with image {image.name!r} (different "
-                               "scale or translate); paint on a layer made with 'New annotation layer'")
+            if tuple(labels.scale[-2:]) != tuple(image.scale[-2:]) or tuple(labels.translate[-2:]) != tuple(
+                image.translate[-2:]
+            ):
+                raise NcmError(
+                    f"labels layer {labels.name!r} is not aligned with image {image.name!r} (different "
+                    "scale or translate); paint on a layer made with 'New annotation layer'"
+                )
             lab = labels.data[0] if labels.multiscale else labels.data
         rects = shapes_to_rectangles(shapes, image) if shapes is not None else []
         return {"image": layer_to_mosaic(image), "labels": lab, "rectangles": rects, "names": self.class_names()}
@@ -371,14 +517,18 @@ class TrainWidget(RunsInBackground, Container):
             return
         self.result, self.metrics = value
         r = self.result
-        if hasattr(r, "metrics") or hasattr(r, "best_val_mape"):
+        if hasattr(r, "metrics") or r.metric == "val_mape":
             return self._regress_done(r)
-        msg = f"Done: {r.bundle} (validation accuracy {r.best_val_accuracy:.1%}, epoch {r.best_epoch})"
+        msg = f"Done: {r.bundle} ({_kept(r, 'accuracy', '.1%')})"
         if self.metrics is not None:
             tm = self.metrics["tiles"]
             msg += f"; test accuracy {tm['accuracy']:.1%}"
-            draw_confusion_matrix(self.cm_figure, tm["confusion_matrix"], tm["class_names"],
-                                  title=f"Test tiles: accuracy {tm['accuracy']:.1%}")
+            draw_confusion_matrix(
+                self.cm_figure,
+                tm["confusion_matrix"],
+                tm["class_names"],
+                title=f"Test tiles: accuracy {tm['accuracy']:.1%}",
+            )
             self.cm_canvas.setVisible(True)
             self.cm_canvas.draw_idle()
         self.status.value = msg
@@ -391,24 +541,41 @@ class TrainWidget(RunsInBackground, Container):
         from ncm_core.viz.figures import draw_rate_capability
 
         if not hasattr(r, "metrics"):  # one model
-            self.status.value = f"Done: {r.bundle} (validation MAPE {r.best_val_mape:.2f} %, epoch {r.best_epoch})"
+            self.status.value = f"Done: {r.bundle} ({_kept(r, 'MAPE', '.2f')})"
             hand_bundle_to_sections(self._viewer, str(r.bundle))
             return
-        from ncm_core.viz.figures import rate_capability_series
         from ncm_core.data.targets import parse_c_rates
+        from ncm_core.viz.figures import rate_capability_series
 
         m = r.metrics
         names = list(m["crops"]["targets"])
         by = next((g for g in (m.get("group_columns") or []) if g), "source")
         measured, predicted = rate_capability_series(r.predictions, names, by)
         self.cm_figure.clear()
-        draw_rate_capability(self.cm_figure.add_subplot(1, 1, 1), measured, predicted, names, parse_c_rates(names),
-                             title=f"{len(r.folds)}-fold CV: MAPE {m['fold_mean']['mape']:.2f} %", legend_title=by)
+        draw_rate_capability(
+            self.cm_figure.add_subplot(1, 1, 1),
+            measured,
+            predicted,
+            names,
+            parse_c_rates(names),
+            title=f"{len(r.folds)}-fold CV: MAPE {m['fold_mean']['mape']:.2f} %",
+            legend_title=by,
+        )
         self.cm_figure.tight_layout()
         self.cm_canvas.setVisible(True)
         self.cm_canvas.draw_idle()
-        self.status.value = (f"Done: {len(r.folds)}-fold CV, MAPE {m['fold_mean']['mape']:.2f} +- "
-                             f"{m['fold_std']['mape']:.2f} %, R^2 {m['fold_mean']['r2']:.3f}; reports in {r.out}")
+        self.status.value = (
+            f"Done: {len(r.folds)}-fold CV, MAPE {m['fold_mean']['mape']:.2f} +- "
+            f"{m['fold_std']['mape']:.2f} %, R^2 {m['fold_mean']['r2']:.3f}; reports in {r.out}"
+        )
 
     def _has_result(self) -> bool:
         return self.result is not None
+
+
+def _kept(r: Any, metric: str, fmt: str) -> str:
+    """``validation <metric> <value>, epoch k``, or that the last epoch was kept without validation."""
+    if not r.validated:
+        return f"no validation data: last epoch {r.best_epoch} kept"
+    unit = " %" if metric == "MAPE" else ""
+    return f"validation {metric} {format(r.best_value, fmt)}{unit}, epoch {r.best_epoch}"

@@ -16,6 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Lin
 from qtpy.QtCore import QObject, Signal
 
 from napari_ncm._background import RunsInBackground
+from ncm_core.training.config import TuneConfig
 
 if TYPE_CHECKING:
     import napari
@@ -39,26 +40,49 @@ class TuneWidget(RunsInBackground, Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self.data = FileEdit(mode="d", label="Data folder", tooltip="class folders of frames, or a tile set")
-        self.space = FileEdit(mode="r", label="Search space", filter="*.yaml *.yml *.json",
-                              tooltip="YAML/JSON file; empty = the SEM study's space (docs/tuning.md)")
-        self.trials = SpinBox(value=12, min=1, max=10000, label="Trials")
-        self.max_epochs = SpinBox(value=12, min=1, max=1000, label="Max epochs / trial")
-        self.min_epochs = SpinBox(value=1, min=1, max=1000, label="Min epochs")
-        self.reduction = SpinBox(value=3, min=2, max=10, label="Reduction factor")
-        self.pruner = ComboBox(choices=["asha", "hyperband", "none"], value="asha", label="Pruner")
+        self.space = FileEdit(
+            mode="r",
+            label="Search space",
+            filter="*.yaml *.yml *.json",
+            tooltip="YAML/JSON file; empty = the SEM study's space (docs/tuning.md)",
+        )
+        c = TuneConfig()
+        self.trials = SpinBox(value=c.n_trials, min=1, max=10000, label="Trials")
+        self.max_epochs = SpinBox(value=c.max_epochs, min=1, max=1000, label="Max epochs / trial")
+        self.min_epochs = SpinBox(value=c.min_epochs, min=1, max=1000, label="Min epochs")
+        self.reduction = SpinBox(value=c.reduction_factor, min=2, max=10, label="Reduction factor")
+        self.pruner = ComboBox(choices=["asha", "hyperband", "none"], value=c.pruner, label="Pruner")
         self.arch = LineEdit(value="", label="Architecture", tooltip="fixed model; empty = the space decides")
         self.tile = SpinBox(value=96, min=8, max=4096, label="Tile (px)", tooltip="for class folders of frames")
         self.exclude_rows = LineEdit(value="", label="Exclude rows", tooltip="e.g. -32: for an SEM info bar")
         self.output = FileEdit(mode="d", label="Study folder")
-        self.resume = CheckBox(value=False, text="Resume the study in this folder")
+        self.resume = CheckBox(value=c.resume, text="Resume the study in this folder")
         self.run_button = PushButton(text="Tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.use_best = PushButton(text="Use best bundle in Predict", enabled=False)
         self.status = Label(value="")
         self.table = Table(value={"data": [], "columns": ["trial", "state", "accuracy", "epochs", "parameters"]})
-        self.extend([self.data, self.space, self.trials, self.max_epochs, self.min_epochs, self.reduction,
-                     self.pruner, self.arch, self.tile, self.exclude_rows, self.output, self.resume,
-                     self.run_button, self.cancel_button, self.use_best, self.status, self.table])
+        self.extend(
+            [
+                self.data,
+                self.space,
+                self.trials,
+                self.max_epochs,
+                self.min_epochs,
+                self.reduction,
+                self.pruner,
+                self.arch,
+                self.tile,
+                self.exclude_rows,
+                self.output,
+                self.resume,
+                self.run_button,
+                self.cancel_button,
+                self.use_best,
+                self.status,
+                self.table,
+            ]
+        )
         self.figure = Figure(figsize=(4.5, 2.4), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
@@ -79,8 +103,8 @@ class TuneWidget(RunsInBackground, Container):
         from napari_ncm._torch import guard_triton
 
         guard_triton()
-        from ncm_core.errors import NcmError
         from ncm_core.data.tiling import parse_rows
+        from ncm_core.errors import NcmError
         from ncm_core.training.tune import tune
 
         if str(self.data.value) in ("", "."):
@@ -98,16 +122,29 @@ class TuneWidget(RunsInBackground, Container):
 
         if is_tile_set(Path(str(self.data.value))):
             fixed.pop("tile_size")
-        kwargs = dict(space=space, n_trials=self.trials.value, max_epochs=self.max_epochs.value,
-                      min_epochs=self.min_epochs.value, reduction_factor=self.reduction.value,
-                      pruner=self.pruner.value, resume=self.resume.value, train_kwargs=fixed)
+        kwargs = dict(
+            space=space,
+            n_trials=self.trials.value,
+            max_epochs=self.max_epochs.value,
+            min_epochs=self.min_epochs.value,
+            reduction_factor=self.reduction.value,
+            pruner=self.pruner.value,
+            resume=self.resume.value,
+            train_kwargs=fixed,
+        )
         data, out = Path(str(self.data.value)), Path(str(self.output.value))
         self._cancel = threading.Event()
         cancel, bridge = self._cancel, self._bridge
 
         def task():
-            return tune(data, out, cancel=cancel, progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
-                        on_trial=lambda tr: bridge.trial.emit(_row(tr)), **kwargs)
+            return tune(
+                data,
+                out,
+                cancel=cancel,
+                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                on_trial=lambda tr: bridge.trial.emit(_row(tr)),
+                **kwargs,
+            )
 
         return task
 
@@ -123,30 +160,19 @@ class TuneWidget(RunsInBackground, Container):
     # ------------------------------------------------------------ callbacks (main thread)
     def _on_trial(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        self.table.value = {"data": [[r["trial"], r["state"], "" if r["value"] is None else f"{r['value']:.3f}",
-                                      r["epochs"], r["params"]] for r in self.rows],
-                            "columns": ["trial", "state", "accuracy", "epochs", "parameters"]}
+        self.table.value = {
+            "data": [
+                [r["trial"], r["state"], "" if r["value"] is None else f"{r['value']:.3f}", r["epochs"], r["params"]]
+                for r in self.rows
+            ],
+            "columns": ["trial", "state", "accuracy", "epochs", "parameters"],
+        }
         self._draw()
 
     def _draw(self) -> None:
-        import numpy as np
+        from ncm_core.training.tune_plots import draw_trials
 
-        self.figure.clear()
-        ax = self.figure.add_subplot(1, 1, 1)
-        vals = [r["value"] for r in self.rows]
-        x = np.arange(1, len(vals) + 1)
-        done = [(k, v) for k, v in zip(x, vals) if v is not None]
-        if done:
-            ax.plot(*zip(*done), "o", ms=4, label="complete trial")
-            best = np.maximum.accumulate([v if v is not None else -np.inf for v in vals])
-            ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", label="best so far")
-        pruned = [k for k, r in zip(x, self.rows) if r["state"] == "PRUNED"]
-        if pruned:
-            ax.plot(pruned, [0.0] * len(pruned), "x", color="grey", label="pruned")
-        ax.set(xlabel="finished trials", ylabel="validation accuracy", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(alpha=0.3)
-        self.figure.tight_layout()
+        draw_trials(self.figure, [r["value"] for r in self.rows], [r["state"] for r in self.rows])
         self.canvas.draw_idle()
 
     def _on_done(self, result: Any) -> None:
@@ -154,8 +180,10 @@ class TuneWidget(RunsInBackground, Container):
             return
         self.result = result
         self.use_best.enabled = result.best_bundle is not None
-        self.status.value = (f"Done: {result.n_complete} complete, {result.n_pruned} pruned; best trial "
-                             f"{result.best_trial} ({result.best_value:.1%}) -> {result.best_bundle}")
+        self.status.value = (
+            f"Done: {result.n_complete} complete, {result.n_pruned} pruned; best trial "
+            f"{result.best_trial} ({result.best_value:.1%}) -> {result.best_bundle}"
+        )
 
     def use_best_bundle(self) -> None:
         """Hand the best trial's bundle to the Predict widget (opened if needed)."""
@@ -172,5 +200,10 @@ def _row(trial: Any) -> dict[str, Any]:
     """A finished trial as plain values (safe to send between threads)."""
     import json
 
-    return {"trial": trial.number, "state": trial.state.name, "value": trial.value,
-            "epochs": len(trial.intermediate_values), "params": json.dumps(trial.params)}
+    return {
+        "trial": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "epochs": len(trial.intermediate_values),
+        "params": json.dumps(trial.params),
+    }

@@ -39,8 +39,13 @@ def layer_to_mosaic(layer: Any):
     m = open_mosaic(arr, axes="yxc" if layer.rgb else "yx")
     sy, sx = (float(v) for v in layer.scale[-2:])
     pixel = None if (sy == 1.0 and sx == 1.0) else sx
-    return Mosaic(data=m.data, pixel_size=pixel, translate=tuple(float(v) for v in layer.translate[-2:]),
-                  source=f"napari layer {layer.name!r}", name=layer.name)
+    return Mosaic(
+        data=m.data,
+        pixel_size=pixel,
+        translate=tuple(float(v) for v in layer.translate[-2:]),
+        source=f"napari layer {layer.name!r}",
+        name=layer.name,
+    )
 
 
 def hand_bundle_to_predict(viewer: Any, path: str, open_if_missing: bool = False) -> int:
@@ -70,19 +75,42 @@ class PredictWidget(RunsInBackground, Container):
         self.image = create_widget(annotation=napari.layers.Image, label="Image")
         self.bundle = FileEdit(mode="d", label="Model bundle", tooltip="folder with config.json and model.safetensors")
         self.stride = SpinBox(value=0, min=0, max=100000, label="Stride (px)", tooltip="0 = tile size (no overlap)")
-        self.batch_size = SpinBox(value=64, min=1, max=4096, label="Batch size")
+        from ncm_core.inference.options import PredictOptions
+
+        d = PredictOptions()  # the one home of the defaults (light: no torch)
+        self.batch_size = SpinBox(value=d.batch_size, min=1, max=4096, label="Batch size")
         self.exclude_rows = LineEdit(value="", label="Exclude rows", tooltip="e.g. -32: skips a 32-row SEM info bar")
-        self.foreground = CheckBox(value=False, text="Skip background tiles")
-        self.dense = CheckBox(value=False, text="Dense (shared features)",
-                              tooltip="with a stride below the tile: run the network's trunk once per block; "
-                                      "undecided tiles are rechecked exactly")
-        self.output = FileEdit(mode="w", label="Output (.zarr)", filter="*.zarr",
-                               tooltip="where the prediction is written; empty = a temporary folder")
+        self.foreground = CheckBox(value=d.foreground, text="Skip background tiles")
+        self.dense = CheckBox(
+            value=d.dense,
+            text="Dense (shared features)",
+            tooltip="with a stride below the tile: run the network's trunk once per block; "
+            "undecided tiles are rechecked exactly",
+        )
+        self.output = FileEdit(
+            mode="w",
+            label="Output (.zarr)",
+            filter="*.zarr",
+            tooltip="where the prediction is written; empty = a temporary folder",
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([self.image, self.bundle, self.stride, self.batch_size, self.exclude_rows, self.foreground,
-                     self.dense, self.output, self.run_button, self.cancel_button, self.status])
+        self.extend(
+            [
+                self.image,
+                self.bundle,
+                self.stride,
+                self.batch_size,
+                self.exclude_rows,
+                self.foreground,
+                self.dense,
+                self.output,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
@@ -98,9 +126,9 @@ class PredictWidget(RunsInBackground, Container):
         from napari_ncm._torch import guard_triton
 
         guard_triton()  # before torch is first imported in this napari session
+        from ncm_core.data.tiling import parse_rows
         from ncm_core.errors import NcmError
         from ncm_core.inference.predict import predict_mosaic_steps
-        from ncm_core.data.tiling import parse_rows
 
         layer = self.image.value
         if layer is None:
@@ -116,10 +144,18 @@ class PredictWidget(RunsInBackground, Container):
         rows = parse_rows(self.exclude_rows.value)
         mosaic = layer_to_mosaic(layer)
         self._cancel = threading.Event()
-        gen = predict_mosaic_steps(bundle, mosaic, out, stride=self.stride.value or None,
-                                   batch_size=self.batch_size.value, exclude_rows=rows,
-                                   foreground=self.foreground.value, dense=self.dense.value, overwrite=True,
-                                   cancel=self._cancel)
+        gen = predict_mosaic_steps(
+            bundle,
+            mosaic,
+            out,
+            stride=self.stride.value or None,
+            batch_size=self.batch_size.value,
+            exclude_rows=rows,
+            foreground=self.foreground.value,
+            dense=self.dense.value,
+            overwrite=True,
+            cancel=self._cancel,
+        )
         return gen, layer.name
 
     def run(self, sync: bool = False):
@@ -186,11 +222,15 @@ class PredictWidget(RunsInBackground, Container):
         msg = f"Done: {at['n_predicted']} tiles in {at['seconds']:.1f} s ({prediction.grid.tile} px)"
         if at.get("ood_fraction") is not None:
             msg += f"; {at['ood_fraction']:.0%} unlike the training tiles"
-            if at["ood_fraction"] > 0.2:
+            from ncm_core.inference.options import OOD_WARN_FRACTION
+
+            if at["ood_fraction"] > OOD_WARN_FRACTION:
                 from napari.utils.notifications import show_warning
 
-                show_warning(f"{at['ood_fraction']:.0%} of the tiles of {self._name!r} look unlike the model's "
-                             "training tiles: their classes are unreliable (see the out-of-distribution layer)")
+                show_warning(
+                    f"{at['ood_fraction']:.0%} of the tiles of {self._name!r} look unlike the model's "
+                    "training tiles: their classes are unreliable (see the out-of-distribution layer)"
+                )
         self.status.value = msg + f" -> {prediction.path.name}"
         self.probabilities_dock()
 

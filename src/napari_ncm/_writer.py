@@ -10,13 +10,10 @@ import numpy as np
 
 
 def _prepare(path: str) -> Path:
-    import shutil
-
+    """The output path, with ``.zarr`` added if missing (napari has asked before replacing it)."""
     p = Path(path)
     if not p.name.endswith(".zarr"):
         p = p.with_name(p.name + ".zarr")
-    if p.exists():
-        shutil.rmtree(p)
     return p
 
 
@@ -31,7 +28,8 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import dask.array as da
     import zarr
 
-    from ncm_core.io.mosaic import write_label_group
+    from ncm_core.io.ngff import write_label_group
+    from ncm_core.outputs import atomic_output
 
     p = _prepare(path)
     arr = da.asarray(data[0] if meta.get("multiscale") else data)
@@ -45,10 +43,23 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     colors = None
     cmap = meta.get("colormap")
     if cmap is not None and hasattr(cmap, "color_dict"):
-        colors = {int(k): tuple(float(x) for x in v) for k, v in cmap.color_dict.items() if k is not None and int(k) > 0}
-    root = zarr.open_group(str(p), mode="w", zarr_format=3)
-    write_label_group(root, None, arr, scale=scale, translate=trans, unit=None,
-                      chunks=tuple(min(512, s) for s in arr.shape), colors=colors, properties=props, source="../")
+        colors = {
+            int(k): tuple(float(x) for x in v) for k, v in cmap.color_dict.items() if k is not None and int(k) > 0
+        }
+    with atomic_output(p, overwrite=True, folder=False) as part:
+        root = zarr.open_group(str(part), mode="w", zarr_format=3)
+        write_label_group(
+            root,
+            None,
+            arr,
+            scale=scale,
+            translate=trans,
+            unit=None,
+            chunks=tuple(min(512, s) for s in arr.shape),
+            colors=colors,
+            properties=props,
+            source="../",
+        )
     return [str(p)]
 
 
@@ -57,7 +68,8 @@ def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import dask.array as da
     import zarr
 
-    from ncm_core.io.mosaic import NGFF_VERSION, ngff_multiscales
+    from ncm_core.io.ngff import NGFF_VERSION, ngff_multiscales
+    from ncm_core.outputs import atomic_output
 
     p = _prepare(path)
     arr = da.asarray(data[0] if meta.get("multiscale") else data)
@@ -67,12 +79,21 @@ def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise ValueError(f"{p}: napari-ncm writes 2-D images or (channel, y, x) stacks, not {arr.ndim}-D")
     scale, trans = _transform(meta, arr.ndim)
     leading = ("c",) if arr.ndim == 3 else ()
-    root = zarr.open_group(str(p), mode="w", zarr_format=3)
     chunks = arr.shape[:-2] + tuple(min(512, s) for s in arr.shape[-2:])
-    z = root.create_array("0", shape=arr.shape, dtype=arr.dtype, chunks=chunks,
-                          fill_value=np.nan if np.issubdtype(arr.dtype, np.floating) else 0)
-    da.store(arr.rechunk(chunks), z, lock=False)
-    root.attrs["ome"] = {"version": NGFF_VERSION,
-                         "multiscales": [ngff_multiscales(1, scale, trans, leading=leading, unit=None,
-                                                          name=str(meta.get("name", "image")))]}
+    with atomic_output(p, overwrite=True, folder=False) as part:
+        root = zarr.open_group(str(part), mode="w", zarr_format=3)
+        z = root.create_array(
+            "0",
+            shape=arr.shape,
+            dtype=arr.dtype,
+            chunks=chunks,
+            fill_value=np.nan if np.issubdtype(arr.dtype, np.floating) else 0,
+        )
+        da.store(arr.rechunk(chunks), z, lock=False)
+        root.attrs["ome"] = {
+            "version": NGFF_VERSION,
+            "multiscales": [
+                ngff_multiscales(1, scale, trans, leading=leading, unit=None, name=str(meta.get("name", "image")))
+            ],
+        }
     return [str(p)]

@@ -16,31 +16,49 @@ from ncm_core._version import __version__
 
 _EXPORTS = {
     "NcmError": "errors",
+    # io
     "Mosaic": "io.mosaic",
     "open_mosaic": "io.mosaic",
     "write_ome_zarr": "io.mosaic",
+    # data
     "TileGrid": "data.tiling",
+    "build_crops": "data.crops",
+    "CropOptions": "data.crops",
+    "tiles_from_annotations": "data.annotations",
+    "detect_section": "data.sections",
+    "extract_sections": "data.sections",
+    "SectionOptions": "data.sections",
+    "read_targets": "data.targets",
+    # models
     "build_model": "models.factory",
     "BundleConfig": "models.bundle",
     "ModelBundle": "models.bundle",
     "load_bundle": "models.bundle",
     "save_bundle": "models.bundle",
-    "build_crops": "data.crops",
-    "tiles_from_annotations": "data.annotations",
-    "train": "training.classify",
-    "tune": "training.tune",
+    # inference
     "predict_mosaic": "inference.predict",
+    "PredictOptions": "inference.options",
     "open_prediction": "inference.predict",
+    "predict_section": "inference.sections",
+    # explain
+    "explain": "explain.methods",
+    "explain_mosaic": "explain.heatmaps",
+    "ExplainOptions": "explain.options",
+    # evaluation
     "evaluate": "evaluation.evaluate",
     "evaluate_prediction": "evaluation.evaluate",
     "summarize_prediction": "evaluation.evaluate",
-    "run_demo": "workflows.demo",
-    "detect_section": "data.sections",
-    "extract_sections": "data.sections",
-    "read_targets": "data.targets",
+    # training
+    "train": "training.classify",
+    "TrainConfig": "training.config",
     "train_regressor": "training.regression",
-    "cross_validate": "training.regression",
-    "predict_section": "training.regression",
+    "RegressConfig": "training.config",
+    "cross_validate": "training.cross_validation",
+    "tune": "training.tune",
+    "TuneConfig": "training.config",
+    # workflows
+    "explain_folder": "workflows.explanations",
+    "run_demo": "workflows.demo",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ncm_core.errors import Cancelled
 
 ProgressFn = Callable[[int, int, str], None]
-CancelFlag = Optional[Any]
+CancelFlag = Any | None
 
 
 def is_cancelled(cancel: CancelFlag) -> bool:

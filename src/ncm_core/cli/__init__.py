@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ncm_core.errors import Cancelled, NcmError
 
@@ -19,8 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ncm_core._version import __version__
     from ncm_core.cli import data, demo, explain, predict, training
 
-    p = argparse.ArgumentParser(prog="ncm", description="Tiling, training and prediction of CNN models on "
-                                "microscopy mosaics of battery electrodes.")
+    p = argparse.ArgumentParser(
+        prog="ncm",
+        description="Tiling, training and prediction of CNN models on microscopy mosaics of battery electrodes.",
+    )
     p.add_argument("--version", action="version", version=f"napari-ncm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in (data, training, predict, explain, demo):
@@ -29,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ncm_core.inference.predict import PredictionIncomplete
-
     import warnings
+
+    from ncm_core.inference.predict import PredictionIncomplete
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-
 import json
 from pathlib import Path
 
 from ncm_core.cli._args import common, positive, progress, rows
+from ncm_core.data.crops import CropOptions
+
+K = CropOptions
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -17,20 +19,36 @@ def cmd_sample(a: argparse.Namespace) -> None:
     out = Path(a.out)
     if a.kind == "sem-frames":
         synth.write_sem_dataset(out, a.frames, (a.size + a.info_bar, a.size), info_bar=a.info_bar, seed=a.seed)
-        print(f"wrote {len(synth.CLASS_NAMES) * a.frames} SEM frames in {len(synth.CLASS_NAMES)} class folders to {out}")
+        print(
+            f"wrote {len(synth.CLASS_NAMES) * a.frames} SEM frames in {len(synth.CLASS_NAMES)} class folders to {out}"
+        )
     elif a.kind == "sem-mosaic":
         m = synth.sem_mosaic(tuple(a.shape) if a.shape else (1100, 1500), seed=a.seed)
-        write_ome_zarr(out, m.image, pixel_size=m.pixel_size, chunks=a.chunks, levels=2, labels={"truth": m.truth + 1},
-                       label_classes={"truth": list(m.class_names)}, overwrite=a.overwrite, name="sem_mosaic")
+        write_ome_zarr(
+            out,
+            m.image,
+            pixel_size=m.pixel_size,
+            chunks=a.chunks,
+            levels=2,
+            labels={"truth": m.truth + 1},
+            label_classes={"truth": list(m.class_names)},
+            overwrite=a.overwrite,
+            name="sem_mosaic",
+        )
         print(f"wrote a {m.image.shape[0]}x{m.image.shape[1]} px SEM mosaic with its truth labels to {out}")
     elif a.kind == "section-set":
-        synth.write_section_dataset(out, per_porosity=a.per_porosity, shape=tuple(a.shape) if a.shape else (600, 1800),
-                                    seed=a.seed)
-        print(f"wrote {5 * a.per_porosity} cross-section mosaics and their rate capability "
-              f"({out / 'targets.csv'}) to {out}")
+        synth.write_section_dataset(
+            out, per_porosity=a.per_porosity, shape=tuple(a.shape) if a.shape else (600, 1800), seed=a.seed
+        )
+        print(
+            f"wrote {5 * a.per_porosity} cross-section mosaics and their rate capability "
+            f"({out / 'targets.csv'}) to {out}"
+        )
     else:
         s = synth.cross_section(a.porosity, tuple(a.shape) if a.shape else (600, 1800), tilt_deg=a.tilt, seed=a.seed)
-        write_ome_zarr(out, s.image, pixel_size=s.pixel_size, chunks=a.chunks, overwrite=a.overwrite, name="cross_section")
+        write_ome_zarr(
+            out, s.image, pixel_size=s.pixel_size, chunks=a.chunks, overwrite=a.overwrite, name="cross_section"
+        )
         meta = {"porosity": s.porosity, "tilt_deg": s.tilt_deg, "thickness_um": s.thickness_um, **s.targets}
         out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
         print(f"wrote a cross-section (porosity {s.porosity:.3f}) to {out}, labels to {out.with_suffix('.json')}")
@@ -39,25 +57,48 @@ def cmd_sample(a: argparse.Namespace) -> None:
 def cmd_crops(a: argparse.Namespace) -> None:
     from ncm_core.data.crops import build_crops
 
-    ts = build_crops(a.data, a.out, size=a.size, per_frame=a.per_frame, val_fraction=a.val_fraction,
-                     test_fraction=a.test_fraction, exclude_rows=a.exclude_rows, masks=a.masks,
-                     max_masked=a.max_masked, seed=a.seed, overwrite=a.overwrite, progress=progress("crops", a.quiet))
+    opts = CropOptions(
+        size=a.size,
+        per_frame=a.per_frame,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+        exclude_rows=a.exclude_rows,
+        masks=a.masks,
+        max_masked=a.max_masked,
+        seed=a.seed,
+        overwrite=a.overwrite,
+    )
+    ts = build_crops(a.data, a.out, opts, progress=progress("crops", a.quiet))
     counts = ts.counts()
-    parts = ", ".join(f"{s} {sum(counts.get(s, {}).values())} crops of {len(ts.groups(s))} frames"
-                      for s in ("train", "val", "test") if s in counts)
+    parts = ", ".join(
+        f"{s} {sum(counts.get(s, {}).values())} crops of {len(ts.groups(s))} frames"
+        for s in ("train", "val", "test")
+        if s in counts
+    )
     print(f"tile set: {ts.root}  {len(ts.class_names)} classes; {parts}")
 
 
 def cmd_sections(a: argparse.Namespace) -> None:
     from ncm_core.data.sections import SUMMARY, extract_sections
 
-    out = extract_sections(a.mosaics, a.out, crop=a.crop, mode=a.mode, stride=a.stride, margin=a.margin,
-                           pixel_size=a.pixel_size, overwrite=a.overwrite, progress=progress("sections", a.quiet))
+    out = extract_sections(
+        a.mosaics,
+        a.out,
+        crop=a.crop,
+        mode=a.mode,
+        stride=a.stride,
+        margin=a.margin,
+        pixel_size=a.pixel_size,
+        overwrite=a.overwrite,
+        progress=progress("sections", a.quiet),
+    )
     info = json.loads((out / SUMMARY).read_text())
     for m in info["mosaics"]:
         th = f"{m['thickness_um']:.1f} um" if m["thickness_um"] is not None else f"{m['thickness_px']:.0f} px"
-        print(f"{m['name']}: collector angle {m['angle_deg']:+.2f} deg{' (turned 180)' if m['turned'] else ''}, "
-              f"active layer {th}, {len(m['crops'])} crops")
+        print(
+            f"{m['name']}: collector angle {m['angle_deg']:+.2f} deg{' (turned 180)' if m['turned'] else ''}, "
+            f"active layer {th}, {len(m['crops'])} crops"
+        )
     print(f"crops: {out} ({sum(len(m['crops']) for m in info['mosaics'])} in all; manifest {out / 'sections.csv'})")
 
 
@@ -80,26 +121,52 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("crops", help="random crops of class-folder frames into a tile set, frames held out first")
     c.add_argument("data", help="folder with one sub-folder of frames per class")
     c.add_argument("out", help="tile-set folder to write (train/, val/, test/, manifest.csv, manifest.json)")
-    c.add_argument("--size", type=positive, default=224, help="crop size in pixels (default 224)")
-    c.add_argument("--per-frame", type=positive, default=32, help="crops per frame (default 32)")
-    c.add_argument("--val-fraction", type=float, default=0.2, help="share of each class's frames for validation")
-    c.add_argument("--test-fraction", type=float, default=0.2, help="share of each class's frames for testing")
+    c.add_argument("--size", type=positive, default=K.size, help=f"crop size in pixels (default {K.size})")
+    c.add_argument("--per-frame", type=positive, default=K.per_frame, help=f"crops per frame (default {K.per_frame})")
+    c.add_argument(
+        "--val-fraction",
+        type=float,
+        default=K.val_fraction,
+        help=f"share of each class's frames for validation (default {K.val_fraction})",
+    )
+    c.add_argument(
+        "--test-fraction",
+        type=float,
+        default=K.test_fraction,
+        help=f"share of each class's frames for testing (default {K.test_fraction})",
+    )
     c.add_argument("--exclude-rows", type=rows, help="band no crop may touch, e.g. --exclude-rows=-32: (SEM info bar)")
     c.add_argument("--masks", help="folder like DATA with <class>/<frame stem>.png masks, non-zero = avoid")
-    c.add_argument("--max-masked", type=float, default=0.0, help="largest masked share of a crop (default 0)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--max-masked",
+        type=float,
+        default=K.max_masked,
+        help=f"largest masked share of a crop (default {K.max_masked:g})",
+    )
+    c.add_argument("--seed", type=int, default=K.seed)
     c.add_argument("--overwrite", action="store_true")
     common(c, device=False)
     c.set_defaults(func=cmd_crops)
     x = sub.add_parser("sections", help="find the collector in cross-section mosaics, straighten, cut crops")
     x.add_argument("mosaics", nargs="+", help="cross-section mosaics (TIFF, zarr, PNG, ...)")
     x.add_argument("--out", required=True, help="crop folder to write (crops, sections.csv, sections.json)")
-    x.add_argument("--crop", type=positive, nargs=2, metavar=("H", "W"), default=(224, 672),
-                   help="crop height and width in pixels (default 224 672)")
-    x.add_argument("--mode", choices=["center", "sliding"], default="center",
-                   help="one row of crops centred in the active layer, or a sliding window")
-    x.add_argument("--stride", type=positive, nargs=2, metavar=("SY", "SX"), help="sliding-window stride "
-                   "(default half a crop)")
+    x.add_argument(
+        "--crop",
+        type=positive,
+        nargs=2,
+        metavar=("H", "W"),
+        default=(224, 672),
+        help="crop height and width in pixels (default 224 672)",
+    )
+    x.add_argument(
+        "--mode",
+        choices=["center", "sliding"],
+        default="center",
+        help="one row of crops centred in the active layer, or a sliding window",
+    )
+    x.add_argument(
+        "--stride", type=positive, nargs=2, metavar=("SY", "SX"), help="sliding-window stride (default half a crop)"
+    )
     x.add_argument("--margin", type=int, default=4, help="pixels left out at the collector and the surface")
     x.add_argument("--pixel-size", type=float, help="micrometres per pixel, when the files do not say")
     x.add_argument("--overwrite", action="store_true")

@@ -3,62 +3,95 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from ncm_core.cli._args import common, positive, progress, rows, truth
 from ncm_core.errors import NcmError
+from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from ncm_core.models.bundle import load_bundle
 
-    if load_bundle(a.bundle).config.task == "regress":
-        return _predict_section(a)
+    bundle = load_bundle(a.bundle)  # loaded once, for the task check and the run
+    if bundle.config.task == "regress":
+        return _predict_section(a, bundle)
     from ncm_core.inference.predict import predict_mosaic
 
-    p = predict_mosaic(a.bundle, a.mosaic, a.out, tile=a.tile, stride=a.stride, batch_size=a.batch_size,
-                       exclude_rows=a.exclude_rows, foreground=a.foreground, device=a.device,
-                       overwrite=a.overwrite, resume=not a.restart, scheduler=a.dask_scheduler, dense=a.dense,
-                       dense_recheck=a.dense_recheck, backend=a.backend, ood=not a.no_ood,
-                       progress=progress("predict", a.quiet))
+    p = predict_mosaic(
+        bundle,
+        a.mosaic,
+        a.out,
+        tile=a.tile,
+        stride=a.stride,
+        batch_size=a.batch_size,
+        exclude_rows=a.exclude_rows,
+        foreground=a.foreground,
+        device=a.device,
+        overwrite=a.overwrite,
+        resume=not a.restart,
+        scheduler=a.dask_scheduler,
+        dense=a.dense,
+        dense_recheck=a.dense_recheck,
+        backend=a.backend,
+        ood=not a.no_ood,
+        progress=progress("predict", a.quiet),
+    )  # None (an option not given) keeps the default
     at = p.attrs
-    print(f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
-          f"{at['n_predicted']} predicted, {at['n_masked']} masked"
-          + (f", dense ({at['n_rechecked']} rechecked exactly)" if "n_rechecked" in at else ", dense" if at["dense"] else "")
-          + f", {at['seconds']:.1f} s")
+    print(
+        f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
+        f"{at['n_predicted']} predicted, {at['n_masked']} masked"
+        + (
+            f", dense ({at['n_rechecked']} rechecked exactly)"
+            if "n_rechecked" in at
+            else ", dense"
+            if at["dense"]
+            else ""
+        )
+        + f", {at['seconds']:.1f} s"
+    )
     from ncm_core.evaluation.evaluate import summarize_prediction, write_rows
 
     rows = summarize_prediction(p, truth(a.regions)[0] if a.regions else None)
     whole = rows[0] if not a.regions else summarize_prediction(p)[0]
     if whole["tiles"]:
-        print(f"whole image: {whole['predicted']} (mean probability {whole['confidence']:.2f}); majority "
-              f"{whole['majority']} ({whole['majority_fraction']:.0%} of tiles)")
+        print(
+            f"whole image: {whole['predicted']} (mean probability {whole['confidence']:.2f}); majority "
+            f"{whole['majority']} ({whole['majority_fraction']:.0%} of tiles)"
+        )
     if "ood_fraction" in whole and whole["tiles"]:
-        warn = "  WARNING: much of this image is unlike the training data" if whole["ood_fraction"] > 0.2 else ""
+        warn = (
+            "  WARNING: much of this image is unlike the training data"
+            if whole["ood_fraction"] > OOD_WARN_FRACTION
+            else ""
+        )
         print(f"out-of-distribution tiles: {whole['ood_fraction']:.1%}{warn}")
     if a.summary:
         write_rows(Path(a.summary), rows)
         print(f"summary written to {a.summary}")
 
 
-def _predict_section(a: argparse.Namespace) -> None:
-    from ncm_core.training.regression import predict_section, write_section_prediction
+def _predict_section(a: argparse.Namespace, bundle: object) -> None:
+    from ncm_core.evaluation.regression import write_section_prediction
+    from ncm_core.inference.sections import predict_section
+    from ncm_core.outputs import check_output
 
-    out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        raise NcmError("output exists; choose another or pass --overwrite", out)
-    sp = predict_section(a.bundle, a.mosaic, mode=a.mode, device=a.device, progress=progress("predict", a.quiet))
+    out = check_output(a.out, a.overwrite)
+    sp = predict_section(bundle, a.mosaic, mode=a.mode, device=a.device, progress=progress("predict", a.quiet))
     write_section_prediction(sp, out)
     g = sp.geometry
-    print(f"section: collector angle {g.angle_deg:+.2f} deg, active layer "
-          f"{g.thickness_um:.1f} um" if g.thickness_um is not None else f"{g.thickness_px:.0f} px", end="")
-    print(f", {len(g.crops)} crops")
+    print(section_line(g))
     for n, v in sp.summary().items():
         print(f"  {n}: {v['mean']:.4g} +- {v['std']:.2g}")
-    if sp.ood is not None and (sp.ood > 1).mean() > 0.2:
+    if sp.ood is not None and (sp.ood > 1).mean() > OOD_WARN_FRACTION:
         print(f"WARNING: {(sp.ood > 1).mean():.0%} of the crops are unlike the training data")
     print(f"prediction: {out / 'crops.csv'}, {out / 'summary.json'}, {out / 'rate_capability.png'}")
+
+
+def section_line(g: object) -> str:
+    """The one-line summary of a section's geometry (thickness in um when the pixel size is known, else px)."""
+    thickness = f"{g.thickness_um:.1f} um" if g.thickness_um is not None else f"{g.thickness_px:.0f} px"
+    return f"section: collector angle {g.angle_deg:+.2f} deg, active layer {thickness}, {len(g.crops)} crops"
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -74,8 +107,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     else:
         if not (a.bundle and a.data):
             raise NcmError("evaluate needs BUNDLE and DATA (class folders), or --prediction and --truth")
-        m = evaluate(a.bundle, a.data, out=a.out, split=a.split, device=a.device,
-                     progress=progress("evaluate", a.quiet))
+        m = evaluate(
+            a.bundle, a.data, out=a.out, split=a.split, device=a.device, progress=progress("evaluate", a.quiet)
+        )
         for level in ("images", "tiles"):
             mm = m[level]
             extra = "".join(f", {f} {mm[f + '_accuracy']:.1%}" for f in mm.get("marginals", {}))
@@ -94,28 +128,58 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("out", help="output zarr group, e.g. prediction.zarr (regression: a folder)")
     r.add_argument("--tile", type=positive, help="tile size in pixels (default: the bundle's)")
     r.add_argument("--stride", type=positive, help="tile stride in pixels (default: tile)")
-    r.add_argument("--batch-size", type=positive, default=64)
+    d = PredictOptions()
+    r.add_argument(
+        "--batch-size", type=positive, default=d.batch_size, help=f"tiles per batch (default {d.batch_size})"
+    )
     r.add_argument("--exclude-rows", type=rows, help="band of rows to skip, e.g. --exclude-rows=-32:")
     r.add_argument("--foreground", action="store_true", help="skip empty (flat) background tiles")
-    r.add_argument("--dense", action="store_true", help="overlapping tiles (stride < tile): run the trunk once per "
-                   "block and pool each tile's features (faster, approximate near tile borders)")
-    r.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="inference engine: auto (default) uses ONNX Runtime on the CPU where it is installed and "
-                        "measures faster, else PyTorch")
-    r.add_argument("--dense-recheck", type=float, default=0.3, metavar="MARGIN",
-                   help="dense mode: evaluate a tile exactly when its two most probable classes are closer than "
-                        "this (default 0.3; 0 = never)")
+    r.add_argument(
+        "--dense",
+        action="store_true",
+        help="overlapping tiles (stride < tile): run the trunk once per "
+        "block and pool each tile's features (faster, approximate near tile borders)",
+    )
+    r.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default=d.backend,
+        help="inference engine: auto (default) uses ONNX Runtime on the CPU where it is installed and "
+        "measures faster, else PyTorch",
+    )
+    r.add_argument(
+        "--dense-recheck",
+        type=float,
+        default=d.dense_recheck,
+        metavar="MARGIN",
+        help="dense mode: evaluate a tile exactly when its two most probable classes are closer than "
+        f"this (default {d.dense_recheck}; 0 = never)",
+    )
     r.add_argument("--overwrite", action="store_true")
-    r.add_argument("--summary", help="CSV with the aggregate (mean probabilities, majority, confidence, OOD share) "
-                   "of the whole image, or of each region with --regions")
+    r.add_argument(
+        "--summary",
+        help="CSV with the aggregate (mean probabilities, majority, confidence, OOD share) "
+        "of the whole image, or of each region with --regions",
+    )
     r.add_argument("--regions", help="per-pixel region map (e.g. OME-Zarr labels) to aggregate tiles by")
     r.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution scores")
-    r.add_argument("--mode", choices=["center", "sliding"], default="center",
-                   help="regression bundles: crops along the cross-section, centred or sliding")
-    r.add_argument("--dask-scheduler", metavar="ADDRESS", help="run blocks on dask.distributed: tcp://host:8786 "
-                   "(a running scheduler) or local:N (N local worker processes)")
-    r.add_argument("--restart", action="store_true", help="ignore the record of an interrupted run and start again "
-                   "(by default the same command resumes it)")
+    r.add_argument(
+        "--mode",
+        choices=["center", "sliding"],
+        default="center",
+        help="regression bundles: crops along the cross-section, centred or sliding",
+    )
+    r.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run blocks on dask.distributed: tcp://host:8786 "
+        "(a running scheduler) or local:N (N local worker processes)",
+    )
+    r.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore the record of an interrupted run and start again (by default the same command resumes it)",
+    )
     common(r)
     r.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="score a bundle on class folders, or a prediction against a truth map")

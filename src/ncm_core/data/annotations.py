@@ -13,17 +13,19 @@ that :func:`ncm_core.training.classify.train` reads like the crops of ``ncm crop
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ncm_core.data.tilesets import TileSet, TileSetWriter, split_groups
+from ncm_core.data.tiling import TileGrid, extract_tiles
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import open_mosaic
+from ncm_core.options import merge_options
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
-from ncm_core.data.tiling import TileGrid, extract_tiles
-from ncm_core.data.tilesets import TileSet, TileSetWriter, split_groups
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,12 @@ def _check_labels(labels: Any, shape: tuple[int, int]) -> np.ndarray:
         return lab  # the usual case: no copy of a mosaic-sized array
     outside = int(np.count_nonzero(lab[H:, :])) + int(np.count_nonzero(lab[:H, W:]))
     if outside:
-        raise NcmError(f"{outside} labelled pixels lie outside the image ({H}x{W} px; labels are {h}x{w} px): "
-                       "erase them or paint on a labels layer of the image's size")
+        raise NcmError(
+            f"{outside} labelled pixels lie outside the image ({H}x{W} px; labels are {h}x{w} px): "
+            "erase them or paint on a labels layer of the image's size"
+        )
     out = np.zeros((H, W), lab.dtype)
-    out[:min(h, H), :min(w, W)] = lab[:H, :W]
+    out[: min(h, H), : min(w, W)] = lab[:H, :W]
     return out
 
 
@@ -61,8 +65,10 @@ def _label_groups(lab: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, l
     values = [int(v) for v in np.unique(lab) if v != 0]
     unnamed = [v for v in values if v not in names]
     if unnamed:
-        raise NcmError(f"label value(s) {unnamed} have no class name (named: "
-                       f"{', '.join(f'{k}={v}' for k, v in sorted(names.items()))})")
+        raise NcmError(
+            f"label value(s) {unnamed} have no class name (named: "
+            f"{', '.join(f'{k}={v}' for k, v in sorted(names.items()))})"
+        )
     gid = np.zeros(lab.shape, np.int32)
     groups: list[tuple[str, str]] = []
     for v in values:
@@ -72,7 +78,9 @@ def _label_groups(lab: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, l
     return gid, groups
 
 
-def _rect_groups(rects: Sequence[Rectangle], shape: tuple[int, int]) -> tuple[list[tuple[int, int, int, int]], list[int], list[tuple[str, str]]]:
+def _rect_groups(
+    rects: Sequence[Rectangle], shape: tuple[int, int]
+) -> tuple[list[tuple[int, int, int, int]], list[int], list[tuple[str, str]]]:
     """Clipped integer rectangles, their group index, and the groups (overlapping same-class rectangles merged)."""
     H, W = shape
     boxes = []
@@ -102,7 +110,10 @@ def _rect_groups(rects: Sequence[Rectangle], shape: tuple[int, int]) -> tuple[li
 
 
 def annotated_cells(
-    grid: TileGrid, labels: np.ndarray | None, names: dict[int, str], rects: Sequence[Rectangle],
+    grid: TileGrid,
+    labels: np.ndarray | None,
+    names: dict[int, str],
+    rects: Sequence[Rectangle],
     min_coverage: float,
 ) -> tuple[dict[tuple[int, int], int], list[tuple[str, str]], int]:
     """Cell -> group index for cells covered at least ``min_coverage`` by one group; the groups; and the
@@ -116,12 +127,12 @@ def annotated_cells(
         rows, cols = grid.shape
         for i in range(rows):  # one band of cells at a time: memory ~ one row of tiles
             y0 = grid.offset[0] + i * grid.stride
-            band = gid[y0:y0 + t, grid.offset[1]:]
+            band = gid[y0 : y0 + t, grid.offset[1] :]
             if not band.any():
                 continue
             for j in range(cols):
                 x0 = j * grid.stride
-                cell = band[:, x0:x0 + t]
+                cell = band[:, x0 : x0 + t]
                 if not cell.any():
                     continue
                 ids, counts = np.unique(cell[cell > 0], return_counts=True)
@@ -162,13 +173,45 @@ def annotated_cells(
     return cells, groups, conflicts
 
 
+@dataclass(frozen=True)
+class AnnotationTilesOptions:
+    """Options of :func:`tiles_from_annotations`.
+
+    ``tile`` grid tile size in px (required); ``min_coverage`` the share of a tile's pixels that one
+    region must cover (more than half); ``val_fraction``, ``test_fraction`` shares of each class's
+    regions held out whole.
+    """
+
+    tile: int | None = None
+    min_coverage: float = 0.75
+    val_fraction: float = 0.25
+    test_fraction: float = 0.0
+    seed: int = 0
+    overwrite: bool = False
+
+    def validate(self) -> AnnotationTilesOptions:
+        if self.tile is None:
+            raise NcmError("a tile size is needed (tile=...)")
+        if not 0.5 < self.min_coverage <= 1:
+            raise NcmError(f"minimum coverage must be in (0.5, 1], got {self.min_coverage}")
+        return self
+
+
 def tiles_from_annotations(
-    image: Any, out: str | Path, *, tile: int, labels: Any = None, names: dict[int, str] | Sequence[str] | None = None,
-    rectangles: Sequence[Rectangle] = (), min_coverage: float = 0.75, val_fraction: float = 0.25,
-    test_fraction: float = 0.0, seed: int = 0, overwrite: bool = False, progress: ProgressFn | None = None,
+    image: Any,
+    out: str | Path,
+    options: AnnotationTilesOptions | None = None,
+    *,
+    labels: Any = None,
+    names: dict[int, str] | Sequence[str] | None = None,
+    rectangles: Sequence[Rectangle] = (),
+    progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
+    **overrides: Any,
 ) -> TileSet:
     """Write the grid tiles under painted labels and/or rectangles of ``image`` as a tile set in ``out``.
+
+    Settings: ``options`` or keyword ``overrides`` of :class:`AnnotationTilesOptions` (``tile=96``, ...).
 
     Parameters
     ----------
@@ -179,13 +222,12 @@ def tiles_from_annotations(
         for values 1, 2, ...
     rectangles
         :class:`Rectangle` s in image pixels.
-    min_coverage
-        Share of a tile's pixels that one region must cover (more than half).
     """
+    o = merge_options(AnnotationTilesOptions, options, overrides).validate()
+    tile, min_coverage, val_fraction, test_fraction = o.tile, o.min_coverage, o.val_fraction, o.test_fraction
+    seed = o.seed
     mosaic = open_mosaic(image)
     H, W = mosaic.shape
-    if not 0.5 < min_coverage <= 1:
-        raise NcmError(f"minimum coverage must be in (0.5, 1], got {min_coverage}")
     if labels is None and not rectangles:
         raise NcmError("nothing annotated: paint labels or draw rectangles first")
     if names is None:
@@ -197,8 +239,10 @@ def tiles_from_annotations(
     grid = TileGrid((H, W), tile, edge="drop")
     cells, groups, conflicts = annotated_cells(grid, lab, names, rectangles, min_coverage)
     if not cells:
-        raise NcmError(f"no {tile} px tile is at least {min_coverage:.0%} covered by one annotated region; paint "
-                       "larger regions or use a smaller tile")
+        raise NcmError(
+            f"no {tile} px tile is at least {min_coverage:.0%} covered by one annotated region; paint "
+            "larger regions or use a smaller tile"
+        )
     if conflicts:
         import warnings
 
@@ -207,20 +251,26 @@ def tiles_from_annotations(
     if len(class_names) < 2:
         raise NcmError(f"only one class is annotated ({class_names[0]!r}); a classifier needs at least two")
     used = sorted(set(cells.values()))
-    splits_by_group = split_groups({groups[g][0]: class_names.index(groups[g][1]) for g in used}, class_names,
-                                   val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=False)
-    writer = TileSetWriter(out, class_names, tile, overwrite=overwrite)
+    splits_by_group = split_groups(
+        {groups[g][0]: class_names.index(groups[g][1]) for g in used},
+        class_names,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        strict=False,
+    )
+    writer = TileSetWriter(out, class_names, tile, overwrite=o.overwrite)
     src = mosaic.source or mosaic.name or "image"
     try:
         keep = np.zeros(grid.shape, bool)
         for i, j in cells:
             keep[i, j] = True
         block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), 1024 * 1024)
-        blocks = [b for b in grid.blocks(block) if keep[b[0]:b[1], b[2]:b[3]].any()]
+        blocks = [b for b in grid.blocks(block) if keep[b[0] : b[1], b[2] : b[3]].any()]
         for k, (r0, r1, c0, c1) in enumerate(blocks):
             check_cancel(cancel)
             y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
-            region = np.asarray(mosaic.data[y0:min(y1, H), x0:min(x1, W)].compute(scheduler="synchronous"))
+            region = np.asarray(mosaic.data[y0 : min(y1, H), x0 : min(x1, W)].compute(scheduler="synchronous"))
             win = extract_tiles(region, grid, r0, r1, c0, c1)
             for i in range(r0, r1):
                 for j in range(c0, c1):
@@ -228,13 +278,30 @@ def tiles_from_annotations(
                         continue
                     gname, cls = groups[cells[(i, j)]]
                     a0, a1, b0, b1 = grid.cell_rect(i, j)
-                    writer.add(np.ascontiguousarray(win[i - r0, j - c0]), splits_by_group[gname], cls, src, gname,
-                               (a0, b0, a1, b1), f"r{i:05d}_c{j:05d}")
+                    writer.add(
+                        np.ascontiguousarray(win[i - r0, j - c0]),
+                        splits_by_group[gname],
+                        cls,
+                        src,
+                        gname,
+                        (a0, b0, a1, b1),
+                        f"r{i:05d}_c{j:05d}",
+                    )
             report(progress, k + 1, len(blocks), "tiles")
-        params = {"kind": "annotations", "image": src, "image_shape": [H, W], "tile": tile,
-                  "min_coverage": min_coverage, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                  "seed": seed, "label_names": {str(k): v for k, v in names.items()},
-                  "rectangles": len(rectangles), "groups": len(used), "conflicts": conflicts}
+        params = {
+            "kind": "annotations",
+            "image": src,
+            "image_shape": [H, W],
+            "tile": tile,
+            "min_coverage": min_coverage,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "label_names": {str(k): v for k, v in names.items()},
+            "rectangles": len(rectangles),
+            "groups": len(used),
+            "conflicts": conflicts,
+        }
         return writer.finish(params, splits_by_group)
     except BaseException:
         writer.abort()

@@ -11,14 +11,49 @@ rectangle.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ncm_core.data.datasets import load_image, scan_class_folders
 from ncm_core.errors import NcmError
+from ncm_core.options import merge_options
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
-from ncm_core.data.tilesets import TileSet, TileSetWriter, split_groups
+
+if TYPE_CHECKING:
+    from ncm_core.data.tilesets import TileSet
+
+
+@dataclass(frozen=True)
+class CropOptions:
+    """Options of :func:`build_crops`.
+
+    ``size`` crop side in px; ``per_frame`` crops per frame; ``val_fraction``, ``test_fraction`` shares
+    of each class's frames held out (whole frames, before cropping); ``exclude_rows`` a band of rows no
+    crop may touch, e.g. ``(-32, None)`` for an SEM info bar; ``masks`` an optional folder mirroring the
+    data, ``masks/<class>/<frame stem>.png``, non-zero where crops must not go; ``max_masked`` the
+    largest share of masked pixels a crop may contain.
+    """
+
+    size: int = 224
+    per_frame: int = 32
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    exclude_rows: tuple[int | None, int | None] | None = None
+    masks: str | Path | None = None
+    max_masked: float = 0.0
+    seed: int = 0
+    overwrite: bool = False
+
+    def validate(self) -> CropOptions:
+        if self.size < 8:
+            raise NcmError(f"crop size must be at least 8 px, got {self.size}")
+        if self.per_frame < 1:
+            raise NcmError(f"crops per frame must be at least 1, got {self.per_frame}")
+        if self.seed < 0:
+            raise NcmError(f"seed must be a non-negative whole number, got {self.seed}")
+        return self
 
 
 def _valid_mask(shape: tuple[int, int], exclude_rows, mask: np.ndarray | None) -> np.ndarray:
@@ -34,7 +69,9 @@ def _valid_mask(shape: tuple[int, int], exclude_rows, mask: np.ndarray | None) -
     return ok
 
 
-def crop_positions(valid: np.ndarray, size: int, n: int, rng: np.random.Generator, max_invalid: float = 0.0) -> np.ndarray:
+def crop_positions(
+    valid: np.ndarray, size: int, n: int, rng: np.random.Generator, max_invalid: float = 0.0
+) -> np.ndarray:
     """``n`` random top-left corners of ``size`` px crops whose share of invalid pixels is at most ``max_invalid``.
 
     Uses a summed-area table, so every allowed position is equally likely.
@@ -53,41 +90,35 @@ def crop_positions(valid: np.ndarray, size: int, n: int, rng: np.random.Generato
 
 
 def build_crops(
-    data: str | Path, out: str | Path, *, size: int = 224, per_frame: int = 32, val_fraction: float = 0.2,
-    test_fraction: float = 0.2, exclude_rows: tuple[int | None, int | None] | None = None,
-    masks: str | Path | None = None, max_masked: float = 0.0, seed: int = 0, overwrite: bool = False,
-    progress: ProgressFn | None = None, cancel: CancelFlag = None,
+    data: str | Path,
+    out: str | Path,
+    options: CropOptions | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
+    **overrides: Any,
 ) -> TileSet:
     """Cut ``per_frame`` random ``size`` px crops from every frame of ``data/<class>/*`` into a tile set.
 
-    Parameters
-    ----------
-    val_fraction, test_fraction
-        Shares of each class's frames held out (whole frames, before cropping).
-    exclude_rows
-        A band of rows no crop may touch, e.g. ``(-32, None)`` for an SEM info bar.
-    masks
-        Optional folder mirroring ``data``: ``masks/<class>/<frame stem>.png``,
-        non-zero where crops must not go (scale bars, charging artefacts...).
-    max_masked
-        Largest share of masked pixels a crop may contain (default 0).
+    Settings: ``options`` or keyword ``overrides`` of :class:`CropOptions` fields (``size=96``, ...).
     """
-    if size < 8:
-        raise NcmError(f"crop size must be at least 8 px, got {size}")
-    if per_frame < 1:
-        raise NcmError(f"crops per frame must be at least 1, got {per_frame}")
-    if seed < 0:
-        raise NcmError(f"seed must be a non-negative whole number, got {seed}")
+    from ncm_core.data.datasets import load_image, scan_class_folders  # reads images with dask: loaded on use
+    from ncm_core.data.tilesets import TileSetWriter, split_groups
+
+    o = merge_options(CropOptions, options, overrides).validate()
+    size, per_frame, val_fraction, test_fraction, seed = o.size, o.per_frame, o.val_fraction, o.test_fraction, o.seed
+    exclude_rows, masks, max_masked = o.exclude_rows, o.masks, o.max_masked
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
     groups = {str(f.relative_to(ds.root)): y for f, y in zip(ds.files, ds.labels)}
-    splits = split_groups(groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction,
-                          seed=seed, where=ds.root)
+    splits = split_groups(
+        groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, where=ds.root
+    )
     mask_root = None if masks is None else Path(masks).expanduser()
     if mask_root is not None and not mask_root.is_dir():
         raise NcmError("mask folder not found", mask_root)
-    writer = TileSetWriter(out, ds.class_names, size, overwrite=overwrite)
+    writer = TileSetWriter(out, ds.class_names, size, overwrite=o.overwrite)
     shapes, kinds = set(), set()
     try:
         for k, (f, y) in enumerate(zip(ds.files, ds.labels)):
@@ -97,8 +128,11 @@ def build_crops(
             shapes.add(img.shape[:2])
             kinds.add((img.ndim, img.shape[2] if img.ndim == 3 else 1, img.dtype.str))
             if len(kinds) > 1:
-                raise NcmError("frames differ in channels or bit depth from the earlier frames "
-                               f"({sorted(kinds)}); convert them to one kind", f)
+                raise NcmError(
+                    "frames differ in channels or bit depth from the earlier frames "
+                    f"({sorted(kinds)}); convert them to one kind",
+                    f,
+                )
             mask = None
             if mask_root is not None:
                 mf = mask_root / ds.class_names[y] / (f.stem + ".png")
@@ -111,17 +145,29 @@ def build_crops(
             except NcmError as exc:
                 raise NcmError(str(exc), f) from None
             for j, (y0, x0) in enumerate(pos):
-                c = img[y0:y0 + size, x0:x0 + size]
-                writer.add(c, splits[rel], ds.class_names[y], rel, rel, (y0, x0, y0 + size, x0 + size),
-                           f"{f.stem}_{j:04d}")
+                c = img[y0 : y0 + size, x0 : x0 + size]
+                writer.add(
+                    c, splits[rel], ds.class_names[y], rel, rel, (y0, x0, y0 + size, x0 + size), f"{f.stem}_{j:04d}"
+                )
             report(progress, k + 1, len(ds.files), f.name)
         if len(shapes) > 1:
-            warnings.warn(f"{ds.root}: frames have {len(shapes)} different sizes; crops are all {size} px, "
-                          "but check that the frames share one pixel size", stacklevel=2)
-        params = {"kind": "crops", "data": str(ds.root), "size": size, "per_frame": per_frame,
-                  "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-                  "exclude_rows": None if exclude_rows is None else list(exclude_rows),
-                  "masks": None if mask_root is None else str(mask_root), "max_masked": max_masked}
+            warnings.warn(
+                f"{ds.root}: frames have {len(shapes)} different sizes; crops are all {size} px, "
+                "but check that the frames share one pixel size",
+                stacklevel=2,
+            )
+        params = {
+            "kind": "crops",
+            "data": str(ds.root),
+            "size": size,
+            "per_frame": per_frame,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "exclude_rows": None if exclude_rows is None else list(exclude_rows),
+            "masks": None if mask_root is None else str(mask_root),
+            "max_masked": max_masked,
+        }
         return writer.finish(params, splits)
     except BaseException:
         writer.abort()

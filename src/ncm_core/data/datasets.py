@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 
+from ncm_core.data.augment import parse_augment
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import PIL_SUFFIXES, TIFF_SUFFIXES, open_mosaic
 
@@ -43,8 +44,11 @@ def scan_class_folders(root: str | Path, class_names: list[str] | None = None) -
     if class_names is not None:
         unknown = sorted(set(names) - set(class_names))
         if unknown:
-            raise NcmError(f"folders {unknown} are not classes of the model ({len(class_names)} classes: "
-                           f"{', '.join(class_names[:6])}{', ...' if len(class_names) > 6 else ''})", root)
+            raise NcmError(
+                f"folders {unknown} are not classes of the model ({len(class_names)} classes: "
+                f"{', '.join(class_names[:6])}{', ...' if len(class_names) > 6 else ''})",
+                root,
+            )
     else:
         class_names = names
     files, labels = [], []
@@ -73,8 +77,10 @@ def split_by_image(ds: FolderDataset, val_fraction: float, seed: int = 0) -> tup
         if len(idx) == 0:
             continue
         if len(idx) < 2:
-            raise NcmError(f"class {name!r} has only {len(idx)} image; at least 2 are needed to hold one out "
-                           "for validation", ds.root / name)
+            raise NcmError(
+                f"class {name!r} has only {len(idx)} image; at least 2 are needed to hold one out for validation",
+                ds.root / name,
+            )
         idx = rng.permutation(idx)
         n_val = min(max(1, round(val_fraction * len(idx))), len(idx) - 1)
         val += idx[:n_val].tolist()
@@ -89,22 +95,6 @@ def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = 
         start, stop, _ = slice(*exclude_rows).indices(img.shape[0])
         img = np.concatenate([img[:start], img[stop:]], axis=0)
     return img
-
-
-AUGMENTATIONS = ("flip", "rot90")
-
-
-def parse_augment(augment: bool | str | Iterable[str] | None) -> tuple[str, ...]:
-    """Augmentations as a tuple of names: ``True`` is all of :data:`AUGMENTATIONS`, ``"flip,rot90"`` a selection."""
-    if augment is True:
-        return AUGMENTATIONS
-    if augment in (False, None, "", "none"):
-        return ()
-    items = [s.strip() for s in augment.split(",")] if isinstance(augment, str) else list(augment)
-    unknown = sorted(set(items) - set(AUGMENTATIONS))
-    if unknown:
-        raise NcmError(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)} or none")
-    return tuple(a for a in AUGMENTATIONS if a in items)
 
 
 def _augment(c: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
@@ -123,11 +113,15 @@ def augment_tiles(tiles: np.ndarray, rng: np.random.Generator, ops: tuple[str, .
 
 
 def random_crops(
-    images: list[np.ndarray], labels: list[int], size: int, per_image: int, rng: np.random.Generator,
+    images: list[np.ndarray],
+    labels: list[int],
+    size: int,
+    per_image: int,
+    rng: np.random.Generator,
     augment: bool | tuple[str, ...] = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``per_image`` random ``size`` x ``size`` crops of every image, with flips and 90-degree turns."""
-    ops = parse_augment(augment)
+    ops = parse_augment(augment, "classify")
     crops, ys = [], []
     for img, y in zip(images, labels):
         h, w = img.shape[:2]
@@ -135,7 +129,15 @@ def random_crops(
             raise NcmError(f"crop size {size} px is larger than an image ({h}x{w} px)")
         for _ in range(per_image):
             y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-            c = _augment(img[y0:y0 + size, x0:x0 + size], rng, ops)
+            c = _augment(img[y0 : y0 + size, x0 : x0 + size], rng, ops)
             crops.append(np.ascontiguousarray(c))
             ys.append(y)
     return np.stack(crops), np.asarray(ys)
+
+
+def natural_key(value: Any) -> tuple[int, Any]:
+    """Sort key for labels: numbers first, in numeric order (``"2"`` before ``"10"``), then other text."""
+    try:
+        return (0, float(value))
+    except (TypeError, ValueError):
+        return (1, str(value))

@@ -13,9 +13,9 @@ import csv
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -71,8 +71,9 @@ def image_stem(name: str) -> str:
     return stem
 
 
-def read_targets(path: str | Path, *, targets: Sequence[str] | None = None, groups: Sequence[str] = (),
-                 check_mape: bool = True) -> Targets:
+def read_targets(
+    path: str | Path, *, targets: Sequence[str] | None = None, groups: Sequence[str] = (), check_mape: bool = True
+) -> Targets:
     """Read and check a targets CSV.
 
     ``targets`` picks target columns (default: every column but ``image`` and
@@ -100,8 +101,9 @@ def read_targets(path: str | Path, *, targets: Sequence[str] | None = None, grou
         raise NcmError("targets CSV is empty", path)
     header = [h.strip() for h in rows[0]]
     if IMAGE_COLUMN not in header:
-        raise NcmError(f"targets CSV needs an {IMAGE_COLUMN!r} column naming each mosaic (found: {', '.join(header)})",
-                       path)
+        raise NcmError(
+            f"targets CSV needs an {IMAGE_COLUMN!r} column naming each mosaic (found: {', '.join(header)})", path
+        )
     for g in groups:
         if g not in header:
             raise NcmError(f"grouping column {g!r} is not in the CSV (columns: {', '.join(header)})", path)
@@ -146,9 +148,15 @@ def read_targets(path: str | Path, *, targets: Sequence[str] | None = None, grou
     for k, n in enumerate(names):
         if check_mape and np.any(arr[:, k] == 0):
             i = int(np.flatnonzero(arr[:, k] == 0)[0])
-            raise NcmError(f"target {n!r} is 0 for {images[i]!r}: MAPE is undefined at zero; use another loss "
-                           "(--loss mae, mse or huber)", path)
+            raise NcmError(
+                f"target {n!r} is 0 for {images[i]!r}: MAPE is undefined at zero; use another loss "
+                "(--loss mae, mse or huber)",
+                path,
+            )
         if len(arr) > 1 and np.ptp(arr[:, k]) == 0:
-            warnings.warn(f"{path}: target {n!r} has the same value ({arr[0, k]:g}) for every image: the model "
-                          "cannot learn anything about it and R^2 is undefined", stacklevel=2)
+            warnings.warn(
+                f"{path}: target {n!r} has the same value ({arr[0, k]:g}) for every image: the model "
+                "cannot learn anything about it and R^2 is undefined",
+                stacklevel=2,
+            )
     return Targets(path, images, names, arr, group_vals)

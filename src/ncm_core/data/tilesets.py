@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import read_json
+from ncm_core.outputs import check_output, finalize, partial_path, remove
 
 FORMAT = "ncm-tiles"
 FORMAT_VERSION = 1
@@ -52,8 +53,17 @@ class TileRecord:
 
     def row(self) -> dict[str, Any]:
         y0, x0, y1, x1 = self.rect
-        return {"file": self.file, "split": self.split, "class": self.cls, "source": self.source,
-                "group": self.group, "y0": y0, "x0": x0, "y1": y1, "x1": x1}
+        return {
+            "file": self.file,
+            "split": self.split,
+            "class": self.cls,
+            "source": self.source,
+            "group": self.group,
+            "y0": y0,
+            "x0": x0,
+            "y1": y1,
+            "x1": x1,
+        }
 
 
 @dataclass
@@ -89,8 +99,10 @@ class TileSet:
         for r in recs:
             t = _read_tile(self.root / r.file)
             if t.shape[:2] != (self.tile_size, self.tile_size):
-                raise NcmError(f"tile is {t.shape[0]}x{t.shape[1]} px but the set's tile size is "
-                               f"{self.tile_size} px", self.root / r.file)
+                raise NcmError(
+                    f"tile is {t.shape[0]}x{t.shape[1]} px but the set's tile size is {self.tile_size} px",
+                    self.root / r.file,
+                )
             tiles.append(t)
         shapes = {t.shape for t in tiles}
         if len(shapes) > 1:
@@ -109,8 +121,11 @@ def check_leakage(records: Iterable[TileRecord], where: str | Path | None = None
     for r in records:
         s = seen.setdefault(r.group, r.split)
         if s != r.split:
-            raise NcmError(f"leakage: group {r.group!r} has tiles in both {s!r} and {r.split!r}; "
-                           "rebuild the tile set (groups must be split before tiles are cut)", where)
+            raise NcmError(
+                f"leakage: group {r.group!r} has tiles in both {s!r} and {r.split!r}; "
+                "rebuild the tile set (groups must be split before tiles are cut)",
+                where,
+            )
 
 
 def open_tile_set(path: str | Path) -> TileSet:
@@ -141,8 +156,14 @@ def open_tile_set(path: str | Path) -> TileSet:
 
 
 def split_groups(
-    group_classes: dict[str, int], class_names: list[str], *, val_fraction: float, test_fraction: float = 0.0,
-    seed: int = 0, strict: bool = True, where: str | Path | None = None,
+    group_classes: dict[str, int],
+    class_names: list[str],
+    *,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    strict: bool = True,
+    where: str | Path | None = None,
 ) -> dict[str, str]:
     """Assign whole groups to ``train``/``val``/``test``, stratified by class.
 
@@ -166,10 +187,13 @@ def split_groups(
             continue
         if len(groups) < need:
             if strict:
-                raise NcmError(f"class {name!r} has {len(groups)} source image(s); {need} are needed to hold "
-                               "whole images out for validation and test", where)
+                raise NcmError(
+                    f"class {name!r} has {len(groups)} source image(s); {need} are needed to hold "
+                    "whole images out for validation and test",
+                    where,
+                )
             short.append(name)
-            out.update({g: "train" for g in groups})
+            out.update(dict.fromkeys(groups, "train"))
             continue
         groups = [groups[i] for i in rng.permutation(len(groups))]
         n_test = max(1, round(test_fraction * len(groups))) if test_fraction > 0 else 0
@@ -181,13 +205,16 @@ def split_groups(
                 n_val -= 1
         for g in groups[:n_test]:
             out[g] = "test"
-        for g in groups[n_test:n_test + n_val]:
+        for g in groups[n_test : n_test + n_val]:
             out[g] = "val"
-        for g in groups[n_test + n_val:]:
+        for g in groups[n_test + n_val :]:
             out[g] = "train"
     if short:
-        warnings.warn(f"classes {short} have too few separate regions to hold one out; they are only trained on, "
-                      "not validated (annotate more separate regions of them)", stacklevel=2)
+        warnings.warn(
+            f"classes {short} have too few separate regions to hold one out; they are only trained on, "
+            "not validated (annotate more separate regions of them)",
+            stacklevel=2,
+        )
     return out
 
 
@@ -238,18 +265,23 @@ class TileSetWriter:
     """
 
     def __init__(self, out: str | Path, class_names: list[str], tile_size: int, *, overwrite: bool = False) -> None:
-        self.out = Path(out).expanduser()
-        if self.out.exists() and not overwrite:
-            raise NcmError("output exists (choose another folder or overwrite it)", self.out)
-        self.tmp = self.out.with_name(self.out.name + ".partial")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.out = check_output(Path(out).expanduser(), overwrite)
+        self.tmp = partial_path(self.out)
+        remove(self.tmp)
         self.tmp.mkdir(parents=True)
         self.class_names, self.tile_size = list(class_names), tile_size
         self.records: list[TileRecord] = []
 
-    def add(self, tile: np.ndarray, split: str, cls: str, source: str, group: str,
-            rect: tuple[int, int, int, int], stem: str) -> TileRecord:
+    def add(
+        self,
+        tile: np.ndarray,
+        split: str,
+        cls: str,
+        source: str,
+        group: str,
+        rect: tuple[int, int, int, int],
+        stem: str,
+    ) -> TileRecord:
         suffix, write = _encode(tile)
         rel = f"{split}/{cls}/{stem}{suffix}"
         path = self.tmp / rel
@@ -266,14 +298,18 @@ class TileSetWriter:
             w.writeheader()
             w.writerows(r.row() for r in self.records)
         by_split = {s: sorted(g for g, v in splits.items() if v == s) for s in SPLITS}
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "class_names": self.class_names,
-                "tile_size": self.tile_size, "params": params, "groups": by_split,
-                "counts": TileSet(self.out, self.class_names, self.tile_size, self.records).counts()}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "class_names": self.class_names,
+            "tile_size": self.tile_size,
+            "params": params,
+            "groups": by_split,
+            "counts": TileSet(self.out, self.class_names, self.tile_size, self.records).counts(),
+        }
         (self.tmp / "manifest.json").write_text(json.dumps(meta, indent=2))
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        self.tmp.replace(self.out)
+        finalize(self.tmp, self.out)
         return TileSet(self.out, self.class_names, self.tile_size, self.records, params)
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove(self.tmp)

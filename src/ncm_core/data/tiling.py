@@ -16,8 +16,9 @@ coordinates: see :meth:`TileGrid.world_transform`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -61,16 +62,19 @@ class TileGrid:
         if not (0 <= oy < max(h, 1) and 0 <= ox < max(w, 1)):
             raise NcmError(f"tile offset {self.offset} lies outside the image ({h}x{w} px)")
         if h - oy < self.tile or w - ox < self.tile:
-            raise NcmError(f"the image ({h}x{w} px, offset {oy},{ox}) is smaller than one tile "
-                           f"({self.tile}x{self.tile} px)")
+            raise NcmError(
+                f"the image ({h}x{w} px, offset {oy},{ox}) is smaller than one tile ({self.tile}x{self.tile} px)"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
         """Number of tile rows and columns."""
         h, w = self.image_shape
         oy, ox = self.offset
-        return (_n_tiles(h - oy, self.tile, self.stride, self.edge),
-                _n_tiles(w - ox, self.tile, self.stride, self.edge))
+        return (
+            _n_tiles(h - oy, self.tile, self.stride, self.edge),
+            _n_tiles(w - ox, self.tile, self.stride, self.edge),
+        )
 
     @property
     def size(self) -> int:
@@ -96,7 +100,12 @@ class TileGrid:
         """Pixel rectangle spanned by the cells ``[r0, r1) x [c0, c1)`` (unclipped)."""
         y0 = self.offset[0] + r0 * self.stride
         x0 = self.offset[1] + c0 * self.stride
-        return y0, self.offset[0] + (r1 - 1) * self.stride + self.tile, x0, self.offset[1] + (c1 - 1) * self.stride + self.tile
+        return (
+            y0,
+            self.offset[0] + (r1 - 1) * self.stride + self.tile,
+            x0,
+            self.offset[1] + (c1 - 1) * self.stride + self.tile,
+        )
 
     def blocks(self, block: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
         """Blocks of cells ``(r0, r1, c0, c1)`` of at most ``block`` cells, row-major.
@@ -130,7 +139,9 @@ class TileGrid:
         return out[0], out[1]
 
     def world_transform(
-        self, pixel_size: float | tuple[float, float] = 1.0, translate: tuple[float, float] = (0.0, 0.0),
+        self,
+        pixel_size: float | tuple[float, float] = 1.0,
+        translate: tuple[float, float] = (0.0, 0.0),
     ) -> tuple[tuple[float, float], tuple[float, float]]:
         """``(scale, translate)`` that overlays a one-value-per-cell array on the image.
 
@@ -144,11 +155,17 @@ class TileGrid:
         return scale, trans  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image_shape": list(self.image_shape), "tile": int(self.tile), "stride": int(self.stride),
-                "offset": list(self.offset), "edge": self.edge, "grid_shape": list(self.shape)}
+        return {
+            "image_shape": list(self.image_shape),
+            "tile": int(self.tile),
+            "stride": int(self.stride),
+            "offset": list(self.offset),
+            "edge": self.edge,
+            "grid_shape": list(self.shape),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TileGrid":
+    def from_dict(cls, d: dict[str, Any]) -> TileGrid:
         return cls(tuple(d["image_shape"]), int(d["tile"]), int(d["stride"]), tuple(d["offset"]), d["edge"])
 
 
@@ -235,14 +252,17 @@ def pixel_mask_to_cells(grid: TileGrid, mask: Any, min_fraction: float = 0.5) ->
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             y0, y1, x0, x1 = grid.cell_rect(i, j)
-            a = small[int(y0 / fy): max(int(math.ceil(min(y1, h) / fy)), int(y0 / fy) + 1),
-                      int(x0 / fx): max(int(math.ceil(min(x1, w) / fx)), int(x0 / fx) + 1)]
+            a = small[
+                int(y0 / fy) : max(int(math.ceil(min(y1, h) / fy)), int(y0 / fy) + 1),
+                int(x0 / fx) : max(int(math.ceil(min(x1, w) / fx)), int(x0 / fx) + 1),
+            ]
             keep[i, j] = a.size > 0 and a.mean() >= min_fraction
     return keep
 
 
-def foreground_mask(image: Any, *, level_size: int = 2048, method: str = "texture",
-                    threshold: float | None = None, invert: bool = False) -> np.ndarray:
+def foreground_mask(
+    image: Any, *, level_size: int = 2048, method: str = "texture", threshold: float | None = None, invert: bool = False
+) -> np.ndarray:
     """Boolean sample-vs-empty mask at low resolution.
 
     ``image`` (a :class:`~ncm_core.io.mosaic.Mosaic` or array) is read once, chunk

@@ -9,17 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from ncm_core.models.bundle import ModelBundle, load_bundle
 from ncm_core.data.datasets import load_image, scan_class_folders
-from ncm_core.errors import NcmError
-from ncm_core.io.mosaic import open_mosaic
-from ncm_core.inference.predict import Prediction, classify_tensor, open_prediction
-from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 from ncm_core.data.tiling import TileGrid, extract_tiles
+from ncm_core.errors import NcmError
+from ncm_core.inference.predict import Prediction, classify_tensor, open_prediction
+from ncm_core.io.mosaic import open_mosaic
+from ncm_core.models.bundle import ModelBundle, load_bundle
+from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 
 
-def class_factors(class_names: list[str], names: tuple[str, str] = ("composition", "state"),
-                  sep: str = "_") -> dict[str, list[str]]:
+def class_factors(
+    class_names: list[str], names: tuple[str, str] = ("composition", "state"), sep: str = "_"
+) -> dict[str, list[str]]:
     """Split class names ``<a><sep><b>`` into two factors (``NCM811_cycled100`` -> composition
     ``NCM811``, state ``cycled100``); empty when any name does not split."""
     parts = [n.split(sep, 1) for n in class_names]
@@ -42,14 +43,22 @@ def marginal_metrics(cm: Any, factor: list[str]) -> dict[str, Any]:
         onehot[k, levels.index(lv)] = 1
     m = onehot.T @ cm @ onehot
     total = m.sum()
-    return {"accuracy": float(np.trace(m) / total) if total else float("nan"), "class_names": levels,
-            "confusion_matrix": m.tolist()}
+    return {
+        "accuracy": float(np.trace(m) / total) if total else float("nan"),
+        "class_names": levels,
+        "confusion_matrix": m.tolist(),
+    }
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix (scikit-learn),
     with marginal (e.g. composition-only and state-only) accuracies when the class names factor."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -57,8 +66,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        "per_class": {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
-                      for k, name in enumerate(class_names)},
+        "per_class": {
+            name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
+            for k, name in enumerate(class_names)
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
     } | _marginals(confusion_matrix(y_true, y_pred, labels=labels), class_names)
@@ -72,8 +83,9 @@ def _marginals(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     return {"marginals": marg, **{f"{f}_accuracy": m["accuracy"] for f, m in marg.items()}}
 
 
-def tile_truth(grid: TileGrid, truth: Any, n_classes: int | None, block: tuple[int, int] = (32, 32),
-               lut: np.ndarray | None = None) -> np.ndarray:
+def tile_truth(
+    grid: TileGrid, truth: Any, n_classes: int | None, block: tuple[int, int] = (32, 32), lut: np.ndarray | None = None
+) -> np.ndarray:
     """Majority class of ``truth`` (class index per pixel) under each tile's in-image pixels.
 
     ``lut`` first maps raw values to class indices (-1 = ignore). Values outside
@@ -82,19 +94,21 @@ def tile_truth(grid: TileGrid, truth: Any, n_classes: int | None, block: tuple[i
     """
     t = open_mosaic(truth).data
     if tuple(t.shape[:2]) != tuple(grid.image_shape):
-        raise NcmError(f"truth map is {t.shape[0]}x{t.shape[1]} px but the prediction covers "
-                       f"{grid.image_shape[0]}x{grid.image_shape[1]} px")
+        raise NcmError(
+            f"truth map is {t.shape[0]}x{t.shape[1]} px but the prediction covers "
+            f"{grid.image_shape[0]}x{grid.image_shape[1]} px"
+        )
     H, W = grid.image_shape
     out = np.full(grid.shape, -1, np.int32)
     for r0, r1, c0, c1 in grid.blocks(block):
         y0, y1, x0, x1 = grid.region(r0, r1, c0, c1)
-        reg = np.asarray(t[y0:min(y1, H), x0:min(x1, W)].compute(scheduler="synchronous"))
+        reg = np.asarray(t[y0 : min(y1, H), x0 : min(x1, W)].compute(scheduler="synchronous"))
         if lut is not None:
             reg = lut[np.clip(reg.astype(np.int64), -1, len(lut) - 1)]
         for i in range(r0, r1):
             for j in range(c0, c1):
                 a0, a1, b0, b1 = grid.cell_rect(i, j)
-                v = reg[a0 - y0:min(a1, H) - y0, b0 - x0:min(b1, W) - x0].ravel()
+                v = reg[a0 - y0 : min(a1, H) - y0, b0 - x0 : min(b1, W) - x0].ravel()
                 v = v[(v >= 0) & (v < n_classes)] if n_classes is not None else v[v >= 0]
                 if v.size and n_classes is not None:
                     out[i, j] = np.bincount(v.astype(np.int64), minlength=n_classes).argmax()
@@ -117,22 +131,37 @@ def value_lut(value_names: dict[int, str], class_names: list[str]) -> np.ndarray
     return lut
 
 
-def evaluate_prediction(prediction: str | Path | Prediction, truth: Any,
-                        truth_classes: dict[int, str] | None = None) -> dict[str, Any]:
+def prediction_truth(prediction: Prediction, truth: Any, truth_classes: dict[int, str] | None = None) -> np.ndarray:
+    """The true class of each tile of ``prediction`` (its grid's shape; -1 where unknown), from a per-pixel
+    truth map whose values ``truth_classes`` names (default: class indices of the prediction)."""
+    pred = prediction
+    if truth_classes is None:
+        truth_classes = dict(enumerate(pred.class_names))
+    if not set(truth_classes.values()) & set(pred.class_names):
+        raise NcmError(
+            f"no class of the truth map ({', '.join(sorted(set(truth_classes.values()))[:4])}, ...) "
+            f"is a class of the model ({', '.join(pred.class_names[:4])}, ...)"
+        )
+    return tile_truth(pred.grid, truth, len(pred.class_names), lut=value_lut(truth_classes, pred.class_names))
+
+
+def evaluate_prediction(
+    prediction: str | Path | Prediction,
+    truth: Any,
+    truth_classes: dict[int, str] | None = None,
+    *,
+    truth_tiles: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Tile accuracy of a mosaic prediction against a per-pixel truth map.
 
     ``truth_classes`` names the class of each truth value (an NGFF label
     image's properties, see :func:`~ncm_core.io.mosaic.read_label_classes`);
     classes are matched to the prediction's by name. Without it, truth values
-    are class indices of the prediction.
+    are class indices of the prediction. ``truth_tiles``: the tiles' classes when
+    already known (:func:`prediction_truth`); ``truth`` is then not read.
     """
     pred = prediction if isinstance(prediction, Prediction) else open_prediction(prediction)
-    if truth_classes is None:
-        truth_classes = dict(enumerate(pred.class_names))
-    if not set(truth_classes.values()) & set(pred.class_names):
-        raise NcmError(f"no class of the truth map ({', '.join(sorted(set(truth_classes.values()))[:4])}, ...) "
-                       f"is a class of the model ({', '.join(pred.class_names[:4])}, ...)")
-    tt = tile_truth(pred.grid, truth, len(pred.class_names), lut=value_lut(truth_classes, pred.class_names))
+    tt = prediction_truth(pred, truth, truth_classes) if truth_tiles is None else truth_tiles
     pc = pred.classes
     valid = (pc >= 0) & (tt >= 0)
     m = classification_metrics(tt[valid], pc[valid], pred.class_names)
@@ -152,20 +181,31 @@ def aggregate_probabilities(probs: np.ndarray, class_names: list[str], ood: np.n
     """
     probs = probs[~np.isnan(probs).any(1)]
     if len(probs) == 0:
-        return {"tiles": 0, "predicted": "", "confidence": float("nan"), "majority": "",
-                "majority_fraction": float("nan")}
+        return {
+            "tiles": 0,
+            "predicted": "",
+            "confidence": float("nan"),
+            "majority": "",
+            "majority_fraction": float("nan"),
+        }
     mean = probs.mean(0)
     votes = np.bincount(probs.argmax(1), minlength=len(class_names))
-    row = {"tiles": int(len(probs)), "predicted": class_names[int(mean.argmax())], "confidence": float(mean.max()),
-           "majority": class_names[int(votes.argmax())], "majority_fraction": float(votes.max() / len(probs))}
+    row = {
+        "tiles": int(len(probs)),
+        "predicted": class_names[int(mean.argmax())],
+        "confidence": float(mean.max()),
+        "majority": class_names[int(votes.argmax())],
+        "majority_fraction": float(votes.max() / len(probs)),
+    }
     if ood is not None:
         row["ood_fraction"] = float(np.mean(ood[~np.isnan(ood)] > 1)) if np.isfinite(ood).any() else float("nan")
     row.update({f"p_{n}": float(mean[c]) for c, n in enumerate(class_names)})
     return row
 
 
-def summarize_prediction(prediction: str | Path | Prediction, regions: Any = None,
-                         region_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+def summarize_prediction(
+    prediction: str | Path | Prediction, regions: Any = None, region_names: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
     """Per-frame (whole mosaic) or per-region aggregates of a prediction's tiles.
 
     ``regions`` is a per-pixel map of region ids (0 = none), e.g. painted
@@ -177,8 +217,9 @@ def summarize_prediction(prediction: str | Path | Prediction, regions: Any = Non
     probs = np.moveaxis(np.asarray(pred.probabilities), 0, -1)  # (rows, cols, classes): grid-sized
     ood = None if pred.ood is None else np.asarray(pred.ood)
     if regions is None:
-        row = aggregate_probabilities(probs.reshape(-1, probs.shape[-1]), pred.class_names,
-                                      None if ood is None else ood.ravel())
+        row = aggregate_probabilities(
+            probs.reshape(-1, probs.shape[-1]), pred.class_names, None if ood is None else ood.ravel()
+        )
         return [{"region": "all", **row}]
     cell_region = tile_truth(pred.grid, regions, None)
     rows = []
@@ -215,12 +256,17 @@ def _tiles_of_set(b: ModelBundle, data: Path, split: str):
 
     ts = open_tile_set(data)
     if ts.tile_size != b.config.tile_size:
-        raise NcmError(f"the tile set's tiles are {ts.tile_size} px but the model was trained on "
-                       f"{b.config.tile_size} px tiles", data)
+        raise NcmError(
+            f"the tile set's tiles are {ts.tile_size} px but the model was trained on {b.config.tile_size} px tiles",
+            data,
+        )
     unknown = sorted(set(ts.class_names) - set(b.class_names))
     if unknown:
-        raise NcmError(f"classes {unknown} of the tile set are not classes of the model ({len(b.class_names)} "
-                       f"classes: {', '.join(b.class_names[:6])}{', ...' if len(b.class_names) > 6 else ''})", data)
+        raise NcmError(
+            f"classes {unknown} of the tile set are not classes of the model ({len(b.class_names)} "
+            f"classes: {', '.join(b.class_names[:6])}{', ...' if len(b.class_names) > 6 else ''})",
+            data,
+        )
     if not ts.split(split):
         raise NcmError(f"the tile set has no {split!r} tiles (splits: {', '.join(sorted(ts.counts()))})", data)
     x, y, _ = ts.load(split)
@@ -228,14 +274,24 @@ def _tiles_of_set(b: ModelBundle, data: Path, split: str):
     by_source: dict[str, list[int]] = {}
     for k, r in enumerate(recs):
         by_source.setdefault(r.source, []).append(k)
-    return len(by_source), ((src, b.class_names.index(ts.class_names[y[idx[0]]]), x[idx], [recs[k] for k in idx])
-                            for src, idx in by_source.items())
+    return len(by_source), (
+        (src, b.class_names.index(ts.class_names[y[idx[0]]]), x[idx], [recs[k] for k in idx])
+        for src, idx in by_source.items()
+    )
 
 
 def evaluate(
-    bundle: str | Path | ModelBundle, data: str | Path, *, out: str | Path | None = None, split: str = "test",
-    stride: int | None = None, exclude_rows: tuple[int | None, int | None] | None = None, batch_size: int = 64,
-    device: str = "auto", progress: ProgressFn | None = None, cancel: CancelFlag = None,
+    bundle: str | Path | ModelBundle,
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    split: str = "test",
+    stride: int | None = None,
+    exclude_rows: tuple[int | None, int | None] | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
 ) -> dict[str, Any]:
     """Evaluate a classifier on class folders of frames or on one split of a tile set.
 
@@ -250,18 +306,19 @@ def evaluate(
     probabilities of all classes, majority vote, confidence, out-of-distribution
     share) and ``tiles.csv`` (one row per tile).
     """
-    from ncm_core.models.ood import has_ood
-    from ncm_core.models.preprocess import tiles_to_tensor
     from ncm_core.data.tilesets import is_tile_set
     from ncm_core.devices import resolve_device
+    from ncm_core.models.ood import has_ood
+    from ncm_core.models.preprocess import tiles_to_tensor
 
     b = load_bundle(bundle)
     if b.config.task != "classify":
         raise NcmError("this evaluation is for classification bundles", b.path)
     names = b.class_names
     data = Path(data).expanduser()
-    n_items, items = (_tiles_of_set(b, data, split) if is_tile_set(data)
-                      else _tiles_of_folders(b, data, exclude_rows, stride))
+    n_items, items = (
+        _tiles_of_set(b, data, split) if is_tile_set(data) else _tiles_of_folders(b, data, exclude_rows, stride)
+    )
     dev = resolve_device(device)
     b.model.to(dev)
     use_ood = has_ood(b)
@@ -281,17 +338,26 @@ def evaluate(
         img_pred.append(names.index(agg["predicted"]))
         rows.append({"image": src, "true": names[y], **agg})
         for t, (p, r) in enumerate(zip(probs, recs)):
-            tr = {"image": src, "tile": t if r is None else r.file, "true": names[y],
-                  "predicted": names[int(p.argmax())], "confidence": float(p.max())}
+            tr = {
+                "image": src,
+                "tile": t if r is None else r.file,
+                "true": names[y],
+                "predicted": names[int(p.argmax())],
+                "confidence": float(p.max()),
+            }
             if ood is not None:
                 tr["ood_ratio"] = float(ood[t])
             tile_rows.append({**tr, **{f"p_{n}": float(p[c]) for c, n in enumerate(names)}})
         report(progress, k, n_items, src)
     if not rows:
         raise NcmError("no images to evaluate", data)
-    metrics = {"tiles": classification_metrics(np.array(tile_true), np.array(tile_pred), names),
-               "images": classification_metrics(np.array(img_true), np.array(img_pred), names),
-               "bundle": str(b.path), "data": str(data), "split": split if is_tile_set(data) else None}
+    metrics = {
+        "tiles": classification_metrics(np.array(tile_true), np.array(tile_pred), names),
+        "images": classification_metrics(np.array(img_true), np.array(img_pred), names),
+        "bundle": str(b.path),
+        "data": str(data),
+        "split": split if is_tile_set(data) else None,
+    }
     if use_ood:
         flagged = np.array([r["ood_ratio"] > 1 for r in tile_rows])
         metrics["ood_fraction"] = float(flagged.mean())
@@ -300,12 +366,16 @@ def evaluate(
     return metrics
 
 
-def write_metrics(metrics: dict[str, Any], out: str | Path, rows: list[dict[str, Any]] | None = None,
-                  tile_rows: list[dict[str, Any]] | None = None) -> Path:
+def write_metrics(
+    metrics: dict[str, Any],
+    out: str | Path,
+    rows: list[dict[str, Any]] | None = None,
+    tile_rows: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write ``metrics.json`` and, for each set of classification metrics in it, the confusion matrix
     (CSV and PNG), per-class precision/recall/F1 (CSV) and marginal confusion matrices; plus the
     per-image ``predictions.csv`` and per-tile ``tiles.csv`` rows, to folder ``out``."""
-    from ncm_core.viz.figures import confusion_matrix_figure
+    from ncm_core.viz.prediction import confusion_matrix_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -316,8 +386,12 @@ def write_metrics(metrics: dict[str, Any], out: str | Path, rows: list[dict[str,
         _write_cm(out / f"{key}confusion_matrix.csv", m["confusion_matrix"], m["class_names"])
         acc = m.get("accuracy", m.get("tile_accuracy"))
         what = {"tiles_": "Tiles", "images_": "Images"}.get(key, "Tiles")
-        confusion_matrix_figure(m["confusion_matrix"], m["class_names"], out / f"{key}confusion_matrix.png",
-                                title=f"{what}: accuracy {acc:.1%} (n = {m['n']})")
+        confusion_matrix_figure(
+            m["confusion_matrix"],
+            m["class_names"],
+            out / f"{key}confusion_matrix.png",
+            title=f"{what}: accuracy {acc:.1%} (n = {m['n']})",
+        )
         write_rows(out / f"{key}per_class.csv", [{"class": n, **v} for n, v in m["per_class"].items()])
         for factor, mm in m.get("marginals", {}).items():
             _write_cm(out / f"{key}{factor}_confusion_matrix.csv", mm["confusion_matrix"], mm["class_names"])

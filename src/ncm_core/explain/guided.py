@@ -27,8 +27,9 @@ in place, because full backward hooks cannot see in-place modules.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from captum.attr import GuidedBackprop
@@ -38,7 +39,15 @@ __all__ = ["SmoothGuidedBackprop", "GUIDED_ACTIVATIONS", "guided_rule"]
 
 #: Element-wise activation modules whose backward pass is rewritten by the guided rule.
 GUIDED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.ReLU6,
+    nn.ReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Softplus,
+    nn.ReLU6,
 )
 
 

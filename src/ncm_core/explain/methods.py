@@ -30,19 +30,29 @@ index (regression), ``"all"`` (every class or output), or a list of these.
 from __future__ import annotations
 
 import difflib
-import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from ncm_core.models.bundle import ModelBundle, load_bundle
 from ncm_core.errors import NcmError
+from ncm_core.explain.targets import default_layer, output_names, resolve_layer, resolve_targets
+from ncm_core.models.bundle import ModelBundle, load_bundle
 from ncm_core.progress import CancelFlag, check_cancel
 
-__all__ = ["METHODS", "SIGNED", "Explanation", "explain", "explain_tensor", "resolve_targets", "resolve_layer",
-           "default_layer", "fill_value"]
+__all__ = [
+    "METHODS",
+    "SIGNED",
+    "Explanation",
+    "explain",
+    "explain_tensor",
+    "resolve_targets",
+    "resolve_layer",
+    "default_layer",
+    "fill_value",
+]
 
 #: method name -> short description (the library it comes from)
 METHODS: dict[str, str] = {
@@ -81,153 +91,55 @@ class Explanation:
     task: str
 
     @classmethod
-    def concat(cls, parts: list["Explanation"]) -> "Explanation":
+    def concat(cls, parts: list[Explanation]) -> Explanation:
         """One explanation of all tiles of ``parts`` (same method, targets per tile kept)."""
         first = parts[0]
-        return cls(np.concatenate([e.maps for e in parts]), np.concatenate([e.targets for e in parts]),
-                   [row for e in parts for row in e.names], np.concatenate([e.scores for e in parts]),
-                   first.method, first.layer, first.signed, first.task)
+        return cls(
+            np.concatenate([e.maps for e in parts]),
+            np.concatenate([e.targets for e in parts]),
+            [row for e in parts for row in e.names],
+            np.concatenate([e.scores for e in parts]),
+            first.method,
+            first.layer,
+            first.signed,
+            first.task,
+        )
 
-    def __getitem__(self, tiles: slice) -> "Explanation":
+    def __getitem__(self, tiles: slice) -> Explanation:
         """The explanation of a slice of the tiles."""
-        return Explanation(self.maps[tiles], self.targets[tiles], self.names[tiles], self.scores[tiles],
-                           self.method, self.layer, self.signed, self.task)
+        return Explanation(
+            self.maps[tiles],
+            self.targets[tiles],
+            self.names[tiles],
+            self.scores[tiles],
+            self.method,
+            self.layer,
+            self.signed,
+            self.task,
+        )
 
 
 def check_method(method: str) -> str:
     m = str(method).lower().replace("_", "-")
-    m = {"grad-cam": "gradcam", "grad-cam++": "gradcam++", "gradcampp": "gradcam++", "score-cam": "scorecam",
-         "layer-cam": "layercam", "grad-ram": "gradram", "guided": "guided-backprop", "gbp": "guided-backprop",
-         "guided-grad-cam": "guided-gradcam"}.get(m, m)
+    m = {
+        "grad-cam": "gradcam",
+        "grad-cam++": "gradcam++",
+        "gradcampp": "gradcam++",
+        "score-cam": "scorecam",
+        "layer-cam": "layercam",
+        "grad-ram": "gradram",
+        "guided": "guided-backprop",
+        "gbp": "guided-backprop",
+        "guided-grad-cam": "guided-gradcam",
+    }.get(m, m)
     if m not in METHODS:
         close = difflib.get_close_matches(m, list(METHODS), n=1)
-        raise NcmError(f"unknown explanation method {method!r}"
-                       + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {', '.join(METHODS)}")
+        raise NcmError(
+            f"unknown explanation method {method!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; choose from {', '.join(METHODS)}"
+        )
     return m
-
-
-# --------------------------------------------------------------------------- targets
-
-def _output_names(bundle: ModelBundle) -> list[str]:
-    c = bundle.config
-    return list(c.class_names if c.task == "classify" else c.target_names)
-
-
-def _one_target(bundle: ModelBundle, spec: Any) -> int:
-    c = bundle.config
-    names = _output_names(bundle)
-    n = len(names)
-    kind = "class" if c.task == "classify" else "output"
-    if isinstance(spec, (int, np.integer)):
-        i = int(spec)
-        if not 0 <= i < n:
-            plural = "classes" if kind == "class" else "outputs"
-            raise NcmError(f"{kind} {i} is out of range: the model has {n} {plural} (0-{n - 1})")
-        return i
-    s = str(spec).strip()
-    if ":" in s:
-        prefix, value = (p.strip() for p in s.split(":", 1))
-        if prefix in ("class", "output", "target"):
-            want = "classify" if prefix == "class" else "regress"
-            if want != c.task:
-                if c.task == "classify":
-                    raise NcmError(f"target {spec!r} asks for a regression output, but the model is a classifier "
-                                   f"({n} classes); use a class index or name, 'predicted' or 'top-K'")
-                raise NcmError(f"target {spec!r} asks for a class, but the model is a regressor with outputs "
-                               f"{', '.join(names)}; use 'output:K', a target name or 'all'")
-            s = value
-    if s.lstrip("-").isdigit():
-        return _one_target(bundle, int(s))
-    if s in names:
-        return names.index(s)
-    close = difflib.get_close_matches(s, names, n=1)
-    raise NcmError(f"unknown {kind} {s!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                   + f"; the model's {'classes' if kind == 'class' else 'outputs'} are {', '.join(names)}")
-
-
-def resolve_targets(bundle: ModelBundle, target: Any, scores: np.ndarray) -> np.ndarray:
-    """Output indices ``(N, K)`` for ``target`` (see the module docstring) given scores ``(N, outputs)``."""
-    c = bundle.config
-    N, n_out = scores.shape
-    if isinstance(target, np.ndarray) and target.ndim == 2:  # explicit per-tile indices
-        if target.shape[0] != N or target.min() < 0 or target.max() >= n_out:
-            raise NcmError(f"target indices must be ({N}, K) with values 0-{n_out - 1}")
-        return target.astype(np.int64)
-    if target is None:
-        target = "predicted" if c.task == "classify" else "all"
-    specs = list(target) if isinstance(target, (list, tuple)) else [target]
-    cols: list[np.ndarray] = []
-    for spec in specs:
-        s = str(spec).strip().lower() if isinstance(spec, str) else None
-        if s in ("predicted", "top-1", "top1") or (s and s.startswith("top")):
-            if c.task != "classify":
-                raise NcmError(f"target {spec!r} needs a classifier; this model is a regressor with outputs "
-                               f"{', '.join(c.target_names)} (use 'output:K', a target name or 'all')")
-            k = 1
-            if s not in ("predicted",):
-                digits = s[3:].lstrip("-")
-                if not digits.isdigit() or not 1 <= int(digits) <= n_out:
-                    raise NcmError(f"bad target {spec!r}: use 'top-K' with K from 1 to {n_out}")
-                k = int(digits)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            cols.extend(order.T)
-        elif s == "all":
-            cols.extend(np.full(N, i) for i in range(n_out))
-        else:
-            cols.append(np.full(N, _one_target(bundle, spec)))
-    return np.stack(cols, axis=1).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- layers
-
-_CHECKED_LAYERS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-def default_layer(model: Any, input_shape: tuple[int, ...]) -> str:
-    """The last layer with a spatial output before global pooling (torchcam's choice), else timm's last stage."""
-    import logging
-
-    from torchcam.methods._utils import locate_candidate_layer
-
-    logging.getLogger("torchcam").setLevel(logging.ERROR)
-    name = locate_candidate_layer(model, input_shape)
-    if isinstance(name, str):
-        return name
-    info = getattr(model, "feature_info", None)
-    if info:
-        return info[-1]["module"]
-    raise NcmError("cannot find a convolutional layer to explain; name one with layer=")
-
-
-def resolve_layer(model: Any, layer: str | None, input_shape: tuple[int, ...]) -> str:
-    """Check that ``layer`` names a module with a spatial (N, C, h, w) output; pick the default when None."""
-    import torch
-
-    key = (layer, tuple(input_shape))
-    known = _CHECKED_LAYERS.setdefault(model, {})
-    if key in known:
-        return known[key]
-    if layer is None or layer == "":
-        layer = default_layer(model, input_shape)
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        close = difflib.get_close_matches(layer, list(modules), n=3)
-        raise NcmError(f"unknown layer {layer!r}" + (f"; close matches: {', '.join(close)}" if close else "")
-                       + " (see the model's named_modules())")
-    seen: list[Any] = []
-    h = modules[layer].register_forward_hook(lambda m, i, o: seen.append(o))
-    try:
-        with torch.inference_mode():
-            p = next(model.parameters())
-            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        h.remove()
-    out = seen[0] if seen else None
-    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[-1] * out.shape[-2] < 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise NcmError(f"layer {layer!r} has no spatial output (its output is {shape}); pick a convolutional "
-                       f"layer such as {default_layer(model, input_shape)!r}")
-    known[key] = layer
-    return layer
 
 
 @contextmanager
@@ -240,7 +152,8 @@ def _gradients_from(model: Any, module: Any) -> Iterator[None]:
     for p in model.parameters():
         p.requires_grad_(False)
     h = module.register_forward_hook(
-        lambda m, i, o: o.detach().requires_grad_(True).clone() if torch.is_grad_enabled() else o)
+        lambda m, i, o: o.detach().requires_grad_(True).clone() if torch.is_grad_enabled() else o
+    )
     try:
         yield
     finally:
@@ -250,6 +163,7 @@ def _gradients_from(model: Any, module: Any) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- methods
+
 
 def fill_value(bundle: ModelBundle, x: Any) -> Any:
     """Occlusion fill in model-input units: the training data's mean input per channel when the bundle
@@ -277,7 +191,6 @@ def _cam_maps(model: Any, x: Any, targets: Any, method: str, layer: str, batch_s
     gradient methods take targets and maps from a single forward pass.
     """
     import torch
-
     import torchcam.methods as tcm
 
     module = dict(model.named_modules())[layer]
@@ -322,11 +235,21 @@ def _guided_maps(model: Any, x: Any, targets: np.ndarray) -> Any:
 
 
 def explain_tensor(
-    bundle: ModelBundle, x: Any, method: str = "gradcam", target: Any = None, layer: str | None = None, *,
-    size: tuple[int, int] | None = None, batch_size: int = 16, window: tuple[int, int] = (7, 7),
-    stride: tuple[int, int] | None = None, fill: Any = "mean", cancel: CancelFlag = None,
+    bundle: ModelBundle,
+    x: Any,
+    method: str = "gradcam",
+    target: Any = None,
+    layer: str | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    batch_size: int = 16,
+    window: tuple[int, int] = (7, 7),
+    stride: tuple[int, int] | None = None,
+    fill: Any = "mean",
+    cancel: CancelFlag = None,
 ) -> Explanation:
-    """:func:`explain` for prepared model inputs ``x`` ``(N, C, H, W)`` (see :func:`ncm_core.models.preprocess.tiles_to_tensor`);
+    """:func:`explain` for prepared model inputs ``x`` ``(N, C, H, W)``
+    (see :func:`ncm_core.models.preprocess.tiles_to_tensor`);
     maps are resized to ``size`` (default: the input size)."""
     import torch
 
@@ -344,9 +267,11 @@ def explain_tensor(
     window = tuple(window)  # type: ignore[assignment]
     stride = tuple(stride or window)  # type: ignore[assignment]
     if method == "occlusion" and (window[0] > H or window[1] > W):
-        raise NcmError(f"the tile ({H} x {W} px at the model's input size) is smaller than the occlusion "
-                       f"window ({window[0]} x {window[1]} px); use a smaller window")
-    names = _output_names(bundle)
+        raise NcmError(
+            f"the tile ({H} x {W} px at the model's input size) is smaller than the occlusion "
+            f"window ({window[0]} x {window[1]} px); use a smaller window"
+        )
+    names = output_names(bundle)
 
     def score_of(z: Any) -> np.ndarray:
         z = z.float()
@@ -358,11 +283,11 @@ def explain_tensor(
     parts, all_scores, all_targets = [], [], []
     for k0 in range(0, len(x), batch_size):
         check_cancel(cancel)
-        xb = x[k0:k0 + batch_size]
-        tgt = target[k0:k0 + batch_size] if isinstance(target, np.ndarray) and target.ndim == 2 else target
+        xb = x[k0 : k0 + batch_size]
+        tgt = target[k0 : k0 + batch_size] if isinstance(target, np.ndarray) and target.ndim == 2 else target
         got: dict[str, np.ndarray] = {}
 
-        def targets_of(z: Any) -> np.ndarray:
+        def targets_of(z: Any, got: dict[str, np.ndarray] = got, tgt: Any = tgt) -> np.ndarray:
             got["scores"] = score_of(z)
             got["targets"] = resolve_targets(bundle, tgt, got["scores"])
             return got["targets"]
@@ -375,8 +300,11 @@ def explain_tensor(
             if method == "occlusion":
                 unit = torch.as_tensor(np.asarray(c.regression.get("std", 1.0), np.float32)).reshape(-1)
                 f = fill_value(bundle, x) if isinstance(fill, str) else fill
-                score = (lambda o: torch.softmax(o.float(), 1)) if c.task == "classify" else (
-                    lambda o: o.float() * unit.to(o.device))
+                score = (
+                    (lambda o: torch.softmax(o.float(), 1))
+                    if c.task == "classify"
+                    else (lambda o, unit=unit: o.float() * unit.to(o.device))
+                )
                 m = torch.from_numpy(_occlusion(model, xb, tb, window, stride, f, score, cancel))
             elif method == "guided-backprop":
                 m = _guided_maps(model, xb, tb)
@@ -388,22 +316,39 @@ def explain_tensor(
         all_targets.append(got["targets"])
     maps = np.concatenate(parts).astype(np.float32)
     targets = np.concatenate(all_targets)
-    return Explanation(maps=maps, targets=targets, names=[[names[i] for i in row] for row in targets],
-                       scores=np.concatenate(all_scores).astype(np.float32), method=method, layer=layer,
-                       signed=method in SIGNED, task=c.task)
+    return Explanation(
+        maps=maps,
+        targets=targets,
+        names=[[names[i] for i in row] for row in targets],
+        scores=np.concatenate(all_scores).astype(np.float32),
+        method=method,
+        layer=layer,
+        signed=method in SIGNED,
+        task=c.task,
+    )
 
 
-def _occlusion(model: Any, x: Any, targets: np.ndarray, window: Any, stride: Any, fill: Any, score: Any,
-               cancel: CancelFlag) -> np.ndarray:
+def _occlusion(
+    model: Any, x: Any, targets: np.ndarray, window: Any, stride: Any, fill: Any, score: Any, cancel: CancelFlag
+) -> np.ndarray:
     from ncm_core.explain.occlusion import occlusion_maps
 
     return occlusion_maps(model, x, targets, window=window, stride=stride, fill=fill, score=score, cancel=cancel)
 
 
 def explain(
-    bundle: str | Any, images: Any, method: str = "gradcam", target: Any = None, layer: str | None = None, *,
-    batch_size: int = 16, window: tuple[int, int] = (7, 7), stride: tuple[int, int] | None = None,
-    fill: Any = "mean", device: str = "cpu", cancel: CancelFlag = None,
+    bundle: str | Any,
+    images: Any,
+    method: str = "gradcam",
+    target: Any = None,
+    layer: str | None = None,
+    *,
+    batch_size: int = 16,
+    window: tuple[int, int] = (7, 7),
+    stride: tuple[int, int] | None = None,
+    fill: Any = "mean",
+    device: str = "cpu",
+    cancel: CancelFlag = None,
 ) -> Explanation:
     """Explanation maps for image tiles.
 
@@ -425,8 +370,8 @@ def explain(
         Occlusion window and stride in model-input pixels (default 7 x 7, stride = window) and the
         fill value (default ``"mean"``: the training inputs' mean, see :func:`fill_value`).
     """
-    from ncm_core.models.preprocess import tiles_to_tensor
     from ncm_core.devices import resolve_device
+    from ncm_core.models.preprocess import tiles_to_tensor
 
     bundle = load_bundle(bundle)
     dev = resolve_device(device)
@@ -435,5 +380,16 @@ def explain(
     if tiles.ndim not in (3, 4) or min(tiles.shape[1:3]) < 1:
         raise NcmError(f"images must be (N, h, w) or (N, h, w, C) tiles; got an array of shape {tiles.shape}")
     x = tiles_to_tensor(tiles, bundle.config.input, dev)
-    return explain_tensor(bundle, x, method, target, layer, size=tuple(tiles.shape[1:3]), batch_size=batch_size,
-                          window=window, stride=stride, fill=fill, cancel=cancel)
+    return explain_tensor(
+        bundle,
+        x,
+        method,
+        target,
+        layer,
+        size=tuple(tiles.shape[1:3]),
+        batch_size=batch_size,
+        window=window,
+        stride=stride,
+        fill=fill,
+        cancel=cancel,
+    )

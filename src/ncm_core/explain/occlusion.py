@@ -26,8 +26,9 @@ EfficientNet) fall back to batched full evaluation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def _receptive_margin(trunk: Callable, x: Any, stride: int) -> int | None:
     margin = 0
     for k in range(2):
         g = torch.Generator().manual_seed(k)
-        xi = (torch.rand(x.shape[1:], generator=g) if k == 0 else torch.randn(x.shape[1:], generator=g))
+        xi = torch.rand(x.shape[1:], generator=g) if k == 0 else torch.randn(x.shape[1:], generator=g)
         xi = xi[None].to(x.device, x.dtype).requires_grad_(True)
         with torch.enable_grad():
             f = trunk(xi)
@@ -89,8 +90,13 @@ def _receptive_margin(trunk: Callable, x: Any, stride: int) -> int | None:
             continue
         if rows[0] == 0 and rows[-1] == H - 1 and cols[0] == 0 and cols[-1] == W - 1:
             return None
-        margin = max(margin, ci * stride - rows[0], rows[-1] - ((ci + 1) * stride - 1),
-                     cj * stride - cols[0], cols[-1] - ((cj + 1) * stride - 1))
+        margin = max(
+            margin,
+            ci * stride - rows[0],
+            rows[-1] - ((ci + 1) * stride - 1),
+            cj * stride - cols[0],
+            cols[-1] - ((cj + 1) * stride - 1),
+        )
     return int(margin) + stride  # one cell of slack
 
 
@@ -119,9 +125,18 @@ def local_plan(model: Any, x: Any) -> LocalPlan | None:
 
 
 def occlusion_maps(
-    model: Any, x: Any, targets: np.ndarray, *, window: tuple[int, int] = (7, 7), stride: tuple[int, int] = (7, 7),
-    fill: Any = 0.0, score: Callable[[Any], Any] | None = None, batch_size: int = 16, local: bool | None = None,
-    check: bool = True, cancel: Any = None,
+    model: Any,
+    x: Any,
+    targets: np.ndarray,
+    *,
+    window: tuple[int, int] = (7, 7),
+    stride: tuple[int, int] = (7, 7),
+    fill: Any = 0.0,
+    score: Callable[[Any], Any] | None = None,
+    batch_size: int = 16,
+    local: bool | None = None,
+    check: bool = True,
+    cancel: Any = None,
 ) -> np.ndarray:
     """Occlusion maps ``(N, K, H, W)`` for inputs ``x`` ``(N, C, H, W)`` and output indices ``targets`` ``(N, K)``.
 
@@ -151,16 +166,18 @@ def occlusion_maps(
         if plan is not None and plan.crop_size(wy, H) * plan.crop_size(wx, W) > 0.4 * H * W:
             plan = None  # the crop is most of the input: nothing to gain
         if plan is None and local:
-            raise NcmError("this network has no local trunk (timm forward_features/forward_head without global "
-                           "operations), so occlusion cannot be computed locally")
+            raise NcmError(
+                "this network has no local trunk (timm forward_features/forward_head without global "
+                "operations), so occlusion cannot be computed locally"
+            )
     out = np.zeros((N, targets.shape[1], H, W), np.float64)
     count = np.zeros((H, W), np.float64)
     for y, xx in wins:
-        count[y:y + wy, xx:xx + wx] += 1
+        count[y : y + wy, xx : xx + wx] += 1
 
     def occlude(img: Any, y: int, xx: int) -> Any:
         img = img.clone()
-        img[:, y:y + wy, xx:xx + wx] = fill_t
+        img[:, y : y + wy, xx : xx + wx] = fill_t
         return img
 
     with torch.inference_mode():
@@ -184,14 +201,14 @@ def occlusion_maps(
                 step = max(1, min(batch_size, 2**18 // (H * W)))
             for k0 in range(0, len(wins), step):
                 check_cancel(cancel)
-                chunk = wins[k0:k0 + step]
+                chunk = wins[k0 : k0 + step]
                 if plan is not None:
                     s = _local_scores(model, xn, feats, chunk, plan, fill_t, wy, wx, score)
                 else:
                     s = score(model(torch.stack([occlude(xn, y, xx) for y, xx in chunk])))
                 diff = (base[None] - s[:, tgt[n]]).double().cpu().numpy()  # (B, K)
                 for (y, xx), d in zip(chunk, diff):
-                    out[n, :, y:y + wy, xx:xx + wx] += d[:, None, None]
+                    out[n, :, y : y + wy, xx : xx + wx] += d[:, None, None]
     return (out / count).astype(np.float32)
 
 
@@ -203,8 +220,17 @@ def _probe_windows(ys: list[int], xs: list[int], n_random: int = 3) -> list[tupl
     return sorted(picks)
 
 
-def _local_scores(model: Any, xn: Any, feats: Any, chunk: list[tuple[int, int]], plan: LocalPlan,
-                  fill: Any, wy: int, wx: int, score: Callable) -> Any:
+def _local_scores(
+    model: Any,
+    xn: Any,
+    feats: Any,
+    chunk: list[tuple[int, int]],
+    plan: LocalPlan,
+    fill: Any,
+    wy: int,
+    wx: int,
+    score: Callable,
+) -> Any:
     """Scores of the occluded inputs in ``chunk``, recomputing the trunk on crops only."""
     import torch
 
@@ -215,12 +241,12 @@ def _local_scores(model: Any, xn: Any, feats: Any, chunk: list[tuple[int, int]],
     for y, xx in chunk:
         (a, b), (c, d) = plan.cells(y, wy, fh), plan.cells(xx, wx, fw)
         y0, x0 = plan.crop_start(a, ch, H), plan.crop_start(c, cw, W)
-        crop = xn[:, y0:y0 + ch, x0:x0 + cw].clone()
-        crop[:, y - y0:y - y0 + wy, xx - x0:xx - x0 + wx] = fill
+        crop = xn[:, y0 : y0 + ch, x0 : x0 + cw].clone()
+        crop[:, y - y0 : y - y0 + wy, xx - x0 : xx - x0 + wx] = fill
         crops.append(crop)
         spans.append((a, b, c, d, y0 // plan.stride, x0 // plan.stride))
     part = model.forward_features(torch.stack(crops))
     full = feats.expand(len(chunk), -1, -1, -1).clone()
     for k, (a, b, c, d, oy, ox) in enumerate(spans):
-        full[k, :, a:b, c:d] = part[k, :, a - oy:b - oy, c - ox:d - ox]
+        full[k, :, a:b, c:d] = part[k, :, a - oy : b - oy, c - ox : d - ox]
     return score(model.forward_head(full))

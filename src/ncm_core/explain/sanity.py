@@ -22,12 +22,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from ncm_core.models.bundle import ModelBundle, load_bundle
 from ncm_core.errors import NcmError
+from ncm_core.models.bundle import ModelBundle, load_bundle
 
 __all__ = ["randomised", "randomisation_check", "attribution_in_mask", "particle_boundaries", "deletion_insertion"]
 
@@ -69,8 +70,15 @@ def _spearman(a: np.ndarray, b: np.ndarray, max_n: int = 20000) -> float:
 
 
 def randomisation_check(
-    bundle: str | Any, images: Any, methods: Sequence[str] = ("gradcam", "gradram", "guided-backprop", "occlusion"),
-    target: Any = None, *, layer: str | None = None, seed: int = 0, threshold: float = 0.5, cascade: bool = True,
+    bundle: str | Any,
+    images: Any,
+    methods: Sequence[str] = ("gradcam", "gradram", "guided-backprop", "occlusion"),
+    target: Any = None,
+    *,
+    layer: str | None = None,
+    seed: int = 0,
+    threshold: float = 0.5,
+    cascade: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Rank correlation of each method's maps between the trained and randomised models.
@@ -88,16 +96,27 @@ def randomisation_check(
         base = explain(bundle, images, method, target, layer, **kwargs)
         targets = base.targets
 
-        def corr(other: ModelBundle) -> tuple[float, float]:
+        def corr(
+            other: ModelBundle, method: str = method, targets: np.ndarray = targets, base: Any = base
+        ) -> tuple[float, float]:
             e = explain(other, images, method, targets, layer, **kwargs)
             s = [_spearman(a, b) for a, b in zip(base.maps, e.maps)]
             sa = [_spearman(np.abs(a), np.abs(b)) for a, b in zip(base.maps, e.maps)]
             return float(np.mean(s)), float(np.mean(sa))
 
         s, sa = corr(randomised(bundle, seed))
-        steps = [(stages[k - 1], corr(randomised(bundle, seed, k))[1]) for k in range(1, len(stages) + 1)] if cascade else []
-        report[base.method] = {"spearman": s, "spearman_abs": sa, "passes": sa < threshold, "threshold": threshold,
-                               "cascade": steps}
+        steps = (
+            [(stages[k - 1], corr(randomised(bundle, seed, k))[1]) for k in range(1, len(stages) + 1)]
+            if cascade
+            else []
+        )
+        report[base.method] = {
+            "spearman": s,
+            "spearman_abs": sa,
+            "passes": sa < threshold,
+            "threshold": threshold,
+            "cascade": steps,
+        }
     return report
 
 
@@ -132,13 +151,23 @@ def attribution_in_mask(maps: np.ndarray, mask: np.ndarray) -> dict[str, float]:
         raise NcmError("the maps hold no finite values")
     area = float(mask[ok].mean())
     share = float(pos[mask].sum() / total) if total > 0 else float("nan")
-    return {"positive_share_in_mask": share, "area_share": area,
-            "enrichment": share / area if area > 0 and total > 0 else float("nan")}
+    return {
+        "positive_share_in_mask": share,
+        "area_share": area,
+        "enrichment": share / area if area > 0 and total > 0 else float("nan"),
+    }
 
 
 def deletion_insertion(
-    bundle: str | Any, images: Any, explanation: Any, *, steps: int = 20, blur_sigma: float = 5.0,
-    fill: Any = "mean", batch_size: int = 32, seed: int = 0,
+    bundle: str | Any,
+    images: Any,
+    explanation: Any,
+    *,
+    steps: int = 20,
+    blur_sigma: float = 5.0,
+    fill: Any = "mean",
+    batch_size: int = 32,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Deletion and insertion curves for each map of ``explanation`` (computed on ``images``).
 
@@ -171,7 +200,7 @@ def deletion_insertion(
         out = []
         with torch.inference_mode():
             for k in range(0, len(batch), batch_size):
-                z = model(batch[k:k + batch_size]).float()
+                z = model(batch[k : k + batch_size]).float()
                 out.append((torch.softmax(z, 1) if c.task == "classify" else z)[:, t].cpu().numpy())
         return np.concatenate(out)
 
@@ -198,15 +227,21 @@ def deletion_insertion(
             dele[n, k], ins[n, k] = curves(x[n], order, t)
             rd, ri = curves(x[n], rng.permutation(H * W), t)
             if c.task == "regress":  # values relative to the unchanged tile's, in the target's units
-                m, s = np.ravel(reg.get("mean", [0.0] * c.num_outputs))[t], np.ravel(reg.get("std", [1.0] * c.num_outputs))[t]
+                m = np.ravel(reg.get("mean", [0.0] * c.num_outputs))[t]
+                s = np.ravel(reg.get("std", [1.0] * c.num_outputs))[t]
                 v0 = dele[n, k][0] * s + m
                 dele[n, k], ins[n, k], rd, ri = ((v * s + m) / v0 for v in (dele[n, k], ins[n, k], rd, ri))
             rdel.append(rd)
             rins.append(ri)
-    return {"fractions": fr, "deletion": dele, "insertion": ins,
-            "deletion_auc": float(np.trapezoid(dele, fr, axis=-1).mean()),
-            "insertion_auc": float(np.trapezoid(ins, fr, axis=-1).mean()),
-            "random_deletion": np.mean(rdel, 0), "random_insertion": np.mean(rins, 0),
-            "random_deletion_auc": float(np.trapezoid(np.mean(rdel, 0), fr)),
-            "random_insertion_auc": float(np.trapezoid(np.mean(rins, 0), fr)),
-            "method": explanation.method}
+    return {
+        "fractions": fr,
+        "deletion": dele,
+        "insertion": ins,
+        "deletion_auc": float(np.trapezoid(dele, fr, axis=-1).mean()),
+        "insertion_auc": float(np.trapezoid(ins, fr, axis=-1).mean()),
+        "random_deletion": np.mean(rdel, 0),
+        "random_insertion": np.mean(rins, 0),
+        "random_deletion_auc": float(np.trapezoid(np.mean(rdel, 0), fr)),
+        "random_insertion_auc": float(np.trapezoid(np.mean(rins, 0), fr)),
+        "method": explanation.method,
+    }

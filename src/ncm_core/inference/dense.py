@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ncm_core.errors import NcmError
 from ncm_core.data.tiling import TileGrid, extract_tiles
+from ncm_core.errors import NcmError
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def dense_block_probs(bundle: Any, region: np.ndarray, grid: TileGrid, cells: tu
     """
     import torch
 
-    from ncm_core.inference.predict import _use_channels_last
+    from ncm_core.inference.layout import use_channels_last
     from ncm_core.models.preprocess import tiles_to_tensor
 
     r0, r1, c0, c1 = cells
@@ -129,7 +129,7 @@ def dense_block_probs(bundle: Any, region: np.ndarray, grid: TileGrid, cells: tu
     cl = channels_last and not onnx
     model = bundle.model
     if cl:
-        _use_channels_last(model)
+        use_channels_last(model)
     dev = torch.device(device)
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 

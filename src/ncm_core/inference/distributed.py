@@ -1,6 +1,6 @@
-"""Running prediction blocks on dask.distributed.
+"""Running the engine's blocks on dask.distributed (any :class:`~ncm_core.inference.engine.BlockTask`).
 
-Each block of tiles is one task. A worker plugin loads the model once per
+Each block is one dask task. A worker plugin loads the model once per
 worker (and limits torch to the worker's threads); tasks open the mosaic from
 its path and write only their own output chunks and status chunk, so no two
 writers ever touch one chunk. A worker that dies loses only its running
@@ -13,8 +13,9 @@ task elsewhere. Scheduler addresses: ``tcp://host:8786`` (a running cluster),
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from distributed import WorkerPlugin
 
@@ -25,10 +26,10 @@ from ncm_core.progress import CancelFlag, is_cancelled
 def check_distributable(bundle: Any, mosaic: Any) -> None:
     """Workers load the bundle and the mosaic from paths they can read: refuse anything else early."""
     if bundle.path is None:
-        raise NcmError("distributed prediction needs a bundle saved on disk (a path every worker can read)")
+        raise NcmError("distributed runs need a bundle saved on disk (a path every worker can read)")
     src = mosaic.source
     if not src or not Path(src).exists():
-        raise NcmError(f"distributed prediction needs the mosaic as a file or zarr path every worker can read, "
+        raise NcmError(f"distributed runs need the mosaic as a file or zarr path every worker can read, "
                        f"not {src or 'an in-memory array'}")
 
 
@@ -67,8 +68,8 @@ class ModelOnWorker(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         import torch
 
-        from ncm_core.models.bundle import load_bundle
         from ncm_core.devices import resolve_device
+        from ncm_core.models.bundle import load_bundle
 
         torch.set_num_threads(self.threads)
         self.dev = resolve_device(self.device)
@@ -84,28 +85,36 @@ class ModelOnWorker(WorkerPlugin):
         return self.mosaics[source]
 
 
-def _block_task(plan: Any, source: str, block: tuple[int, int, int, int], plugin: str) -> dict[str, Any] | None:
+def _block_task(run: Any, context: Any, task: Any, source: str, block: Any, plugin: str, retries: int,
+                delay: float) -> dict[str, Any] | None:
     from distributed import get_worker
 
     state = get_worker().plugins[plugin]
-    mosaic = state.mosaic(source)
-    prepared = plan.prepare(state.bundle, mosaic, block, state.dev)
-    return plan.finish(state.bundle, state.dev, block, prepared, plan.open_arrays())
+    return run(task, context(state.bundle, state.mosaic(source), state.dev), block, retries, delay)
 
 
-def run_blocks(scheduler: Any, plan: Any, bundle: Any, mosaic: Any, blocks: list[tuple[int, int, int, int]],
-               device: str, cancel: CancelFlag = None) -> Iterator[dict[str, Any] | None]:
-    """Run ``blocks`` as dask tasks; yields each block's failure record (or None) as it finishes."""
+def run_blocks(scheduler: Any, task: Any, ctx: Any, blocks: list[Any], run: Any, retries: int = 2,
+               delay: float = 0.5, cancel: CancelFlag = None) -> Iterator[dict[str, Any] | None]:
+    """Run ``blocks`` of ``task`` as dask tasks; yields each block's failure record (or None) as it finishes.
+
+    ``run(task, ctx, block, retries, delay)`` processes one block on a worker (the engine's ``run_block``,
+    passed in so that this module needs nothing from the engine); each worker builds its context with
+    ``type(ctx)``.
+    """
     from distributed import as_completed
 
-    name = f"ncm-model-{Path(bundle.path).resolve()}-{device}"
+    check_distributable(ctx.bundle, ctx.mosaic)
+    device = str(ctx.device)
+    bundle_path = str(Path(ctx.bundle.path).resolve())
+    name = f"ncm-model-{bundle_path}-{device}"
     with connect(scheduler) as client:
-        client.register_plugin(ModelOnWorker(str(Path(bundle.path).resolve()), device), name=name)
-        # the plan (with its grid-sized mask) goes to each worker once, not with every task
-        plan_on_workers = client.scatter(plan, broadcast=True)
-        source = str(Path(mosaic.source).resolve())
-        futures = client.map(_block_task, [plan_on_workers] * len(blocks), [source] * len(blocks),
-                             blocks, [name] * len(blocks), pure=False, retries=2)
+        client.register_plugin(ModelOnWorker(bundle_path, device), name=name)
+        # the task (with its grid-sized mask) goes to each worker once, not with every block
+        task_on_workers = client.scatter(task, broadcast=True)
+        source = str(Path(ctx.mosaic.source).resolve())
+        n = len(blocks)
+        futures = client.map(_block_task, [run] * n, [type(ctx)] * n, [task_on_workers] * n, [source] * n, blocks,
+                             [name] * n, [retries] * n, [delay] * n, pure=False, retries=2)
         try:
             for fut in as_completed(futures):
                 if is_cancelled(cancel):

@@ -3,18 +3,26 @@
 ONNX Runtime fuses convolution, batch normalisation and activation into one
 kernel; on 2 CPU cores it ran EfficientNet-B0 and ResNet-10t 1.2-1.3x faster
 than PyTorch in channels-last layout (docs/benchmarks.md). It is optional
-(``pip install "napari-ncm[onnx]"``). The model is exported in memory from the
-weights already loaded from safetensors, once per process and bundle (about
-half a second), with PyTorch's TorchScript-based exporter; nothing is
-downloaded, written or unpickled.
+(``pip install "napari-ncm[onnx]"``). The model is exported from the weights
+already loaded from safetensors (about half a second), with PyTorch's
+TorchScript-based exporter, and the graph is kept in a cache keyed by the
+weights (:mod:`ncm_core.inference.onnx_cache`); nothing is downloaded or
+unpickled, and nothing is written next to the bundle.
 
 ``backend="auto"`` (the default of :func:`~ncm_core.inference.predict.predict_mosaic`)
-uses ONNX Runtime only for CPU runs of at least 16 batches (and 1024 tiles),
-where it is installed, and only when a short measurement (one batch of up to
-32 tiles per backend, after an untimed one) finds it faster than PyTorch; GPUs always use PyTorch. In dense mode the trunk
-(``forward_features``, exported with free height and width) runs in ONNX
-Runtime and the small head per tile in PyTorch. The choice is stored in the
-output and kept when a run resumes, so the result stays byte-identical.
+uses ONNX Runtime only on the CPU, where it is installed, and:
+
+- for runs of at least 16 batches (and 1024 tiles) when a short measurement
+  (one batch of up to 32 tiles per backend, after an untimed one) finds it
+  faster than PyTorch;
+- for shorter runs when the graph is already cached and the tiles need no
+  resizing (not in dense mode): then nothing needs PyTorch, and a prediction
+  from a bundle folder skips importing it (:mod:`ncm_core.inference.light`).
+
+GPUs always use PyTorch. In dense mode the trunk (``forward_features``,
+exported with free height and width) runs in ONNX Runtime and the small head
+per tile in PyTorch. The choice is stored in the output and kept when a run
+resumes, so the result stays byte-identical.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ncm_core.errors import NcmError
+from ncm_core.inference import onnx_cache
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 _CHOICES: dict[tuple, str] = {}  # measured choices, per process
@@ -38,46 +47,19 @@ def have_onnxruntime() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
+OUTPUTS = {"model": ["logits"], "features": ["logits", "features"], "trunk": ["features"]}
+
+
 class OnnxRunner:
-    """A model exported to ONNX and run by ONNX Runtime.
+    """A model exported to ONNX and run by ONNX Runtime (an ``onnxruntime.InferenceSession``).
 
     ``part="model"``: ``runner(x)`` -> ``(logits, None)``; ``"features"``: ``(logits, pre-logits
     features)``; ``"trunk"``: ``(forward_features(x), None)`` for inputs of any height and width
-    (dense mode). Outputs are numpy arrays.
+    (dense mode). Inputs are numpy arrays or CPU tensors; outputs are numpy arrays.
     """
 
-    def __init__(self, model: Any, in_chans: int, input_size: tuple[int, int], part: str = "model",
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-        import torch
-
-        class _Part(torch.nn.Module):
-            def __init__(self, m: Any) -> None:
-                super().__init__()
-                self.m = m
-
-            def forward(self, x: Any) -> Any:
-                f = self.m.forward_features(x)
-                if part == "trunk":
-                    return f
-                return self.m.forward_head(f), self.m.forward_head(f, pre_logits=True)
-
-        if any(q.device.type != "cpu" for q in model.parameters()):
-            raise NcmError("the ONNX Runtime backend runs on the CPU; load the bundle on the CPU")
-        net = (model if part == "model" else _Part(model)).eval()
-        outputs = {"model": ["logits"], "features": ["logits", "features"], "trunk": ["features"]}[part]
-        axes = {"x": {0: "n", 2: "h", 3: "w"} if part == "trunk" else {0: "n"}}
-        axes.update({o: {0: "n", 2: "fh", 3: "fw"} if part == "trunk" else {0: "n"} for o in outputs})
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's concern
-            torch.onnx.export(net, (torch.zeros(2, in_chans, *input_size),), buf, input_names=["x"],
-                              output_names=outputs, dynamic_axes=axes, dynamo=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    def __init__(self, session: Any, part: str = "model") -> None:
+        self.session = session
         self.part = part
 
     def __call__(self, x: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -86,31 +68,99 @@ class OnnxRunner:
         return out[0], (out[1] if self.part == "features" else None)
 
 
+def export_graph(model: Any, in_chans: int, input_size: tuple[int, int], part: str = "model") -> bytes:
+    """``model`` (or its ``part``) exported to a serialised ONNX graph with PyTorch's TorchScript-based
+    exporter, in memory (batch size free; height and width free for ``"trunk"``)."""
+    import torch
+
+    class _Part(torch.nn.Module):
+        def __init__(self, m: Any) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: Any) -> Any:
+            f = self.m.forward_features(x)
+            if part == "trunk":
+                return f
+            return self.m.forward_head(f), self.m.forward_head(f, pre_logits=True)
+
+    if any(q.device.type != "cpu" for q in model.parameters()):
+        raise NcmError("the ONNX Runtime backend runs on the CPU; load the bundle on the CPU")
+    net = (model if part == "model" else _Part(model)).eval()
+    outputs = OUTPUTS[part]
+    axes = {"x": {0: "n", 2: "h", 3: "w"} if part == "trunk" else {0: "n"}}
+    axes.update({o: {0: "n", 2: "fh", 3: "fw"} if part == "trunk" else {0: "n"} for o in outputs})
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's concern
+        torch.onnx.export(net, (torch.zeros(2, in_chans, *input_size),), buf, input_names=["x"],
+                          output_names=outputs, dynamic_axes=axes, dynamo=False)
+    return buf.getvalue()
+
+
+def cached_runner(bundle: Any, part: str = "model") -> OnnxRunner | None:
+    """The bundle's :class:`OnnxRunner` for ``part`` when it is loaded or in the graph cache
+    (:mod:`ncm_core.inference.onnx_cache`), else None. Needs neither PyTorch nor timm."""
+    memo = bundle.__dict__.setdefault("_ncm_onnx", {})
+    if part not in memo and bundle.path is not None:  # in-memory models may change: never cached
+        sess = onnx_cache.load_cached(bundle, part)
+        if sess is not None:
+            memo[part] = OnnxRunner(sess, part)
+    return memo.get(part)
+
+
+def export_to_cache(bundle: Any, part: str = "model") -> bytes:
+    """Export the loaded bundle's ``part`` and write it to the graph cache (when the bundle has a path and
+    the cache can be written); returns the tagged graph."""
+    spec = bundle.config.input
+    graph = export_graph(bundle.model, spec.in_chans, tuple(spec.input_size), part)
+    if bundle.path is not None:
+        graph = onnx_cache.tag(graph, onnx_cache.cache_key(bundle, part))
+        onnx_cache.save(bundle, part, graph)
+    return graph
+
+
 def onnx_runner(bundle: Any, part: str = "model") -> OnnxRunner:
-    """The bundle's :class:`OnnxRunner` for ``part``, exported on first use and kept on the loaded
-    bundle (so each dask worker exports once)."""
-    cache = bundle.__dict__.setdefault("_ncm_onnx", {})
-    if part not in cache:
-        spec = bundle.config.input
-        cache[part] = OnnxRunner(bundle.model, spec.in_chans, tuple(spec.input_size), part)
-    return cache[part]
+    """The bundle's :class:`OnnxRunner` for ``part``: from the graph cache, or exported (about half a
+    second) and cached; kept on the loaded bundle (so each dask worker loads it once)."""
+    runner = cached_runner(bundle, part)
+    if runner is None:
+        if bundle.model is None:
+            raise NcmError(f"no cached ONNX graph for this bundle ({part}); load the bundle to export it",
+                           bundle.path)
+        runner = OnnxRunner(onnx_cache.session(export_to_cache(bundle, part)), part)
+        bundle.__dict__["_ncm_onnx"][part] = runner
+    return runner
+
+
+def model_part(dense: bool, ood: bool) -> str:
+    """The exported part a run needs: the trunk (dense mode), logits and features (OOD) or logits."""
+    return "trunk" if dense else "features" if ood else "model"
+
+
+def short_run(n_tiles: int, batch_size: int) -> bool:
+    """Runs of fewer than 16 batches (or 1024 tiles) are too short to gain from measuring anything."""
+    return n_tiles < max(16 * batch_size, 1024)
 
 
 def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requested: str = "auto",
-                   channels_last: bool = False, dense: bool = False, ood: bool = False) -> str:
-    """``"torch"`` or ``"onnxruntime"`` for a prediction run (see the module's description)."""
+                   channels_last: bool = False, dense: bool = False, ood: bool = False,
+                   resize: bool = False) -> str:
+    """``"torch"`` or ``"onnxruntime"`` for a prediction run (see the module's description); ``resize``:
+    the tiles are resized to the model's input size (which needs PyTorch)."""
     import torch
 
     if requested not in BACKENDS:
         raise NcmError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     dev = torch.device(device)
+    part = model_part(dense, ood)
     if requested == "onnxruntime":
         if not have_onnxruntime():
             raise NcmError('the ONNX Runtime backend needs onnxruntime and onnx: pip install "napari-ncm[onnx]"')
         if dev.type != "cpu":
             raise NcmError(f"the ONNX Runtime backend runs on the CPU, not on {dev}")
         try:  # export now, so that a model the exporter cannot handle fails before the run, in one line
-            onnx_runner(bundle, "trunk" if dense else "features" if ood else "model")
+            onnx_runner(bundle, part)
         except NcmError:
             raise
         except Exception as exc:
@@ -118,11 +168,12 @@ def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requ
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); use backend 'torch'",
                            bundle.path) from None
         return requested
-    small = n_tiles < max(16 * batch_size, 1024)
-    if requested == "torch" or dev.type != "cpu" or small or not have_onnxruntime():
+    if requested == "torch" or dev.type != "cpu" or not have_onnxruntime():
         return "torch"
+    if short_run(n_tiles, batch_size):  # no measurement; a cached graph saves the export
+        light = not dense and not resize and cached_runner(bundle, part) is not None
+        return "onnxruntime" if light else "torch"
     spec = bundle.config.input
-    part = "trunk" if dense else "features" if ood else "model"
     key = (bundle.config.architecture, tuple(spec.input_size), spec.in_chans, min(batch_size, 32), channels_last,
            part, torch.get_num_threads())
     if key not in _CHOICES:
@@ -140,7 +191,7 @@ def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requ
         if channels_last:
             bundle.model.to(memory_format=torch.channels_last)
         fwd = bundle.model.forward_features if dense else bundle.model
-        from ncm_core.inference.predict import time_once
+        from ncm_core.inference.layout import time_once
 
         timings = time_once({"torch": lambda: fwd(xt), "onnxruntime": lambda: runner(x)})
         _CHOICES[key] = min(timings, key=timings.get)

@@ -1,4 +1,4 @@
-"""Opening mosaics lazily and writing OME-Zarr (NGFF).
+"""Mosaics: opening them lazily, and saving one as OME-Zarr (NGFF).
 
 :func:`open_mosaic` turns anything a user may point at (a zarr array or group,
 an OME-Zarr multiscale image, a TIFF/OME-TIFF, a PNG/JPEG, a numpy or dask
@@ -8,9 +8,8 @@ source has them. Nothing is read until a region is computed; TIFFs are read
 through tifffile's zarr interface, tile by tile.
 
 :func:`write_ome_zarr` writes an NGFF 0.5 image (zarr v3) with an optional
-pyramid, chunk by chunk. NGFF metadata is plain JSON; it is written here
-directly rather than through ome-zarr-py, to keep chunk-aligned control of the
-writes (each chunk written by exactly one task).
+pyramid, chunk by chunk, under ``<path>.partial`` then renamed; the NGFF metadata and
+chunk-aligned writing are in :mod:`ncm_core.io.ngff`.
 """
 
 from __future__ import annotations
@@ -18,16 +17,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
 
 from ncm_core.errors import NcmError
+from ncm_core.io.ngff import (  # noqa: F401  (also importable from here, as before)
+    NGFF_VERSION,
+    ngff_axes,
+    ngff_multiscales,
+    read_label_classes,
+    write_image,
+    write_label_group,
+)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-NGFF_VERSION = "0.5"
 
 
 @dataclass
@@ -76,8 +82,10 @@ class Mosaic:
 
     def __repr__(self) -> str:
         ps = f"{self.pixel_size:g} {self.unit}/px" if self.pixel_size else "pixel size unknown"
-        return (f"Mosaic({self.shape[0]}x{self.shape[1]} px, {self.axes}, {self.dtype}, {ps}, "
-                f"{len(self.levels)} level(s), chunks={self.data.chunksize})")
+        return (
+            f"Mosaic({self.shape[0]}x{self.shape[1]} px, {self.axes}, {self.dtype}, {ps}, "
+            f"{len(self.levels)} level(s), chunks={self.data.chunksize})"
+        )
 
 
 def _label(source: Any) -> str:
@@ -85,7 +93,7 @@ def _label(source: Any) -> str:
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> None:
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.bool_)):
         raise NcmError(f"unsupported pixel type {dtype}; expected unsigned/signed integers or floats", where)
 
 
@@ -99,8 +107,11 @@ def _to_yxc(arr: da.Array, axes: str | None, where: str) -> da.Array:
         elif arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4):
             axes = "cyx"
         else:
-            raise NcmError(f"cannot interpret an array of shape {tuple(arr.shape)} as a 2-D image "
-                           "(expected (Y, X), (Y, X, C) or (C, Y, X) with at most 4 channels)", where)
+            raise NcmError(
+                f"cannot interpret an array of shape {tuple(arr.shape)} as a 2-D image "
+                "(expected (Y, X), (Y, X, C) or (C, Y, X) with at most 4 channels)",
+                where,
+            )
     axes = axes.lower()
     if len(axes) != arr.ndim:
         raise NcmError(f"axes {axes!r} do not match an array of {arr.ndim} dimensions", where)
@@ -108,8 +119,9 @@ def _to_yxc(arr: da.Array, axes: str | None, where: str) -> da.Array:
         if ax in axes:
             i = axes.index(ax)
             if arr.shape[i] != 1:
-                raise NcmError(f"image has {arr.shape[i]} planes along axis {ax!r}; "
-                               "napari-ncm expects a single 2-D plane", where)
+                raise NcmError(
+                    f"image has {arr.shape[i]} planes along axis {ax!r}; napari-ncm expects a single 2-D plane", where
+                )
             arr = arr[(slice(None),) * i + (0,)]
             axes = axes.replace(ax, "")
     if set(axes) - set("yxcs"):
@@ -139,7 +151,9 @@ def _open_ngff(group: Any, where: str) -> Mosaic:
     ms = meta["multiscales"][0]
     axes_meta = ms.get("axes")
     axes = "".join(a["name"] if isinstance(a, dict) else a for a in axes_meta) if axes_meta else None
-    units = [a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("name") in ("y", "x")] if axes_meta else []
+    units = (
+        [a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("name") in ("y", "x")] if axes_meta else []
+    )
     levels, scale0, trans0 = [], None, None
     for k, ds in enumerate(ms["datasets"]):
         try:
@@ -160,8 +174,15 @@ def _open_ngff(group: Any, where: str) -> Mosaic:
         if trans0:
             translate = (float(trans0[iy]), float(trans0[ix]))
     name = ms.get("name") or Path(where).name.split(".")[0]
-    return _finish(levels, axes, where, pixel_size=pixel_size, translate=translate,
-                   unit=(units[0] if units and units[0] else "micrometer"), name=name)
+    return _finish(
+        levels,
+        axes,
+        where,
+        pixel_size=pixel_size,
+        translate=translate,
+        unit=(units[0] if units and units[0] else "micrometer"),
+        name=name,
+    )
 
 
 def _open_zarr(path: Path, where: str) -> Mosaic:
@@ -182,8 +203,11 @@ def _open_zarr(path: Path, where: str) -> Mosaic:
             return _finish([da.from_zarr(node[arrays[0]])], None, where, name=path.stem)
         if "0" in arrays:
             return _finish([da.from_zarr(node["0"])], None, where, name=path.stem)
-        raise NcmError("zarr group holds no single image: expected an OME-Zarr multiscale image or one array, "
-                       f"found arrays {arrays or 'none'}", where)
+        raise NcmError(
+            "zarr group holds no single image: expected an OME-Zarr multiscale image or one array, "
+            f"found arrays {arrays or 'none'}",
+            where,
+        )
     except NcmError:
         raise
     except Exception as exc:
@@ -305,64 +329,18 @@ def open_mosaic(source: Any, *, axes: str | None = None, pixel_size: float | Non
     return mosaic
 
 
-# ---------------------------------------------------------------- writing
-
-
-def ngff_axes(ndim_extra: Sequence[str] = (), unit: str | None = "micrometer") -> list[dict[str, str]]:
-    """NGFF axes metadata: leading non-spatial axes (``"c"``), then y and x."""
-    out: list[dict[str, str]] = [{"name": a, "type": "channel" if a == "c" else "time" if a == "t" else "space"}
-                                 for a in ndim_extra]
-    for a in ("y", "x"):
-        d = {"name": a, "type": "space"}
-        if unit:
-            d["unit"] = unit
-        out.append(d)
-    return out
-
-
-def ngff_multiscales(
-    n_levels: int, scale: tuple[float, float], translate: tuple[float, float], *,
-    leading: Sequence[str] = (), unit: str | None = "micrometer", name: str = "image", factor: int = 2,
-) -> dict[str, Any]:
-    """NGFF ``multiscales`` entry for ``n_levels`` levels downsampled by ``factor``.
-
-    ``translate`` is the world position of the centre of pixel (0, 0) of level 0;
-    coarser levels are shifted so their pixel centres stay on their footprints.
-    """
-    datasets = []
-    for k in range(n_levels):
-        f = factor**k
-        s = [scale[0] * f, scale[1] * f]
-        t = [translate[0] + scale[0] * (f - 1) / 2, translate[1] + scale[1] * (f - 1) / 2]
-        datasets.append({
-            "path": str(k),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * len(leading) + s},
-                {"type": "translation", "translation": [0.0] * len(leading) + t},
-            ],
-        })
-    return {"name": name, "axes": ngff_axes(leading, unit), "datasets": datasets}
-
-
-def _pyramid(arr: da.Array, n_levels: int, labels: bool) -> list[da.Array]:
-    levels = [arr]
-    for _ in range(1, n_levels):
-        prev = levels[-1]
-        if min(prev.shape[:2]) < 2:
-            break
-        axes = {0: 2, 1: 2}
-        if labels:  # nearest (top-left sample) for label images
-            nxt = prev[::2, ::2]
-        else:
-            nxt = da.coarsen(np.mean, prev.astype(np.float32), axes, trim_excess=True).astype(prev.dtype)
-        levels.append(nxt)
-    return levels
-
-
 def write_ome_zarr(
-    path: str | Path, image: Any, *, pixel_size: float | None = None, translate: tuple[float, float] = (0.0, 0.0),
-    chunks: int = 512, levels: int = 1, labels: dict[str, Any] | None = None,
-    label_classes: dict[str, list[str]] | None = None, name: str | None = None, overwrite: bool = False,
+    path: str | Path,
+    image: Any,
+    *,
+    pixel_size: float | None = None,
+    translate: tuple[float, float] = (0.0, 0.0),
+    chunks: int = 512,
+    levels: int = 1,
+    labels: dict[str, Any] | None = None,
+    label_classes: dict[str, list[str]] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``image`` (``yx`` or ``yxc``, numpy or dask) as an NGFF 0.5 OME-Zarr.
 
@@ -373,78 +351,51 @@ def write_ome_zarr(
     """
     import zarr
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise NcmError("output exists; pass overwrite=True (CLI: --overwrite) to replace it", path)
+    from ncm_core.outputs import atomic_output
+
     mosaic = open_mosaic(image)
-    arr = mosaic.data
-    rgb = arr.ndim == 3  # NGFF wants channels before y, x
-    leading = ("c",) if rgb else ()
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
     scale = (pixel_size or 1.0, pixel_size or 1.0)
     unit = "micrometer" if pixel_size else None
-    lv = _pyramid(arr, levels, labels=False)
-    ms = ngff_multiscales(len(lv), scale, translate, leading=leading, unit=unit, name=name or path.name.split(".")[0])
-    for k, level in enumerate(lv):
-        data = level.transpose(2, 0, 1) if rgb else level
-        ch = ((data.shape[0],) if rgb else ()) + (chunks, chunks)
-        z = root.create_array(str(k), shape=data.shape, dtype=data.dtype, chunks=ch,
-                              dimension_names=[a["name"] for a in ms["axes"]])
-        da.store(data.rechunk(ch), z, lock=False, compute=True)
-    root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [ms]}
-    if labels:
-        lg = root.create_group("labels")
-        lg.attrs["ome"] = {"version": NGFF_VERSION, "labels": list(labels)}
-        for lname, lab in labels.items():
-            lab_m = open_mosaic(lab)
-            if lab_m.shape != mosaic.shape:
-                raise NcmError(f"label image {lname!r} has shape {lab_m.shape}, the image {mosaic.shape}")
-            names = (label_classes or {}).get(lname)
-            colors = props = None
-            if names:
-                from ncm_core.io.colors import class_colors
+    path = Path(path)
+    with atomic_output(path, overwrite, folder=False) as part:
+        root = zarr.open_group(str(part), mode="w", zarr_format=3)
+        write_image(
+            root,
+            mosaic.data,
+            scale=scale,
+            translate=translate,
+            unit=unit,
+            chunks=chunks,
+            levels=levels,
+            name=name or path.name.split(".")[0],
+        )
+        if labels:
+            lg = root.create_group("labels")
+            lg.attrs["ome"] = {"version": NGFF_VERSION, "labels": list(labels)}
+            for lname, lab in labels.items():
+                lab_m = open_mosaic(lab)
+                if lab_m.shape != mosaic.shape:
+                    raise NcmError(f"label image {lname!r} has shape {lab_m.shape}, the image {mosaic.shape}")
+                names = (label_classes or {}).get(lname)
+                colors = props = None
+                if names:
+                    from ncm_core.io.colors import class_colors
 
-                colors = {k + 1: c for k, c in enumerate(class_colors(len(names)))}
-                props = {0: {"class": "unlabelled"}, **{k + 1: {"class": n} for k, n in enumerate(names)}}
-            write_label_group(lg, lname, lab_m.data, scale=scale, translate=translate, unit=unit,
-                              chunks=chunks, levels=levels, colors=colors, properties=props)
+                    colors = {k + 1: c for k, c in enumerate(class_colors(len(names)))}
+                    props = {0: {"class": "unlabelled"}, **{k + 1: {"class": n} for k, n in enumerate(names)}}
+                write_label_group(
+                    lg,
+                    lname,
+                    lab_m.data,
+                    scale=scale,
+                    translate=translate,
+                    unit=unit,
+                    chunks=chunks,
+                    levels=levels,
+                    colors=colors,
+                    properties=props,
+                )
     return path
-
-
-def write_label_group(
-    parent: Any, name: str | None, data: da.Array, *, scale: tuple[float, float], translate: tuple[float, float],
-    unit: str | None, chunks: int | tuple[int, int] = 512, levels: int = 1,
-    colors: dict[int, tuple[float, float, float, float]] | None = None,
-    properties: dict[int, dict[str, Any]] | None = None, source: str = "../../",
-) -> Any:
-    """Write a label image as an NGFF ``image-label`` group ``name`` under ``parent`` (``None``: into ``parent``)."""
-    g = parent if name is None else parent.create_group(name)
-    lv = _pyramid(data, levels, labels=True)
-    ms = ngff_multiscales(len(lv), scale, translate, unit=unit, name=name or "labels")
-    ch = (chunks, chunks) if isinstance(chunks, int) else tuple(chunks)
-    for k, level in enumerate(lv):
-        z = g.create_array(str(k), shape=level.shape, dtype=level.dtype, chunks=ch, dimension_names=["y", "x"])
-        da.store(level.rechunk(ch), z, lock=False, compute=True)
-    image_label: dict[str, Any] = {"version": NGFF_VERSION, "source": {"image": source}}
-    if colors:
-        image_label["colors"] = [{"label-value": int(v), "rgba": [int(round(c * 255)) for c in rgba]}
-                                 for v, rgba in colors.items()]
-    if properties:
-        image_label["properties"] = [{"label-value": int(v), **p} for v, p in properties.items()]
-    g.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [ms], "image-label": image_label}
-    return g
-
-
-def read_label_classes(path: str | Path) -> dict[int, str]:
-    """Class name of each label value of an NGFF label image (its ``image-label`` properties)."""
-    import zarr
-
-    try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:
-        return {}
-    il = attrs.get("ome", attrs).get("image-label", {})
-    return {int(p["label-value"]): str(p["class"]) for p in il.get("properties", []) if "class" in p}
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> dict[str, Any]:

@@ -39,7 +39,9 @@ class BundleConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, Any] = field(default_factory=dict)  # out-of-distribution detector (see ncm_core.models.ood)
-    regression: dict[str, Any] = field(default_factory=dict)  # target scaling, loss, C-rates (see ncm_core.training.regression)
+    regression: dict[str, Any] = field(
+        default_factory=dict
+    )  # target scaling, loss, C-rates (see ncm_core.training.regression)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -52,23 +54,34 @@ class BundleConfig:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "BundleConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> BundleConfig:
         if d.get("format") != FORMAT:
             raise NcmError(f"not a napari-ncm bundle config (format is {d.get('format')!r})", where)
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
-            raise NcmError(f"bundle format version {d['format_version']} is newer than this napari-ncm "
-                           f"supports ({FORMAT_VERSION}); upgrade napari-ncm", where)
+            raise NcmError(
+                f"bundle format version {d['format_version']} is newer than this napari-ncm "
+                f"supports ({FORMAT_VERSION}); upgrade napari-ncm",
+                where,
+            )
         try:
             cfg = cls(
-                architecture=str(d["architecture"]), task=d.get("task", "classify"),
-                class_names=list(d.get("class_names") or []), target_names=list(d.get("target_names") or []),
-                input=InputSpec.from_dict(d["input"]), tile_size=int(d["tile_size"]),
-                pixel_size=d.get("pixel_size"), model_kwargs=dict(d.get("model_kwargs") or {}),
-                training=dict(d.get("training") or {}), ood=dict(d.get("ood") or {}),
-                regression=dict(d.get("regression") or {}), versions=dict(d.get("versions") or {}),
+                architecture=str(d["architecture"]),
+                task=d.get("task", "classify"),
+                class_names=list(d.get("class_names") or []),
+                target_names=list(d.get("target_names") or []),
+                input=InputSpec.from_dict(d["input"]),
+                tile_size=int(d["tile_size"]),
+                pixel_size=d.get("pixel_size"),
+                model_kwargs=dict(d.get("model_kwargs") or {}),
+                training=dict(d.get("training") or {}),
+                ood=dict(d.get("ood") or {}),
+                regression=dict(d.get("regression") or {}),
+                versions=dict(d.get("versions") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise NcmError(f"bundle config is missing or has a bad field ({type(exc).__name__}: {exc})", where) from None
+            raise NcmError(
+                f"bundle config is missing or has a bad field ({type(exc).__name__}: {exc})", where
+            ) from None
         if cfg.task not in ("classify", "regress"):
             raise NcmError(f"unknown task {cfg.task!r} (expected 'classify' or 'regress')", where)
         if cfg.num_outputs < 1:
@@ -82,8 +95,12 @@ def library_versions() -> dict[str, str]:
 
     from ncm_core._version import __version__
 
-    return {"napari-ncm": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+    return {
+        "napari-ncm": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
 
 
 @dataclass
@@ -129,23 +146,62 @@ def save_bundle(model: Any, config: BundleConfig, path: str | Path, extra: dict[
     return path
 
 
+def read_bundle_config(path: str | Path) -> BundleConfig:
+    """The validated config of the bundle directory ``path`` (which must also hold its weights file),
+    without loading the model: JSON only, no PyTorch."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise NcmError(
+            "model bundle not found (expected a directory with config.json and model.safetensors)"
+            if not path.exists()
+            else "a model bundle is a directory with config.json and model.safetensors",
+            path,
+        )
+    cfg = BundleConfig.from_dict(read_json(path / CONFIG, "bundle config"), str(path / CONFIG))
+    if not (path / WEIGHTS).is_file():
+        raise NcmError(f"bundle has no {WEIGHTS}", path)
+    return cfg
+
+
+def read_bundle_extra(path: str | Path) -> dict[str, Any]:
+    """The bundle's extra tensors (``extra.safetensors``: the OOD detector's statistics) as numpy
+    arrays, without PyTorch; ``{}`` when it has none."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    file = Path(path).expanduser() / EXTRA
+    if not file.is_file():
+        return {}
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NcmError(f"file is damaged or not safetensors ({exc})", file) from None
+
+
+def config_bundle(path: str | Path) -> ModelBundle:
+    """A bundle without its model (``model`` is None): config, path and extra tensors as numpy arrays.
+
+    Enough for a prediction with a cached ONNX graph (:mod:`ncm_core.inference.light`); no PyTorch.
+    """
+    path = Path(path).expanduser()
+    cfg = read_bundle_config(path)
+    return ModelBundle(model=None, config=cfg, path=path, extra=read_bundle_extra(path))
+
+
 def load_bundle(path: str | Path | ModelBundle, device: str = "cpu") -> ModelBundle:
     """Load a bundle directory: rebuild the model from its config and load its safetensors weights."""
     if isinstance(path, ModelBundle):
-        return path
+        if path.model is not None:
+            return path
+        path = path.path  # a config-only bundle: load its model
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ncm_core.models.factory import build_model
 
     path = Path(path).expanduser()
-    if not path.is_dir():
-        raise NcmError("model bundle not found (expected a directory with config.json and model.safetensors)"
-                       if not path.exists() else "a model bundle is a directory with config.json and model.safetensors", path)
-    cfg = BundleConfig.from_dict(read_json(path / CONFIG, "bundle config"), str(path / CONFIG))
+    cfg = read_bundle_config(path)
     wfile = path / WEIGHTS
-    if not wfile.is_file():
-        raise NcmError(f"bundle has no {WEIGHTS}", path)
     try:
         state = load_file(str(wfile), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -159,14 +215,19 @@ def load_bundle(path: str | Path | ModelBundle, device: str = "cpu") -> ModelBun
         parts = []
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} tensor(s) of the wrong shape, e.g. {k} is {tuple(state[k].shape)} "
-                         f"in the weights but {tuple(own[k].shape)} in the model")
+            parts.append(
+                f"{len(wrong)} tensor(s) of the wrong shape, e.g. {k} is {tuple(state[k].shape)} "
+                f"in the weights but {tuple(own[k].shape)} in the model"
+            )
         if missing:
             parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-        raise NcmError(f"weights do not match the config ({cfg.architecture}, {cfg.input.in_chans} input "
-                       f"channel(s), {cfg.num_outputs} outputs): " + "; ".join(parts), path)
+        raise NcmError(
+            f"weights do not match the config ({cfg.architecture}, {cfg.input.in_chans} input "
+            f"channel(s), {cfg.num_outputs} outputs): " + "; ".join(parts),
+            path,
+        )
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     extra = {}

@@ -31,8 +31,10 @@ def split_tensors(obj: Any, tensors: dict[str, Any], prefix: str) -> Any:
     if isinstance(obj, dict):
         return {"__dict__": [[k, split_tensors(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__seq__": [split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__seq__": [split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")

@@ -34,7 +34,11 @@ def check_architecture(name: str) -> str:
 
 
 def build_model(
-    architecture: str, num_outputs: int, *, in_chans: int = 1, pretrained: str | Path | bool | None = None,
+    architecture: str,
+    num_outputs: int,
+    *,
+    in_chans: int = 1,
+    pretrained: str | Path | bool | None = None,
     **kwargs: Any,
 ):
     """Create a timm model with ``num_outputs`` outputs and ``in_chans`` input channels.
@@ -57,7 +61,8 @@ def build_model(
             f"{architecture}: napari-ncm does not download weights. Download them once on a machine with "
             f"network access (e.g. timm.create_model('{architecture}', pretrained=True) and "
             "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')), then pass "
-            "pretrained='weights.safetensors' (CLI: --pretrained weights.safetensors)")
+            "pretrained='weights.safetensors' (CLI: --pretrained weights.safetensors)"
+        )
     if pretrained:
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -65,9 +70,18 @@ def build_model(
         if not path.name.endswith(WEIGHT_SUFFIXES):
             raise NcmError(f"pretrained weights must be one of {', '.join(WEIGHT_SUFFIXES)}", path)
         try:
-            return timm.create_model(architecture, pretrained=True, num_classes=num_outputs, in_chans=in_chans,
-                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            return timm.create_model(
+                architecture,
+                pretrained=True,
+                num_classes=num_outputs,
+                in_chans=in_chans,
+                pretrained_cfg_overlay={"file": str(path)},
+                **kwargs,
+            )
         except Exception as exc:
-            raise NcmError(f"cannot load these weights into {architecture} ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:300]})", path) from None
+            raise NcmError(
+                f"cannot load these weights into {architecture} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]})",
+                path,
+            ) from None
     return timm.create_model(architecture, pretrained=False, num_classes=num_outputs, in_chans=in_chans, **kwargs)

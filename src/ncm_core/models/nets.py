@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 __all__ = ["NcmVGG", "ncm_vgg"]
 
@@ -29,17 +29,28 @@ __all__ = ["NcmVGG", "ncm_vgg"]
 def _block(cin: int, cout: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for k in range(2):
-        layers += [nn.Conv2d(cin if k == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(cin if k == 0 else cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 
 class NcmVGG(nn.Module):
     """The VGG-like regression CNN of Deeg et al. 2024 (see the module docstring)."""
 
-    def __init__(self, num_classes: int = 5, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 96),
-                 dense: int = 64, n_dense: int = 4, drop_rate: float = 0.1, negative_slope: float = 0.01,
-                 **_: Any) -> None:
+    def __init__(
+        self,
+        num_classes: int = 5,
+        in_chans: int = 3,
+        widths: tuple[int, ...] = (32, 64, 96),
+        dense: int = 64,
+        n_dense: int = 4,
+        drop_rate: float = 0.1,
+        negative_slope: float = 0.01,
+        **_: Any,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -55,13 +66,19 @@ class NcmVGG(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         mlp: list[nn.Module] = []
         for k in range(n_dense):
-            mlp += [nn.Linear(cin if k == 0 else dense, dense), nn.BatchNorm1d(dense),
-                    nn.LeakyReLU(negative_slope, inplace=True), nn.Dropout(drop_rate)]
+            mlp += [
+                nn.Linear(cin if k == 0 else dense, dense),
+                nn.BatchNorm1d(dense),
+                nn.LeakyReLU(negative_slope, inplace=True),
+                nn.Dropout(drop_rate),
+            ]
         self.mlp = nn.Sequential(*mlp)
         self.num_features = self.head_hidden_size = dense
         self.fc = nn.Linear(dense, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [dict(num_chs=w, reduction=2 ** min(i, len(widths) - 1), module=f"features.{2 * i}")
-                             for i, w in enumerate(widths)]
+        self.feature_info = [
+            dict(num_chs=w, reduction=2 ** min(i, len(widths) - 1), module=f"features.{2 * i}")
+            for i, w in enumerate(widths)
+        ]
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -81,11 +98,22 @@ class NcmVGG(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-default_cfgs = generate_default_cfgs({
-    "ncm_vgg": {"num_classes": 5, "input_size": (3, 224, 672), "pool_size": None, "crop_pct": 1.0,
-                "interpolation": "bilinear", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
-                "first_conv": "features.0.0", "classifier": "fc", "license": "MIT"},
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "ncm_vgg": {
+            "num_classes": 5,
+            "input_size": (3, 224, 672),
+            "pool_size": None,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+            "first_conv": "features.0.0",
+            "classifier": "fc",
+            "license": "MIT",
+        },
+    }
+)
 
 
 @register_model

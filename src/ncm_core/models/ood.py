@@ -23,6 +23,17 @@ import numpy as np
 
 METHOD = "mahalanobis-pre-logits"
 
+#: share of flagged tiles or crops above which the CLI and the widgets warn that an image is unlike the
+#: training data (about 1 % of in-distribution tiles are flagged, so 20 % is far outside that)
+OOD_WARN_FRACTION = 0.2
+
+
+def ood_warning(fraction: float | None) -> str | None:
+    """The one-line warning for an image whose share of out-of-distribution tiles is ``fraction`` (None: none)."""
+    if fraction is None or not fraction > OOD_WARN_FRACTION:
+        return None
+    return f"{fraction:.0%} of this image is unlike the training data: treat its predictions with care"
+
 
 def forward_with_features(model: Any, x: Any) -> tuple[Any, Any]:
     """Logits and penultimate (pre-logits) features of a timm model in one trunk pass."""
@@ -40,7 +51,7 @@ def tile_features(model: Any, tiles: np.ndarray, spec: Any, device: Any, batch: 
     out = []
     with torch.inference_mode():
         for k in range(0, len(tiles), batch):
-            _, f = forward_with_features(model, tiles_to_tensor(tiles[k:k + batch], spec, device))
+            _, f = forward_with_features(model, tiles_to_tensor(tiles[k : k + batch], spec, device))
             out.append(f.float().flatten(1).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -59,8 +70,17 @@ def _scores(f: Any, means: Any, transform: Any) -> Any:
     return d.min(1).values ** 2
 
 
-def fit_ood(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, spec: Any, device: Any,
-            n_classes: int, quantile: float = 0.99, max_tiles: int = 20000) -> tuple[dict[str, Any], dict[str, Any]]:
+def fit_ood(
+    model: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    spec: Any,
+    device: Any,
+    n_classes: int,
+    quantile: float = 0.99,
+    max_tiles: int = 20000,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the detector; returns the config entry and the tensors to store in the bundle."""
     import torch
     from sklearn.covariance import LedoitWolf
@@ -83,9 +103,14 @@ def fit_ood(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndar
     held = x_val if len(x_val) >= 20 else x_train
     ref = _scores(torch.as_tensor(tile_features(model, held, spec, device), dtype=torch.float32), t_means, t_l)
     threshold = float(np.quantile(ref.numpy(), quantile))
-    cfg = {"method": METHOD, "threshold": threshold, "quantile": quantile,
-           "calibrated_on": "validation tiles" if held is x_val else "training tiles",
-           "n_fit": int(len(x_train)), "shrinkage": float(lw.shrinkage_)}
+    cfg = {
+        "method": METHOD,
+        "threshold": threshold,
+        "quantile": quantile,
+        "calibrated_on": "validation tiles" if held is x_val else "training tiles",
+        "n_fit": int(len(x_train)),
+        "shrinkage": float(lw.shrinkage_),
+    }
     return cfg, {"ood.means": t_means, "ood.transform": t_l}
 
 
@@ -98,3 +123,16 @@ def ood_ratio(bundle: Any, features: Any) -> Any:
     means = bundle.extra["ood.means"].to(features.device)
     transform = bundle.extra["ood.transform"].to(features.device)
     return _scores(features.float().flatten(1), means, transform) / bundle.config.ood["threshold"]
+
+
+def ood_ratio_array(bundle: Any, features: np.ndarray) -> np.ndarray:
+    """:func:`ood_ratio` in numpy (float32, no PyTorch) for pre-logits ``features`` ``(N, D)``; the
+    bundle's statistics may be numpy arrays (:func:`~ncm_core.models.bundle.config_bundle`) or tensors."""
+
+    def arr(v: Any) -> np.ndarray:
+        return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
+
+    f = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    z = f @ arr(bundle.extra["ood.transform"])
+    d2 = np.square(z[:, None, :] - arr(bundle.extra["ood.means"])[None]).sum(-1)  # (N, classes), no mm shortcut
+    return (d2.min(1) / bundle.config.ood["threshold"]).astype(np.float32)

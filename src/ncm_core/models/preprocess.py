@@ -25,15 +25,21 @@ class InputSpec:
     std: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"in_chans": self.in_chans, "input_size": list(self.input_size),
-                "mean": None if self.mean is None else list(self.mean),
-                "std": None if self.std is None else list(self.std)}
+        return {
+            "in_chans": self.in_chans,
+            "input_size": list(self.input_size),
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
-        return cls(int(d["in_chans"]), tuple(d["input_size"]),
-                   None if d.get("mean") is None else tuple(d["mean"]),
-                   None if d.get("std") is None else tuple(d["std"]))
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        return cls(
+            int(d["in_chans"]),
+            tuple(d["input_size"]),
+            None if d.get("mean") is None else tuple(d["mean"]),
+            None if d.get("std") is None else tuple(d["std"]),
+        )
 
 
 def intensity_scale(dtype: np.dtype) -> float:

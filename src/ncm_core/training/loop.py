@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ncm_core.models.checkpoint import load_checkpoint, save_checkpoint
 from ncm_core.errors import NcmError
+from ncm_core.models.checkpoint import load_checkpoint, save_checkpoint
+from ncm_core.options import merge_options
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 
 
@@ -47,8 +49,11 @@ def open_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool) -> dict[str,
     """The checkpoint to resume from (None: start afresh); one of another run is refused."""
     ckpt = load_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
-        raise NcmError("this folder holds a checkpoint of a training run with other settings or data; "
-                       "choose another output folder, or start again (--restart / resume=False)", ckpt_dir)
+        raise NcmError(
+            "this folder holds a checkpoint of a training run with other settings or data; "
+            "choose another output folder, or start again (--restart / resume=False)",
+            ckpt_dir,
+        )
     return ckpt
 
 
@@ -60,16 +65,51 @@ class LoopState:
     resumed_from: int = 0
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """The epoch loop's settings: length, batches, early stopping and the checkpoint to write and resume.
+
+    ``steps_per_epoch`` sizes the progress total; ``ckpt_dir`` None writes no checkpoint; ``ckpt`` is the
+    checkpoint to resume from (:func:`open_checkpoint`); ``t0`` the run's start (``time.monotonic()``,
+    default: now); ``patience`` None: no early stopping.
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    steps_per_epoch: int = 1
+    patience: int | None = None
+    fingerprint: str = ""
+    ckpt_dir: Path | None = None
+    ckpt: dict[str, Any] | None = None
+    t0: float | None = None
+
+
 def run_epochs(
-    *, model: Any, opt: Any, sched: Any, scaler: Any, task: Task, epoch_data: Callable[[np.random.Generator], tuple],
-    to_input: Callable[[np.ndarray], Any], to_target: Callable[[np.ndarray], Any], epochs: int, batch_size: int,
-    steps_per_epoch: int, rng: np.random.Generator, fingerprint: str, ckpt_dir: Path, ckpt: dict[str, Any] | None,
-    patience: int | None, progress: ProgressFn | None, cancel: CancelFlag,
-    on_epoch: Callable[[dict[str, float]], None] | None, t0: float,
+    *,
+    model: Any,
+    opt: Any,
+    sched: Any,
+    scaler: Any,
+    task: Task,
+    epoch_data: Callable[[np.random.Generator], tuple],
+    to_input: Callable[[np.ndarray], Any],
+    to_target: Callable[[np.ndarray], Any],
+    rng: np.random.Generator,
+    loop: LoopConfig | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    **overrides: Any,
 ) -> LoopState:
-    """Train for up to ``epochs`` epochs; returns the history and the best weights (on the CPU)."""
+    """Train for up to ``loop.epochs`` epochs; returns the history and the best weights (on the CPU).
+
+    ``overrides`` are fields of :class:`LoopConfig` (``epochs=5, batch_size=4, ...``).
+    """
     import torch
 
+    cfg = merge_options(LoopConfig, loop, overrides)
+    epochs, batch_size, patience, ckpt = cfg.epochs, cfg.batch_size, cfg.patience, cfg.ckpt
+    t0 = time.monotonic() if cfg.t0 is None else cfg.t0
     st = LoopState()
     best_score, since_best, step, start = None, 0, 0, 1
     if ckpt is not None:
@@ -78,7 +118,12 @@ def run_epochs(
         scaler.load_state_dict(ckpt["scaler"])
         rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
-        st.history, st.best_epoch, since_best, step = ckpt["history"], ckpt["best_epoch"], ckpt["since_best"], ckpt["step"]
+        st.history, st.best_epoch, since_best, step = (
+            ckpt["history"],
+            ckpt["best_epoch"],
+            ckpt["since_best"],
+            ckpt["step"],
+        )
         best_score = tuple(ckpt["best_score"]) if ckpt["best_score"] is not None else None
         st.best_state = ckpt["best_model"]
         start = ckpt["epoch"] + 1
@@ -86,7 +131,7 @@ def run_epochs(
             if on_epoch is not None:
                 on_epoch(rec)
     st.resumed_from = start - 1
-    total = epochs * steps_per_epoch
+    total = epochs * cfg.steps_per_epoch
     stopped = ckpt is not None and ckpt.get("stopped", False)
     elapsed0 = st.history[-1]["seconds"] if st.history else 0.0
     for epoch in range(start, epochs + 1):
@@ -99,7 +144,7 @@ def run_epochs(
         loss_sum, sums = 0.0, {}
         for k in range(0, len(order), batch_size):
             check_cancel(cancel)
-            b = order[k:k + batch_size]
+            b = order[k : k + batch_size]
             if len(b) < task.min_batch:
                 continue
             xb, yb = to_input(x[b]), to_target(y[b])
@@ -116,8 +161,14 @@ def run_epochs(
                     sums[key] = sums.get(key, 0.0) + v
             report(progress, step, total, f"epoch {epoch}/{epochs} loss {loss.item():.3f}")
         sched.step(epoch)
-        rec = {"epoch": epoch, "train_loss": loss_sum / len(x), **{k: v / len(x) for k, v in sums.items()},
-               "lr": opt.param_groups[0]["lr"], "train_seconds": time.monotonic() - t_epoch, "tiles": int(len(x))}
+        rec = {
+            "epoch": epoch,
+            "train_loss": loss_sum / len(x),
+            **{k: v / len(x) for k, v in sums.items()},
+            "lr": opt.param_groups[0]["lr"],
+            "train_seconds": time.monotonic() - t_epoch,
+            "tiles": int(len(x)),
+        }
         if task.has_validation:
             rec.update(task.validate())
         rec["seconds"] = elapsed0 + time.monotonic() - t0
@@ -125,8 +176,11 @@ def run_epochs(
         if on_epoch is not None:
             on_epoch(rec)
         key = task.progress_key
-        msg = f"epoch {epoch}/{epochs} {key.replace('_', ' ')} {rec[key]:.3f}" if key and key in rec else \
-            f"epoch {epoch}/{epochs}"
+        msg = (
+            f"epoch {epoch}/{epochs} {key.replace('_', ' ')} {rec[key]:.3f}"
+            if key and key in rec
+            else f"epoch {epoch}/{epochs}"
+        )
         report(progress, step, total, msg)
         score = task.score(rec) if task.has_validation else (float(epoch), 0.0)
         if best_score is None or score > best_score:
@@ -135,11 +189,26 @@ def run_epochs(
         else:
             since_best += 1
             stopped = patience is not None and since_best >= patience
-        save_checkpoint(ckpt_dir, {
-            "fingerprint": fingerprint, "epoch": epoch, "step": step, "history": st.history,
-            "best_epoch": st.best_epoch, "best_score": None if best_score is None else list(best_score),
-            "since_best": since_best, "stopped": stopped, "model": model.state_dict(), "best_model": st.best_state,
-            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+        if cfg.ckpt_dir is None:
+            continue
+        save_checkpoint(
+            cfg.ckpt_dir,
+            {
+                "fingerprint": cfg.fingerprint,
+                "epoch": epoch,
+                "step": step,
+                "history": st.history,
+                "best_epoch": st.best_epoch,
+                "best_score": None if best_score is None else list(best_score),
+                "since_best": since_best,
+                "stopped": stopped,
+                "model": model.state_dict(),
+                "best_model": st.best_state,
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
     model.load_state_dict(st.best_state)
     return st

@@ -1,0 +1,77 @@
+"""Options of mosaic prediction: the one home of their defaults (API, ``ncm predict``, the Predict widget)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ncm_core.errors import NcmError
+
+__all__ = ["PredictOptions", "Backend", "MemoryFormat", "OOD_WARN_FRACTION", "RUN_ONLY"]
+
+Backend = Literal["auto", "torch", "onnxruntime"]
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+Edge = Literal["pad", "drop"]
+
+#: a prediction warns when more than this share of its tiles is out of distribution
+OOD_WARN_FRACTION = 0.2
+
+#: options that change how a run goes, not what it writes: left out of the run fingerprint
+#: (memory_format and backend are measured once and kept by a resumed run; the mask enters as tile cells)
+RUN_ONLY = ("device", "overwrite", "resume", "retries", "retry_delay", "memory_format", "backend", "mask")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How :func:`~ncm_core.inference.predict.predict_mosaic` tiles, masks and runs a prediction.
+
+    Sizes are mosaic pixels. ``None`` means "from the bundle" (tile) or "the tile" (stride).
+    """
+
+    tile: int | None = None  # tile side (None: the bundle's, rescaled to the mosaic's pixel size)
+    stride: int | None = None  # tile stride (None: the tile)
+    offset: tuple[int, int] = (0, 0)  # grid origin
+    edge: Edge = "pad"  # "pad": tiles past the border are filled by reflection; "drop": left out
+    batch_size: int = 64  # tiles per forward pass
+    exclude_rows: tuple[int | None, int | None] | None = None  # band of rows to skip, e.g. (-32, None)
+    mask: Any = None  # pixel mask (True = predict; full size or downsampled)
+    foreground: bool = False  # skip empty (flat) background tiles
+    min_fraction: float = 0.5  # share of a tile that must be kept by the masks
+    max_block_pixels: int = 2048 * 2048  # pixels per block (memory)
+    device: str = "auto"
+    overwrite: bool = False
+    resume: bool = True  # continue an interrupted run of the same prediction from <out>.partial
+    retries: int = 2  # re-reads of a block whose pixels cannot be read
+    retry_delay: float = 0.5  # seconds, times the attempt number
+    memory_format: MemoryFormat = "auto"
+    backend: Backend = "auto"
+    dense: bool = False  # overlapping tiles: one trunk pass per block (ncm_core.inference.dense)
+    dense_recheck: float = 0.3  # dense mode: evaluate tiles exactly whose top-2 margin is below this
+    ood: bool = True  # out-of-distribution scores, when the bundle has a detector
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise NcmError(f"batch size must be positive, got {self.batch_size}")
+        if self.backend not in ("auto", "torch", "onnxruntime"):
+            raise NcmError(f"backend must be one of auto, torch, onnxruntime, got {self.backend!r}")
+        if self.memory_format not in ("auto", "channels_last", "contiguous"):
+            raise NcmError(f"memory format must be 'auto', 'channels_last' or 'contiguous', got {self.memory_format!r}")
+        if self.tile is not None and self.tile < 1:
+            raise NcmError(f"tile size must be a positive number of pixels, got {self.tile}")
+        if self.retries < 0 or self.max_block_pixels < 1:
+            raise NcmError(
+                f"retries must be >= 0 and max_block_pixels positive, got {self.retries} / {self.max_block_pixels}"
+            )
+        if self.dense_recheck < 0:
+            raise NcmError(f"dense_recheck must not be negative, got {self.dense_recheck}")
+        if self.exclude_rows is not None:
+            object.__setattr__(self, "exclude_rows", tuple(self.exclude_rows))
+        object.__setattr__(self, "offset", tuple(int(v) for v in self.offset))
+
+    def attrs(self) -> dict[str, Any]:
+        """The options as JSON-ready output attributes (the mask as ``"given"`` or None)."""
+        from ncm_core.inference.engine import options_dict
+
+        d = options_dict(self)
+        d["mask"] = None if self.mask is None else "given"
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

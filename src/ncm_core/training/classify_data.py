@@ -1,0 +1,151 @@
+"""Data sources of classifier training: class folders of frames, or a tile set.
+
+* **frames**: each epoch draws fresh random crops of ``tile_size`` px from every training frame;
+  validation uses fixed, seeded crops of frames held out before cropping (none when
+  ``val_fraction`` is 0);
+* **tile set**: its ``train`` and ``val`` splits, already separated by source frame or painted region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ncm_core.data.datasets import augment_tiles, load_image, random_crops, scan_class_folders, split_by_image
+from ncm_core.data.tilesets import open_tile_set
+from ncm_core.errors import NcmError
+from ncm_core.models.preprocess import intensity_scale
+
+
+@dataclass
+class ClassifyData:
+    """What the loop needs from a data source."""
+
+    root: Path
+    kind: str  # "frames" or "tiles"
+    class_names: list[str]
+    in_chans: int
+    tile_size: int
+    val_x: np.ndarray
+    val_y: np.ndarray
+    epoch: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    sample: Callable[[np.random.Generator], np.ndarray]  # tiles for normalisation statistics
+    train_groups: list[str]
+    val_groups: list[str]
+    n_train: int  # tiles per epoch
+    dtype: Any = np.uint8
+
+
+def channels(arrays: Iterable[np.ndarray], where: Any) -> int:
+    chans = {1 if a.ndim == 2 else a.shape[2] for a in arrays}
+    if len(chans) > 1:
+        raise NcmError("dataset mixes grayscale and colour images; convert them to one kind", where)
+    return 1 if chans == {1} else 3
+
+
+def frames_source(
+    data: Path,
+    tile_size: int,
+    val_fraction: float,
+    crops: int,
+    val_crops: int,
+    exclude_rows: Any,
+    ops: tuple[str, ...],
+    seed: int,
+    holdout: bool = True,
+) -> ClassifyData:
+    ds = scan_class_folders(data)
+    if len(ds.class_names) < 2:
+        raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
+    if holdout and val_fraction > 0:
+        train_idx, val_idx = split_by_image(ds, val_fraction, seed)
+    else:
+        train_idx, val_idx = list(range(len(ds.files))), []
+    images = [load_image(f, exclude_rows) for f in ds.files]
+    for f, img in zip(ds.files, images):
+        if min(img.shape[:2]) < tile_size:
+            raise NcmError(
+                f"image is {img.shape[0]}x{img.shape[1]} px (without excluded rows), smaller than "
+                f"the tile size {tile_size} px",
+                f,
+            )
+    in_chans = channels(images, ds.root)
+    tr_img, tr_lab = [images[i] for i in train_idx], [ds.labels[i] for i in train_idx]
+    if val_idx:
+        val_x, val_y = random_crops(
+            [images[i] for i in val_idx],
+            [ds.labels[i] for i in val_idx],
+            tile_size,
+            val_crops,
+            np.random.default_rng(seed + 1),
+            augment=False,
+        )
+    else:
+        val_x, val_y = np.zeros((0, tile_size, tile_size), images[0].dtype), np.zeros(0, np.int64)
+    rel = lambda i: str(ds.files[i].relative_to(ds.root))  # noqa: E731
+    return ClassifyData(
+        ds.root,
+        "frames",
+        ds.class_names,
+        in_chans,
+        tile_size,
+        val_x,
+        val_y,
+        epoch=lambda rng: random_crops(tr_img, tr_lab, tile_size, crops, rng, ops),
+        sample=lambda rng: random_crops(tr_img, [0] * len(tr_img), tile_size, 4, rng, False)[0],
+        train_groups=[rel(i) for i in train_idx],
+        val_groups=[rel(i) for i in val_idx],
+        n_train=len(train_idx) * crops,
+        dtype=images[0].dtype,
+    )
+
+
+def tile_set_source(data: Path, tile_size: int | None, ops: tuple[str, ...], holdout: bool = True) -> ClassifyData:
+    ts = open_tile_set(data)
+    if tile_size is not None and tile_size != ts.tile_size:
+        raise NcmError(
+            f"the tile set's tiles are {ts.tile_size} px; train with tile size {ts.tile_size} "
+            f"(or leave it unset), not {tile_size}",
+            data,
+        )
+    x, y, groups = ts.load("train")
+    if len(x) == 0:
+        raise NcmError("the tile set has no training tiles", data)
+    present = sorted(set(y.tolist()))
+    if len(present) < 2:
+        raise NcmError(f"the tile set's training split holds one class only ({ts.class_names[present[0]]!r})", data)
+    vx, vy, vgroups = ts.load("val")
+    if not holdout and len(vx):  # train on train + validation tiles (e.g. the final model after tuning)
+        x, y, groups = np.concatenate([x, vx]), np.concatenate([y, vy]), groups + vgroups
+        vx, vy, vgroups = vx[:0], vy[:0], []
+    in_chans = channels([x[0]] + ([vx[0]] if len(vx) else []), data)
+    if len(vx) and vx.shape[1:] != x.shape[1:]:
+        raise NcmError(f"validation tiles are {vx.shape[1:]} but training tiles {x.shape[1:]}", data)
+    return ClassifyData(
+        ts.root,
+        "tiles",
+        ts.class_names,
+        in_chans,
+        ts.tile_size,
+        vx,
+        vy,
+        epoch=lambda rng: (augment_tiles(x, rng, ops), y),
+        sample=lambda rng: x[rng.permutation(len(x))[:512]],
+        train_groups=sorted(set(groups)),
+        val_groups=sorted(set(vgroups)),
+        n_train=len(x),
+        dtype=x.dtype,
+    )
+
+
+def normalisation(data: ClassifyData, rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    s = data.sample(rng).astype(np.float64) / intensity_scale(data.dtype)
+    axes = tuple(range(3))
+    m, sd = np.atleast_1d(s.mean(axis=axes)), np.atleast_1d(s.std(axis=axes)) + 1e-6
+    if data.in_chans == 3 and len(m) == 1:
+        m, sd = np.repeat(m, 3), np.repeat(sd, 3)
+    return tuple(m.tolist()), tuple(sd.tolist())

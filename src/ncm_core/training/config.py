@@ -1,0 +1,191 @@
+"""Options of the training tasks: the one home of their defaults and checks.
+
+``train(data, out, lr=3e-3)`` is ``train(data, out, TrainConfig(lr=3e-3))``; the ``ncm`` command, the napari
+widgets and the bundles read their defaults from these classes. ``validate()`` raises one
+:class:`~ncm_core.errors.NcmError` line for a value that cannot work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ncm_core.errors import NcmError
+
+Amp = Literal["auto", "off", "bf16", "fp16"]
+ClassifyMonitor = Literal["accuracy", "balanced_accuracy", "loss"]
+RegressMonitor = Literal["mape", "loss"]
+Loss = Literal["mape", "mae", "mse", "huber"]
+Pruner = Literal["asha", "hyperband", "none"]
+
+CLASSIFY_MONITORS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "loss")
+REGRESS_MONITORS: tuple[str, ...] = ("mape", "loss")
+LOSSES: tuple[str, ...] = ("mape", "mae", "mse", "huber")
+AMP_CHOICES: tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+
+#: The rule that picks the epoch a bundle keeps, as recorded in its training record.
+NO_VALIDATION = "last epoch (no validation data)"
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise NcmError(f"{name} must be at least 0 and below 1, got {value}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NcmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training a tile classifier (:func:`ncm_core.training.classify.train`).
+
+    ``tile_size`` None: the tile set's, or 96 px for frames; ``input_size`` None: the tile size.
+    ``val_fraction`` is the share of each class's frames held out (0: no validation, the last epoch is
+    kept); a tile set brings its own ``val`` split. ``patience`` None or 0: no early stopping.
+    ``holdout`` False trains on everything (frames, or a tile set's train + val) for ``epochs`` epochs.
+    """
+
+    architecture: str = "efficientnet_b0"
+    tile_size: int | None = None
+    input_size: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: int = 1
+    val_fraction: float = 0.25
+    crops_per_image: int = 32
+    val_crops_per_image: int = 16
+    exclude_rows: tuple[int | None, int | None] | None = None
+    augment: bool | str | Iterable[str] = True
+    normalize: bool = False
+    pretrained: str | Path | None = None
+    patience: int | None = None
+    monitor: ClassifyMonitor = "accuracy"
+    amp: Amp = "auto"
+    resume: bool = True
+    ood: bool = True
+    holdout: bool = True
+    seed: int = 0
+    device: str = "auto"
+    pixel_size: float | None = None
+
+    def validate(self) -> TrainConfig:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise NcmError(f"epochs and batch size must be positive (got {self.epochs}, {self.batch_size})")
+        _check_choice("monitor", self.monitor, CLASSIFY_MONITORS)
+        _check_choice("amp", self.amp, AMP_CHOICES)
+        if self.tile_size is not None and self.tile_size < 8:
+            raise NcmError(f"tile size must be at least 8 px, got {self.tile_size}")
+        _check_fraction("validation fraction", self.val_fraction)
+        if self.crops_per_image < 1 or self.val_crops_per_image < 1:
+            raise NcmError("crops per image must be at least 1")
+        return self
+
+
+@dataclass(frozen=True)
+class RegressConfig:
+    """Training regressors on cross-section crops (``train_regressor``, ``cross_validate``, ``fit_regressor``).
+
+    ``input_size`` (height, width, or ``"56x168"``) None: the crops' own size. ``val_fraction`` is the
+    share of mosaics (or ``split_by`` groups) held out for early stopping (0: none, the last epoch is
+    kept). ``patience`` 0 turns early stopping off (a keyword ``patience=None`` keeps the default, like
+    every None keyword). ``folds`` is used by cross-validation only.
+    """
+
+    architecture: str = "ncm_vgg"
+    input_size: Any = None
+    groups: tuple[str, ...] | list[str] = ()
+    target_columns: tuple[str, ...] | list[str] | None = None
+    split_by: str | None = None
+    val_fraction: float = 0.2
+    holdout: bool = True
+    folds: int = 5
+    epochs: int = 100
+    batch_size: int = 38
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup: float = 0.1
+    optimizer: str = "lookahead_radam"
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    loss: Loss = "mape"
+    monitor: RegressMonitor = "mape"
+    patience: int | None = 20
+    augment: bool | str | Iterable[str] = True
+    max_shift: float = 0.1
+    max_rotate: float = 10.0
+    adversarial: float = 0.0
+    normalize: bool = False
+    drop_rate: float | None = None
+    pretrained: str | Path | None = None
+    amp: Amp = "auto"
+    ood: bool = True
+    resume: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> RegressConfig:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise NcmError(
+                f"epochs must be positive and the batch size at least 2 (got {self.epochs}, {self.batch_size})"
+            )
+        _check_choice("monitor", self.monitor, REGRESS_MONITORS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("amp", self.amp, AMP_CHOICES)
+        if not 0 <= self.warmup < 1:
+            raise NcmError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.adversarial < 0 or self.l1 < 0 or self.l2 < 0:
+            raise NcmError("adversarial noise and weight penalties must not be negative")
+        _check_fraction("validation fraction", self.val_fraction)
+        return self
+
+    @property
+    def early_stopping(self) -> int | None:
+        """Patience in epochs, or None when early stopping is off."""
+        return self.patience if self.patience else None
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search of :func:`ncm_core.training.tune.tune` (see docs/tuning.md).
+
+    ``space`` None: :data:`ncm_core.training.tune_space.DEFAULT_SPACE`. ``train_kwargs`` are fixed
+    arguments of ``train`` (tile size, excluded rows, device, ...). ``scheduler`` is a dask address
+    (``local:N`` or ``tcp://host:8786``); ``sampler`` an Optuna sampler (default TPE seeded by ``seed``).
+    """
+
+    space: str | Path | dict[str, Any] | None = None
+    n_trials: int = 20
+    max_epochs: int = 20
+    min_epochs: int = 1
+    reduction_factor: int = 3
+    pruner: Pruner = "asha"
+    n_jobs: int = 1
+    scheduler: Any = None
+    resume: bool = False
+    seed: int = 0
+    train_kwargs: dict[str, Any] | None = None
+    sampler: Any = None
+    retrain: bool = False
+
+    def validate(self) -> TuneConfig:
+        if self.max_epochs < 1 or self.min_epochs > self.max_epochs:
+            raise NcmError(
+                f"epochs per trial must satisfy 1 <= minimum <= maximum (got {self.min_epochs}, {self.max_epochs})"
+            )
+        if self.n_trials < 1 or self.n_jobs < 1:
+            raise NcmError(f"trials and jobs must be positive (got {self.n_trials}, {self.n_jobs})")
+        _check_choice("pruner", self.pruner, ("asha", "hyperband", "none"))
+        if (self.train_kwargs or {}).get("val_fraction") == 0:
+            raise NcmError("tuning compares trials by their validation accuracy; val_fraction must be above 0")
+        return self
