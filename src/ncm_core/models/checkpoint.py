@@ -11,11 +11,11 @@ as key/value pairs so integer keys (optimizer state) survive JSON.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ncm_core.errors import NcmError
+from ncm_core.outputs import atomic_output
 
 TENSORS = "state.safetensors"
 STATE = "state.json"
@@ -57,19 +57,12 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (nested dicts/lists of tensors and plain values) atomically to ``folder``."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     tensors: dict[str, Any] = {}
     meta = split_tensors(state, tensors, "s")
-    save_file(tensors, str(tmp / TENSORS))
-    (tmp / STATE).write_text(json.dumps(meta))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.replace(folder)
-    return folder
+    with atomic_output(folder, overwrite=True) as tmp:  # the previous checkpoint stays until this one is whole
+        save_file(tensors, str(tmp / TENSORS))
+        (tmp / STATE).write_text(json.dumps(meta))
+    return Path(folder)
 
 
 def load_checkpoint(folder: str | Path) -> dict[str, Any] | None:
