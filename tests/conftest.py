@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# exported ONNX graphs go to a temporary cache, never the user's; set at import, so that subprocesses and
+# environments copied at import time (tests/test_cli.py) inherit it
+_CACHE = tempfile.mkdtemp(prefix="ncm-test-cache-")
+os.environ["NCM_CACHE_DIR"] = _CACHE
 
 
 def pytest_configure(config) -> None:
@@ -16,6 +22,13 @@ def pytest_configure(config) -> None:
     from napari_ncm._torch import guard_triton
 
     guard_triton()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnx_cache_dir():
+    """The temporary ONNX graph cache of this run (``NCM_CACHE_DIR``), removed at the end."""
+    yield _CACHE
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,9 @@ def test_blocks_give_the_same_classes_as_tile_by_tile(tiny_bundle, mosaic_path, 
     assert g.shape == (8, 10) and g.tile == 32  # 230/32 -> 8 rows with the last one padded
     img = np.asarray(open_mosaic(mosaic_path).data)
     padded = np.pad(img, ((0, 8 * 32 - 230), (0, 10 * 32 - 310)), mode="reflect")
-    tiles = np.stack([padded[y0:y1, x0:x1] for i in range(8) for j in range(10)
-                      for y0, y1, x0, x1 in [g.cell_rect(i, j)]])
+    tiles = np.stack(
+        [padded[y0:y1, x0:x1] for i in range(8) for j in range(10) for y0, y1, x0, x1 in [g.cell_rect(i, j)]]
+    )
     expected = classify_tiles(load_bundle(tiny_bundle), tiles).reshape(8, 10, 3)
     probs = np.moveaxis(np.asarray(pred.probabilities), 0, -1)
     assert np.allclose(probs, expected, atol=1e-4)
@@ -69,14 +70,20 @@ def test_cancel_leaves_only_a_resumable_partial(tiny_bundle, mosaic_path, tmp_pa
             stop.set()
 
     with pytest.raises(Cancelled):
-        predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", progress=progress, cancel=stop,
-                       max_block_pixels=64 * 64)
+        predict_mosaic(
+            tiny_bundle, mosaic_path, tmp_path / "p.zarr", progress=progress, cancel=stop, max_block_pixels=64 * 64
+        )
     assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").exists()
     with pytest.raises(NcmError, match="not found"):
         open_prediction(tmp_path / "p.zarr")
     seen = []
-    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
-                          progress=lambda d, t, m: seen.append((d, t)))
+    pred = predict_mosaic(
+        tiny_bundle,
+        mosaic_path,
+        tmp_path / "p.zarr",
+        max_block_pixels=64 * 64,
+        progress=lambda d, t, m: seen.append((d, t)),
+    )
     assert seen[0][0] == 2 and seen[-1][0] == seen[-1][1]  # resumed after the two finished blocks
     ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
     assert np.asarray(pred.labels).tobytes() == np.asarray(ref.labels).tobytes()
@@ -105,8 +112,9 @@ def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_pa
     assert r.returncode == -9  # killed mid-run
     assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").exists()
     seen = []
-    predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
-                   progress=lambda d, t, m: seen.append(d))
+    predict_mosaic(
+        tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64, progress=lambda d, t, m: seen.append(d)
+    )
     assert seen[0] == 5  # only the missing blocks were computed
     predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
     for name in ("labels/0", "probabilities/0", "ood/0"):
@@ -118,11 +126,23 @@ def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_pa
 def test_a_changed_run_does_not_resume_a_stale_partial(tiny_bundle, mosaic_path, tmp_path):
     stop = threading.Event()
     with pytest.raises(Cancelled):
-        predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64, cancel=stop,
-                       progress=lambda d, t, m: stop.set() if d >= 2 else None)
+        predict_mosaic(
+            tiny_bundle,
+            mosaic_path,
+            tmp_path / "p.zarr",
+            max_block_pixels=64 * 64,
+            cancel=stop,
+            progress=lambda d, t, m: stop.set() if d >= 2 else None,
+        )
     seen = []
-    predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64, stride=16,
-                   progress=lambda d, t, m: seen.append(d))
+    predict_mosaic(
+        tiny_bundle,
+        mosaic_path,
+        tmp_path / "p.zarr",
+        max_block_pixels=64 * 64,
+        stride=16,
+        progress=lambda d, t, m: seen.append(d),
+    )
     assert seen[0] == 0  # another grid: started afresh
 
 
@@ -142,11 +162,14 @@ def test_tile_size_follows_the_pixel_size(tiny_bundle, tmp_path):
     assert pred.grid.tile == 16 and pred.grid.shape == (4, 4)
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(mosaic=np.zeros((20, 20), np.uint8)), "smaller than one tile"),
-    (dict(tile=0), "tile size"),
-    (dict(batch_size=0), "batch size"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(mosaic=np.zeros((20, 20), np.uint8)), "smaller than one tile"),
+        (dict(tile=0), "tile size"),
+        (dict(batch_size=0), "batch size"),
+    ],
+)
 def test_bad_parameters(tiny_bundle, mosaic_path, tmp_path, kw, words):
     mosaic = kw.pop("mosaic", mosaic_path)
     with pytest.raises(NcmError, match=words):
@@ -164,8 +187,9 @@ def test_damaged_chunk_is_recorded_and_the_rest_completes(tiny_bundle, tmp_path)
     good = chunk.read_bytes()
     chunk.write_bytes(b"\x00garbage")
     with pytest.raises(PredictionIncomplete) as e:
-        predict_mosaic(tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr", max_block_pixels=64 * 64,
-                       retry_delay=0.01)
+        predict_mosaic(
+            tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr", max_block_pixels=64 * 64, retry_delay=0.01
+        )
     msg = str(e.value)
     assert "\n" not in msg and "d.zarr" in msg and "1 of 4 blocks" in msg and "y 64:128, x 64:128" in msg
     assert e.value.failed[0]["pixels"] == [64, 128, 64, 128]
@@ -174,8 +198,13 @@ def test_damaged_chunk_is_recorded_and_the_rest_completes(tiny_bundle, tmp_path)
     assert not (tmp_path / "p.zarr").exists()
     chunk.write_bytes(good)  # the file is repaired: a re-run computes only the failed block
     seen = []
-    pred = predict_mosaic(tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr", max_block_pixels=64 * 64,
-                          progress=lambda d, t, m: seen.append(d))
+    pred = predict_mosaic(
+        tiny_bundle,
+        tmp_path / "d.zarr",
+        tmp_path / "p.zarr",
+        max_block_pixels=64 * 64,
+        progress=lambda d, t, m: seen.append(d),
+    )
     assert seen[0] == 3 and pred.attrs["complete"] and (np.asarray(pred.labels) > 0).all()
 
 
@@ -200,7 +229,7 @@ def test_the_pipeline_never_holds_the_mosaic(tiny_bundle, tmp_path, monkeypatch)
     z = zarr.create_array(str(tmp_path / "m.zarr"), shape=(side, side), chunks=(256, 256), dtype=np.uint8)
     rng = np.random.default_rng(0)
     for y in range(0, side, 256):  # written chunk row by chunk row: never whole in memory
-        z[y:y + 256] = rng.integers(0, 255, (256, side), dtype=np.uint8)
+        z[y : y + 256] = rng.integers(0, 255, (256, side), dtype=np.uint8)
     bundle = load_bundle(tiny_bundle)
     _traced_peak(bundle, tmp_path / "m.zarr", tmp_path / "warm.zarr")  # warm-up: kernels, caches, imports
     bound = 0.5 * side * side * 4  # half the mosaic as float32 (the pipeline needs about 2 MB here)
@@ -234,8 +263,7 @@ def test_foreground_detection_skips_empty_tiles(tiny_bundle, tmp_path):
 @pytest.mark.slow
 def test_local_cluster_gives_the_single_process_result(tiny_bundle, mosaic_path, tmp_path):
     ref = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
-    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64,
-                          scheduler="local:2")
+    pred = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", max_block_pixels=64 * 64, scheduler="local:2")
     assert pred.attrs["complete"]
     assert np.array_equal(np.asarray(pred.labels), np.asarray(ref.labels))
     # workers run torch with one thread each, this process with two: oneDNN sums in another order
@@ -260,8 +288,10 @@ def test_a_worker_killed_mid_run_loses_nothing(tiny_bundle, tmp_path):
     mp = write_ome_zarr(tmp_path / "m.zarr", img, chunks=64)
     ref = predict_mosaic(tiny_bundle, mp, tmp_path / "ref.zarr", max_block_pixels=64 * 64)
     killed = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         pids = list(client.run(os.getpid).values())
 
         def progress(done, total, msg):
@@ -269,8 +299,9 @@ def test_a_worker_killed_mid_run_loses_nothing(tiny_bundle, tmp_path):
                 os.kill(pids[0], signal.SIGKILL)  # a worker dies mid-run
                 killed.append((done, total))
 
-        pred = predict_mosaic(tiny_bundle, mp, tmp_path / "p.zarr", max_block_pixels=64 * 64, scheduler=client,
-                              progress=progress)
+        pred = predict_mosaic(
+            tiny_bundle, mp, tmp_path / "p.zarr", max_block_pixels=64 * 64, scheduler=client, progress=progress
+        )
     assert killed and killed[0][0] < killed[0][1]  # it died while blocks were still running
     assert pred.attrs["complete"] and np.array_equal(np.asarray(pred.labels), np.asarray(ref.labels))
 
@@ -312,16 +343,16 @@ def _local_bundle(kind: str = "pointwise"):
         def forward(self, x):
             return self.forward_head(self.forward_features(x))
 
-    cfg = BundleConfig(architecture="localnet", class_names=["a", "b", "c"], input=InputSpec(1, (32, 32)),
-                       tile_size=32)
+    cfg = BundleConfig(architecture="localnet", class_names=["a", "b", "c"], input=InputSpec(1, (32, 32)), tile_size=32)
     return ModelBundle(LocalNet().eval(), cfg)
 
 
 def test_dense_mode_equals_exact_for_a_local_model(mosaic_path, tmp_path):
     b = _local_bundle()
     exact = predict_mosaic(b, mosaic_path, tmp_path / "e.zarr", stride=16, max_block_pixels=96 * 96)
-    dense = predict_mosaic(b, mosaic_path, tmp_path / "d.zarr", stride=16, dense=True, max_block_pixels=96 * 96,
-                           dense_recheck=0)
+    dense = predict_mosaic(
+        b, mosaic_path, tmp_path / "d.zarr", stride=16, dense=True, max_block_pixels=96 * 96, dense_recheck=0
+    )
     assert dense.grid.shape == exact.grid.shape == (14, 19) and dense.attrs["dense"]
     np.testing.assert_allclose(np.asarray(dense.probabilities), np.asarray(exact.probabilities), atol=1e-5)
     assert np.asarray(exact.probabilities).std(axis=(1, 2)).max() > 0.01  # outputs differ from tile to tile
@@ -339,8 +370,9 @@ def test_dense_mode_rechecks_undecided_tiles_exactly(mosaic_path, tmp_path):
     b = _local_bundle("padded")
     kw = dict(stride=16, max_block_pixels=96 * 96)
     exact = np.asarray(predict_mosaic(b, mosaic_path, tmp_path / "e.zarr", **kw).probabilities)
-    approx = np.asarray(predict_mosaic(b, mosaic_path, tmp_path / "d0.zarr", dense=True, dense_recheck=0,
-                                       **kw).probabilities)
+    approx = np.asarray(
+        predict_mosaic(b, mosaic_path, tmp_path / "d0.zarr", dense=True, dense_recheck=0, **kw).probabilities
+    )
     assert np.abs(approx - exact).max() > 1e-3  # tile borders see their neighbours instead of padding
     full = predict_mosaic(b, mosaic_path, tmp_path / "d1.zarr", dense=True, dense_recheck=1, **kw)
     assert full.attrs["n_rechecked"] == full.grid.size == 14 * 19

@@ -11,15 +11,16 @@ from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    from ncm_core.models.bundle import load_bundle
+    from ncm_core.models.bundle import load_bundle, read_bundle_config
 
-    bundle = load_bundle(a.bundle)  # loaded once, for the task check and the run
-    if bundle.config.task == "regress":
-        return _predict_section(a, bundle)
+    # the config alone says the task; the path (not a loaded model) lets a short run take the light path
+    # (ONNX Runtime on a cached graph, without importing PyTorch: ncm_core.inference.light)
+    if read_bundle_config(a.bundle).task == "regress":
+        return _predict_section(a, load_bundle(a.bundle))
     from ncm_core.inference.predict import predict_mosaic
 
     p = predict_mosaic(
-        bundle,
+        a.bundle,
         a.mosaic,
         a.out,
         tile=a.tile,

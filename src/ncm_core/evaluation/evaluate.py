@@ -214,8 +214,9 @@ def summarize_prediction(
     :func:`aggregate_probabilities`.
     """
     pred = prediction if isinstance(prediction, Prediction) else open_prediction(prediction)
-    probs = np.moveaxis(np.asarray(pred.probabilities), 0, -1)  # (rows, cols, classes): grid-sized
-    ood = None if pred.ood is None else np.asarray(pred.ood)
+    # grid-sized arrays read with zarr directly (dask's compute would import distributed: start-up time)
+    probs = np.moveaxis(pred.read("probabilities"), 0, -1)  # (rows, cols, classes)
+    ood = None if pred.ood is None else pred.read("ood")
     if regions is None:
         row = aggregate_probabilities(
             probs.reshape(-1, probs.shape[-1]), pred.class_names, None if ood is None else ood.ravel()

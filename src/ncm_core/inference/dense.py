@@ -70,9 +70,11 @@ def check_local(model: Any, in_chans: int, input_size: int) -> None:
         a = model.forward_features(x.to(dev))[..., -1, -1]
         b = model.forward_features(y.to(dev))[..., -1, -1]
     if not torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()) + 1e-12):
-        raise NcmError(f"dense mode needs a local convolutional trunk, but this model's features depend on pixels "
-                       f"{probe // 2} px away or more (a global operation such as squeeze-and-excitation in "
-                       f"EfficientNet, or attention): predict without dense mode")
+        raise NcmError(
+            f"dense mode needs a local convolutional trunk, but this model's features depend on pixels "
+            f"{probe // 2} px away or more (a global operation such as squeeze-and-excitation in "
+            f"EfficientNet, or attention): predict without dense mode"
+        )
 
 
 def check_dense(bundle: Any, grid: TileGrid, recheck: float = 0.0) -> DenseGeometry:
@@ -91,9 +93,11 @@ def check_dense(bundle: Any, grid: TileGrid, recheck: float = 0.0) -> DenseGeome
     r = feature_stride(bundle.model, spec.in_chans, spec.input_size[0])
     step = grid.stride * scale / r
     if abs(step - round(step)) > 1e-6 or round(step) < 1:
-        raise NcmError(f"dense mode needs a stride that is a whole number of feature cells: the model downsamples "
-                       f"by {r} at {spec.input_size[0]} px input, so the stride must be a multiple of "
-                       f"{r / scale:g} px (got {grid.stride})")
+        raise NcmError(
+            f"dense mode needs a stride that is a whole number of feature cells: the model downsamples "
+            f"by {r} at {spec.input_size[0]} px input, so the stride must be a multiple of "
+            f"{r / scale:g} px (got {grid.stride})"
+        )
     check_local(bundle.model, spec.in_chans, spec.input_size[0])
     return DenseGeometry(scale, r, recheck)
 
@@ -104,10 +108,19 @@ def top2_margin(probs: np.ndarray) -> np.ndarray:
     return top[..., 1] - top[..., 0]
 
 
-def dense_block_probs(bundle: Any, region: np.ndarray, grid: TileGrid, cells: tuple[int, int, int, int],
-                      device: Any, geometry: DenseGeometry, channels_last: bool = False, ood: bool = False,
-                      keep: np.ndarray | None = None, batch_size: int = 64,
-                      backend: str = "torch") -> tuple[np.ndarray, np.ndarray | None, int]:
+def dense_block_probs(
+    bundle: Any,
+    region: np.ndarray,
+    grid: TileGrid,
+    cells: tuple[int, int, int, int],
+    device: Any,
+    geometry: DenseGeometry,
+    channels_last: bool = False,
+    ood: bool = False,
+    keep: np.ndarray | None = None,
+    batch_size: int = 64,
+    backend: str = "torch",
+) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Class probabilities ``(rows, cols, classes)`` for the cells of a block from one trunk pass, their
     out-of-distribution ratios ``(rows, cols)`` (with ``ood``, else None), and how many tiles were
     rechecked exactly.
@@ -169,9 +182,9 @@ def dense_block_probs(bundle: Any, region: np.ndarray, grid: TileGrid, cells: tu
             # the undecided tiles, each on its own: per-tile evaluation is forward_head(forward_features(tile))
             tiles = np.asarray(extract_tiles(region, grid, r0, r1, c0, c1))[sel]
             for j in range(0, n_rechecked, batch_size):
-                xt = tiles_to_tensor(tiles[j:j + batch_size], spec, "cpu" if onnx else device, channels_last=cl)
+                xt = tiles_to_tensor(tiles[j : j + batch_size], spec, "cpu" if onnx else device, channels_last=cl)
                 pt, rt = head(trunk(xt))
-                idx = tuple(a[j:j + batch_size] for a in np.nonzero(sel))
+                idx = tuple(a[j : j + batch_size] for a in np.nonzero(sel))
                 probs[idx] = pt
                 if ood:
                     ratio[idx] = rt

@@ -29,8 +29,10 @@ def check_distributable(bundle: Any, mosaic: Any) -> None:
         raise NcmError("distributed runs need a bundle saved on disk (a path every worker can read)")
     src = mosaic.source
     if not src or not Path(src).exists():
-        raise NcmError(f"distributed runs need the mosaic as a file or zarr path every worker can read, "
-                       f"not {src or 'an in-memory array'}")
+        raise NcmError(
+            f"distributed runs need the mosaic as a file or zarr path every worker can read, "
+            f"not {src or 'an in-memory array'}"
+        )
 
 
 @contextlib.contextmanager
@@ -44,8 +46,10 @@ def connect(scheduler: Any) -> Iterator[Any]:
     text = str(scheduler)
     if text.startswith("local"):
         n = int(text.split(":", 1)[1]) if ":" in text else 2
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
         return
     try:
@@ -85,16 +89,25 @@ class ModelOnWorker(WorkerPlugin):
         return self.mosaics[source]
 
 
-def _block_task(run: Any, context: Any, task: Any, source: str, block: Any, plugin: str, retries: int,
-                delay: float) -> dict[str, Any] | None:
+def _block_task(
+    run: Any, context: Any, task: Any, source: str, block: Any, plugin: str, retries: int, delay: float
+) -> dict[str, Any] | None:
     from distributed import get_worker
 
     state = get_worker().plugins[plugin]
     return run(task, context(state.bundle, state.mosaic(source), state.dev), block, retries, delay)
 
 
-def run_blocks(scheduler: Any, task: Any, ctx: Any, blocks: list[Any], run: Any, retries: int = 2,
-               delay: float = 0.5, cancel: CancelFlag = None) -> Iterator[dict[str, Any] | None]:
+def run_blocks(
+    scheduler: Any,
+    task: Any,
+    ctx: Any,
+    blocks: list[Any],
+    run: Any,
+    retries: int = 2,
+    delay: float = 0.5,
+    cancel: CancelFlag = None,
+) -> Iterator[dict[str, Any] | None]:
     """Run ``blocks`` of ``task`` as dask tasks; yields each block's failure record (or None) as it finishes.
 
     ``run(task, ctx, block, retries, delay)`` processes one block on a worker (the engine's ``run_block``,
@@ -113,8 +126,19 @@ def run_blocks(scheduler: Any, task: Any, ctx: Any, blocks: list[Any], run: Any,
         task_on_workers = client.scatter(task, broadcast=True)
         source = str(Path(ctx.mosaic.source).resolve())
         n = len(blocks)
-        futures = client.map(_block_task, [run] * n, [type(ctx)] * n, [task_on_workers] * n, [source] * n, blocks,
-                             [name] * n, [retries] * n, [delay] * n, pure=False, retries=2)
+        futures = client.map(
+            _block_task,
+            [run] * n,
+            [type(ctx)] * n,
+            [task_on_workers] * n,
+            [source] * n,
+            blocks,
+            [name] * n,
+            [retries] * n,
+            [delay] * n,
+            pure=False,
+            retries=2,
+        )
         try:
             for fut in as_completed(futures):
                 if is_cancelled(cancel):

@@ -79,8 +79,9 @@ def qualifies(bundle: Any, o: PredictOptions, grid: Any, n_tiles: int, scheduler
     )
 
 
-def can_run_light(bundle: Any, o: PredictOptions, grid: Any, n_tiles: int, ood: bool, scheduler: Any,
-                  first_backend: str | None) -> bool:
+def can_run_light(
+    bundle: Any, o: PredictOptions, grid: Any, n_tiles: int, ood: bool, scheduler: Any, first_backend: str | None
+) -> bool:
     """True when this run takes the light path (see the module's description); loads the cached graph."""
     if bundle.model is not None or first_backend not in (None, "onnxruntime"):
         return False
@@ -101,5 +102,9 @@ def cache_for_next_run(bundle: Any, o: PredictOptions, grid: Any, n_tiles: int, 
     except Exception as exc:
         if not _WARNED:
             _WARNED.append(True)
-            log.warning("could not cache the ONNX graph of %s (%s: %s); short predictions keep using PyTorch",
-                        bundle.path, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            log.warning(
+                "could not cache the ONNX graph of %s (%s: %s); short predictions keep using PyTorch",
+                bundle.path,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )

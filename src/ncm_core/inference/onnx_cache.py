@@ -14,6 +14,7 @@ cache is never required: without it (or when it cannot be written) the graph is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -113,10 +114,8 @@ def load_cached(bundle: Any, part: str, threads: int | None = None) -> Any | Non
 
 def discard(path: Path) -> None:
     """Remove a cache file, quietly."""
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass
 
 
 def tag(graph: bytes, key: str) -> bytes:
@@ -127,6 +126,19 @@ def tag(graph: bytes, key: str) -> bytes:
     entry = model.metadata_props.add()
     entry.key, entry.value = KEY_FIELD, key
     return model.SerializeToString()
+
+
+def model_matches_file(bundle: Any) -> bool:
+    """Whether the loaded model still holds the weights file on disk (not rewritten since it was loaded),
+    so that a graph exported from it may be cached under the file's hash."""
+    recorded = bundle.__dict__.get("_ncm_weights_stat")
+    if recorded is None or bundle.path is None:
+        return False
+    try:
+        st = (Path(bundle.path) / "model.safetensors").stat()
+    except OSError:
+        return False
+    return (st.st_mtime_ns, st.st_size) == tuple(recorded)
 
 
 def save(bundle: Any, part: str, graph: bytes) -> Path | None:

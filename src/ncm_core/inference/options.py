@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ncm_core.errors import NcmError
+from ncm_core.models.ood import OOD_WARN_FRACTION  # one home; re-exported for the CLI and widgets
 
 __all__ = ["PredictOptions", "Backend", "MemoryFormat", "OOD_WARN_FRACTION", "RUN_ONLY"]
 
@@ -13,8 +14,6 @@ Backend = Literal["auto", "torch", "onnxruntime"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 Edge = Literal["pad", "drop"]
 
-#: a prediction warns when more than this share of its tiles is out of distribution
-OOD_WARN_FRACTION = 0.2
 
 #: options that change how a run goes, not what it writes: left out of the run fingerprint
 #: (memory_format and backend are measured once and kept by a resumed run; the mask enters as tile cells)

@@ -47,14 +47,35 @@ from ncm_core.options import merge_options
 from ncm_core.outputs import check_output
 from ncm_core.progress import CancelFlag, ProgressFn, run_steps
 
-__all__ = ["predict_mosaic", "predict_mosaic_steps", "PredictOptions", "Prediction", "PredictionIncomplete",
-           "open_prediction", "is_prediction", "classify_tensor", "classify_tiles", "hash_weights", "open_partial",
-           "tile_size_for", "plan_grid", "choose_memory_format", "time_once", "PREDICTION_KIND"]
+__all__ = [
+    "predict_mosaic",
+    "predict_mosaic_steps",
+    "PredictOptions",
+    "Prediction",
+    "PredictionIncomplete",
+    "open_prediction",
+    "is_prediction",
+    "classify_tensor",
+    "classify_tiles",
+    "hash_weights",
+    "open_partial",
+    "tile_size_for",
+    "plan_grid",
+    "choose_memory_format",
+    "time_once",
+    "PREDICTION_KIND",
+]
 
 
 def predict_mosaic_steps(
-    bundle: str | Path | ModelBundle, mosaic: Any, out: str | Path, options: PredictOptions | None = None, *,
-    scheduler: Any = None, cancel: CancelFlag = None, **overrides: Any,
+    bundle: str | Path | ModelBundle,
+    mosaic: Any,
+    out: str | Path,
+    options: PredictOptions | None = None,
+    *,
+    scheduler: Any = None,
+    cancel: CancelFlag = None,
+    **overrides: Any,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """Generator form of :func:`predict_mosaic`: yields ``(blocks done, blocks total)``, returns the
     :class:`Prediction`. The napari widget runs it in a thread worker."""
@@ -74,8 +95,12 @@ def predict_mosaic_steps(
     if o.dense:
         max_block_pixels = min(max_block_pixels, 1024 * 1024)  # one trunk pass per block: keep activations small
     block = grid.block_shape_for(tuple(mosaic.data.chunksize[:2]), max_block_pixels)
-    settings = {**engine.options_dict(o, RUN_ONLY), "grid": grid.to_dict(), "block": list(block),
-                "ood": bundle.config.ood if ood else None}
+    settings = {
+        **engine.options_dict(o, RUN_ONLY),
+        "grid": grid.to_dict(),
+        "block": list(block),
+        "ood": bundle.config.ood if ood else None,
+    }
     fp = engine.fingerprint(bundle, mosaic, settings, np.packbits(keep).tobytes())
     light = can_run_light(bundle, o, grid, n_pred, ood, scheduler, resumed_backend(out, fp, o.resume))
     if light:
@@ -94,24 +119,47 @@ def predict_mosaic_steps(
     scale, trans = grid.world_transform(mosaic.pixel_size or 1.0, mosaic.translate)
     unit = mosaic.unit if mosaic.pixel_size else None
     attrs: dict[str, Any] = {
-        "kind": PREDICTION_KIND, "format_version": 1, "complete": False, "fingerprint": fp,
-        "class_names": bundle.class_names, "grid": grid.to_dict(), "block_shape": list(block),
-        "batch_size": o.batch_size, "pixel_size": mosaic.pixel_size, "unit": mosaic.unit,
-        "translate": list(mosaic.translate), "source": mosaic.source,
-        "bundle": {"path": str(bundle.path) if bundle.path else None, "architecture": bundle.config.architecture,
-                   "tile_size": bundle.config.tile_size, "pixel_size": bundle.config.pixel_size},
+        "kind": PREDICTION_KIND,
+        "format_version": 1,
+        "complete": False,
+        "fingerprint": fp,
+        "class_names": bundle.class_names,
+        "grid": grid.to_dict(),
+        "block_shape": list(block),
+        "batch_size": o.batch_size,
+        "pixel_size": mosaic.pixel_size,
+        "unit": mosaic.unit,
+        "translate": list(mosaic.translate),
+        "source": mosaic.source,
+        "bundle": {
+            "path": str(bundle.path) if bundle.path else None,
+            "architecture": bundle.config.architecture,
+            "tile_size": bundle.config.tile_size,
+            "pixel_size": bundle.config.pixel_size,
+        },
         "world_transform": {"scale": list(scale), "translate": list(trans)},
         "label_values": "0 = not predicted (masked), k + 1 = class_names[k]",
-        "exclude_rows": None if o.exclude_rows is None else list(o.exclude_rows), "foreground": o.foreground,
-        "dense": o.dense, "dense_recheck": o.dense_recheck if o.dense else None,
-        "ood": dict(bundle.config.ood) if ood else None, "options": o.attrs(),
+        "exclude_rows": None if o.exclude_rows is None else list(o.exclude_rows),
+        "foreground": o.foreground,
+        "dense": o.dense,
+        "dense_recheck": o.dense_recheck if o.dense else None,
+        "ood": dict(bundle.config.ood) if ood else None,
+        "options": o.attrs(),
     }
     if scheduler is not None:
         from ncm_core.inference.distributed import check_distributable
 
         check_distributable(bundle, mosaic)
-    task = TileClassTask(grid, keep, block, o.batch_size, dense=dense_geometry, ood=ood,
-                         names=tuple(bundle.class_names), world=(scale, trans, unit))
+    task = TileClassTask(
+        grid,
+        keep,
+        block,
+        o.batch_size,
+        dense=dense_geometry,
+        ood=ood,
+        names=tuple(bundle.class_names),
+        world=(scale, trans, unit),
+    )
 
     def choose(a: dict[str, Any]) -> None:  # measured for a new run only; a resumed run keeps the first choice
         if light:  # nothing to measure in a short run
@@ -120,9 +168,17 @@ def predict_mosaic_steps(
         from ncm_core.inference.runtime import choose_backend
 
         a["memory_format"] = choose_memory_format(bundle, o.batch_size, dev, n_pred, o.memory_format, dense=o.dense)
-        a["backend"] = choose_backend(bundle, o.batch_size, dev, n_pred, o.backend,
-                                      a["memory_format"] == "channels_last", o.dense, ood,
-                                      resize=needs_resize(bundle, grid))
+        a["backend"] = choose_backend(
+            bundle,
+            o.batch_size,
+            dev,
+            n_pred,
+            o.backend,
+            a["memory_format"] == "channels_last",
+            o.dense,
+            ood,
+            resize=needs_resize(bundle, grid),
+        )
 
     partial, root, first = engine.start(out, fp, attrs, task, overwrite=o.overwrite, resume=o.resume, on_new=choose)
     if first is not None:  # a resumed run computes the rest exactly as the first part was computed
@@ -130,12 +186,18 @@ def predict_mosaic_steps(
         attrs["backend"] = first.get("backend", "torch")
     task.channels_last, task.backend = attrs["memory_format"] == "channels_last", attrs["backend"]
     ctx = engine.Context(bundle, mosaic, dev)
-    failed = yield from engine.execute(task, ctx, retries=o.retries, retry_delay=o.retry_delay, scheduler=scheduler,
-                                       cancel=cancel)
+    failed = yield from engine.execute(
+        task, ctx, retries=o.retries, retry_delay=o.retry_delay, scheduler=scheduler, cancel=cancel
+    )
     torch = sys.modules.get("torch")  # None on the light path: PyTorch was not used
-    attrs.update(n_tiles=int(grid.size), n_predicted=n_pred, n_masked=int(grid.size - n_pred),
-                 seconds=round(time.monotonic() - t_start, 3), device=str(dev),
-                 torch=None if light or torch is None else torch.__version__)
+    attrs.update(
+        n_tiles=int(grid.size),
+        n_predicted=n_pred,
+        n_masked=int(grid.size - n_pred),
+        seconds=round(time.monotonic() - t_start, 3),
+        device=str(dev),
+        torch=None if light or torch is None else torch.__version__,
+    )
     if failed:
         attrs["failed_blocks"] = failed
         root.attrs["ncm"] = attrs
@@ -147,14 +209,23 @@ def predict_mosaic_steps(
         attrs["n_ood"] = int(np.nansum(ratio > 1))
         attrs["ood_fraction"] = attrs["n_ood"] / max(n_pred, 1)
     done = engine.complete(root, attrs, partial, out)
-    if first is None and attrs["backend"] == "torch" and scheduler is None:  # the next short run can be light
+    # the next short run can be light; not after a resumed run, so that a fresh run just after it computes the
+    # same way (as a resume does) and matches it byte for byte
+    if first is None and attrs["backend"] == "torch" and scheduler is None:
         cache_for_next_run(bundle, o, grid, n_pred, ood, dev)
     return open_prediction(done)
 
 
 def predict_mosaic(
-    bundle: str | Path | ModelBundle, mosaic: Any, out: str | Path, options: PredictOptions | None = None, *,
-    progress: ProgressFn | None = None, cancel: CancelFlag = None, scheduler: Any = None, **overrides: Any,
+    bundle: str | Path | ModelBundle,
+    mosaic: Any,
+    out: str | Path,
+    options: PredictOptions | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
+    scheduler: Any = None,
+    **overrides: Any,
 ) -> Prediction:
     """Classify every tile of ``mosaic`` with ``bundle`` and write the results to ``out``.
 
@@ -194,7 +265,11 @@ def predict_mosaic(
         ``"auto"`` (default): ONNX Runtime where it is installed, the run is on
         the CPU and a short measurement finds it faster, else PyTorch (kept on
         resume; :mod:`ncm_core.inference.runtime`); ``"torch"`` or ``"onnxruntime"``
-        force one.
+        force one. Short runs (fewer than 16 batches) are not measured: they use
+        ONNX Runtime when the bundle's exported graph is cached
+        (:mod:`ncm_core.inference.onnx_cache`), and then, for a bundle given as a
+        folder, never import PyTorch (:mod:`ncm_core.inference.light`); a short CPU
+        run on PyTorch caches the graph for the next one.
     scheduler
         Run the blocks on dask.distributed: a ``distributed.Client``, a
         scheduler address (``"tcp://host:8786"``) or ``"local:N"`` for a

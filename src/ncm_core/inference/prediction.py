@@ -69,12 +69,21 @@ class Prediction:
             return None
         return da.from_zarr(str(self.path), component="ood/0")
 
+    def read(self, name: str) -> np.ndarray:
+        """``"labels"``, ``"probabilities"`` or ``"ood"`` in memory as numpy (the grid is small), read
+        with zarr directly (no dask scheduler: faster for small grids)."""
+        import zarr
+
+        if name not in ("labels", "probabilities", "ood"):
+            raise NcmError(f"a prediction holds labels, probabilities and ood, not {name!r}", self.path)
+        if name == "ood" and not self.attrs.get("ood"):
+            raise NcmError("this prediction has no out-of-distribution scores", self.path)
+        return np.asarray(zarr.open_array(str(self.path / name / "0"), mode="r")[...])
+
     @property
     def classes(self) -> np.ndarray:
         """Class index per cell (-1 where not predicted), in memory (the grid is small)."""
-        import zarr
-
-        return np.asarray(zarr.open_array(str(self.path / "labels" / "0"), mode="r")[...]).astype(np.int32) - 1
+        return self.read("labels").astype(np.int32) - 1
 
     def world_transform(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """``(scale, translate)`` that overlays the grid arrays on the mosaic."""
@@ -100,8 +109,14 @@ def open_prediction(path: str | Path) -> Prediction:
         raise NcmError("not a napari-ncm prediction (no 'ncm' metadata)", path)
     if not attrs.get("complete"):
         raise NcmError("prediction is incomplete (the run that wrote it did not finish)", path)
-    return Prediction(path, TileGrid.from_dict(attrs["grid"]), list(attrs["class_names"]), attrs.get("pixel_size"),
-                      tuple(attrs.get("translate", (0.0, 0.0))), attrs)
+    return Prediction(
+        path,
+        TileGrid.from_dict(attrs["grid"]),
+        list(attrs["class_names"]),
+        attrs.get("pixel_size"),
+        tuple(attrs.get("translate", (0.0, 0.0))),
+        attrs,
+    )
 
 
 def is_prediction(path: str | Path) -> bool:
@@ -116,8 +131,17 @@ def is_prediction(path: str | Path) -> bool:
     return False
 
 
-def create_arrays(root: Any, grid: TileGrid, block: tuple[int, int], names: list[str], scale: Any, trans: Any,
-                  unit: str | None, ood: bool = False, rechecked: bool = False) -> None:
+def create_arrays(
+    root: Any,
+    grid: TileGrid,
+    block: tuple[int, int],
+    names: list[str],
+    scale: Any,
+    trans: Any,
+    unit: str | None,
+    ood: bool = False,
+    rechecked: bool = False,
+) -> None:
     """Declare the output arrays of a prediction in the new group ``root`` (the engine adds ``blocks``)."""
     import dask
     import dask.array as da
@@ -129,25 +153,48 @@ def create_arrays(root: Any, grid: TileGrid, block: tuple[int, int], names: list
     # in this thread; a function, not the name "synchronous", for which dask imports distributed
     with dask.config.set(scheduler=get_sync):
         write_label_group(
-            root, "labels", da.zeros((rows, cols), dtype=lab_dtype, chunks=block), scale=scale, translate=trans,
-            unit=unit, chunks=block, colors={k + 1: colors[k] for k in range(n_cls)},
+            root,
+            "labels",
+            da.zeros((rows, cols), dtype=lab_dtype, chunks=block),
+            scale=scale,
+            translate=trans,
+            unit=unit,
+            chunks=block,
+            colors={k + 1: colors[k] for k in range(n_cls)},
             properties={0: {"class": "not predicted"}, **{k + 1: {"class": names[k]} for k in range(n_cls)}},
             source="../",
         )
     pg = root.create_group("probabilities")
-    pg.create_array("0", shape=(n_cls, rows, cols), dtype=np.float32, chunks=(n_cls, *block), fill_value=np.nan,
-                    dimension_names=["c", "y", "x"])
-    pg.attrs["ome"] = {"version": "0.5", "multiscales": [ngff_multiscales(1, scale, trans, leading=("c",), unit=unit,
-                                                                           name="probabilities")],
-                       "omero": {"channels": [{"label": n, "color": "%02x%02x%02x" % tuple(int(c * 255) for c in colors[k][:3]),
-                                               "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
-                                              for k, n in enumerate(names)]}}
+    pg.create_array(
+        "0",
+        shape=(n_cls, rows, cols),
+        dtype=np.float32,
+        chunks=(n_cls, *block),
+        fill_value=np.nan,
+        dimension_names=["c", "y", "x"],
+    )
+    pg.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [ngff_multiscales(1, scale, trans, leading=("c",), unit=unit, name="probabilities")],
+        "omero": {
+            "channels": [
+                {
+                    "label": n,
+                    "color": "".join(f"{int(c * 255):02x}" for c in colors[k][:3]),
+                    "window": {"start": 0, "end": 1, "min": 0, "max": 1},
+                }
+                for k, n in enumerate(names)
+            ]
+        },
+    }
     if ood:
         og = root.create_group("ood")
-        og.create_array("0", shape=(rows, cols), dtype=np.float32, chunks=block, fill_value=np.nan,
-                        dimension_names=["y", "x"])
+        og.create_array(
+            "0", shape=(rows, cols), dtype=np.float32, chunks=block, fill_value=np.nan, dimension_names=["y", "x"]
+        )
         og.attrs["ome"] = {"version": "0.5", "multiscales": [ngff_multiscales(1, scale, trans, unit=unit, name="ood")]}
     if rechecked:  # dense mode: tiles per block that were evaluated exactly
         nb = (-(-rows // block[0]), -(-cols // block[1]))
-        root.create_array("rechecked", shape=nb, dtype=np.int32, chunks=(1, 1), fill_value=0,
-                          dimension_names=["y", "x"])
+        root.create_array(
+            "rechecked", shape=nb, dtype=np.int32, chunks=(1, 1), fill_value=0, dimension_names=["y", "x"]
+        )

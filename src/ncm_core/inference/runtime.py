@@ -93,8 +93,15 @@ def export_graph(model: Any, in_chans: int, input_size: tuple[int, int], part: s
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's concern
-        torch.onnx.export(net, (torch.zeros(2, in_chans, *input_size),), buf, input_names=["x"],
-                          output_names=outputs, dynamic_axes=axes, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(2, in_chans, *input_size),),
+            buf,
+            input_names=["x"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
@@ -102,7 +109,8 @@ def cached_runner(bundle: Any, part: str = "model") -> OnnxRunner | None:
     """The bundle's :class:`OnnxRunner` for ``part`` when it is loaded or in the graph cache
     (:mod:`ncm_core.inference.onnx_cache`), else None. Needs neither PyTorch nor timm."""
     memo = bundle.__dict__.setdefault("_ncm_onnx", {})
-    if part not in memo and bundle.path is not None:  # in-memory models may change: never cached
+    usable = bundle.path is not None and (bundle.model is None or onnx_cache.model_matches_file(bundle))
+    if part not in memo and usable:  # in-memory models, or files rewritten since loading: not from the cache
         sess = onnx_cache.load_cached(bundle, part)
         if sess is not None:
             memo[part] = OnnxRunner(sess, part)
@@ -110,11 +118,11 @@ def cached_runner(bundle: Any, part: str = "model") -> OnnxRunner | None:
 
 
 def export_to_cache(bundle: Any, part: str = "model") -> bytes:
-    """Export the loaded bundle's ``part`` and write it to the graph cache (when the bundle has a path and
-    the cache can be written); returns the tagged graph."""
+    """Export the loaded bundle's ``part`` and write it to the graph cache (when it was loaded from a folder
+    whose weights file is unchanged since, and the cache can be written); returns the graph."""
     spec = bundle.config.input
     graph = export_graph(bundle.model, spec.in_chans, tuple(spec.input_size), part)
-    if bundle.path is not None:
+    if onnx_cache.model_matches_file(bundle):  # never cache a model whose file was rewritten since
         graph = onnx_cache.tag(graph, onnx_cache.cache_key(bundle, part))
         onnx_cache.save(bundle, part, graph)
     return graph
@@ -126,8 +134,7 @@ def onnx_runner(bundle: Any, part: str = "model") -> OnnxRunner:
     runner = cached_runner(bundle, part)
     if runner is None:
         if bundle.model is None:
-            raise NcmError(f"no cached ONNX graph for this bundle ({part}); load the bundle to export it",
-                           bundle.path)
+            raise NcmError(f"no cached ONNX graph for this bundle ({part}); load the bundle to export it", bundle.path)
         runner = OnnxRunner(onnx_cache.session(export_to_cache(bundle, part)), part)
         bundle.__dict__["_ncm_onnx"][part] = runner
     return runner
@@ -143,9 +150,17 @@ def short_run(n_tiles: int, batch_size: int) -> bool:
     return n_tiles < max(16 * batch_size, 1024)
 
 
-def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requested: str = "auto",
-                   channels_last: bool = False, dense: bool = False, ood: bool = False,
-                   resize: bool = False) -> str:
+def choose_backend(
+    bundle: Any,
+    batch_size: int,
+    device: Any,
+    n_tiles: int,
+    requested: str = "auto",
+    channels_last: bool = False,
+    dense: bool = False,
+    ood: bool = False,
+    resize: bool = False,
+) -> str:
     """``"torch"`` or ``"onnxruntime"`` for a prediction run (see the module's description); ``resize``:
     the tiles are resized to the model's input size (which needs PyTorch)."""
     import torch
@@ -164,9 +179,11 @@ def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requ
         except NcmError:
             raise
         except Exception as exc:
-            raise NcmError(f"cannot run this model in ONNX Runtime ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); use backend 'torch'",
-                           bundle.path) from None
+            raise NcmError(
+                f"cannot run this model in ONNX Runtime ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); use backend 'torch'",
+                bundle.path,
+            ) from None
         return requested
     if requested == "torch" or dev.type != "cpu" or not have_onnxruntime():
         return "torch"
@@ -174,8 +191,15 @@ def choose_backend(bundle: Any, batch_size: int, device: Any, n_tiles: int, requ
         light = not dense and not resize and cached_runner(bundle, part) is not None
         return "onnxruntime" if light else "torch"
     spec = bundle.config.input
-    key = (bundle.config.architecture, tuple(spec.input_size), spec.in_chans, min(batch_size, 32), channels_last,
-           part, torch.get_num_threads())
+    key = (
+        bundle.config.architecture,
+        tuple(spec.input_size),
+        spec.in_chans,
+        min(batch_size, 32),
+        channels_last,
+        part,
+        torch.get_num_threads(),
+    )
     if key not in _CHOICES:
         try:
             runner = onnx_runner(bundle, part)

@@ -236,4 +236,7 @@ def load_bundle(path: str | Path | ModelBundle, device: str = "cpu") -> ModelBun
             extra = load_file(str(path / EXTRA), device=device)
         except (SafetensorError, OSError, ValueError) as exc:
             raise NcmError(f"file is damaged or not safetensors ({exc})", path / EXTRA) from None
-    return ModelBundle(model=model, config=cfg, path=path, extra=extra)
+    bundle = ModelBundle(model=model, config=cfg, path=path, extra=extra)
+    st = wfile.stat()  # which version of the file the model holds (an exported graph is cached only for it)
+    bundle.__dict__["_ncm_weights_stat"] = (st.st_mtime_ns, st.st_size)
+    return bundle

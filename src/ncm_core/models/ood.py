@@ -28,13 +28,6 @@ METHOD = "mahalanobis-pre-logits"
 OOD_WARN_FRACTION = 0.2
 
 
-def ood_warning(fraction: float | None) -> str | None:
-    """The one-line warning for an image whose share of out-of-distribution tiles is ``fraction`` (None: none)."""
-    if fraction is None or not fraction > OOD_WARN_FRACTION:
-        return None
-    return f"{fraction:.0%} of this image is unlike the training data: treat its predictions with care"
-
-
 def forward_with_features(model: Any, x: Any) -> tuple[Any, Any]:
     """Logits and penultimate (pre-logits) features of a timm model in one trunk pass."""
     f = model.forward_features(x)
