@@ -20,7 +20,11 @@ T = TypeVar("T")
 def merge_options(cls: type[T], options: T | None, overrides: dict[str, Any]) -> T:
     """``options`` (or ``cls()``) with ``overrides`` applied; ``None`` values mean "keep the default".
 
-    An unknown keyword raises one :class:`NcmError` that names it and the closest option.
+    Where ``None`` has a meaning of its own for a field (``patience=None``: no early stopping), the
+    options class says so in ``NONE_MEANS`` (field -> the value an explicit None stands for), and an
+    explicit ``None`` keyword is that value. Callers that use None for "not given" (the CLI) drop
+    such keywords first (:func:`given`). An unknown keyword raises one :class:`NcmError` that names it
+    and the closest option.
     """
     base = cls() if options is None else options
     if not isinstance(base, cls):
@@ -31,8 +35,14 @@ def merge_options(cls: type[T], options: T | None, overrides: dict[str, Any]) ->
             close = difflib.get_close_matches(key, sorted(names), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise NcmError(f"unknown option {key!r} for {cls.__name__}{hint}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(base, **given) if given else base  # type: ignore[type-var]
+    none_means: dict[str, Any] = getattr(cls, "NONE_MEANS", {})
+    chosen = {k: none_means[k] if v is None else v for k, v in overrides.items() if v is not None or k in none_means}
+    return dataclasses.replace(base, **chosen) if chosen else base  # type: ignore[type-var]
+
+
+def given(**kwargs: Any) -> dict[str, Any]:
+    """The keywords whose value is not None: options a command-line user did not give keep their defaults."""
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def defaults(cls: type[Any]) -> dict[str, Any]:

@@ -33,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
-    from ncm_core.inference.predict import PredictionIncomplete
+    from ncm_core.inference.engine import RunIncomplete  # predictions and heatmaps with unreadable blocks
 
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = lambda msg, cat, *rest, **kw: print(f"ncm: warning: {msg}", file=sys.stderr)
     try:
         args.func(args)
-    except PredictionIncomplete as exc:
+    except RunIncomplete as exc:
         print(f"ncm: incomplete: {exc}", file=sys.stderr)
         return 3
     except NcmError as exc:

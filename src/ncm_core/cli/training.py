@@ -9,6 +9,7 @@ from typing import Any
 from ncm_core.cli._args import common, list_, positive, progress, rows, size
 from ncm_core.data.augment import AUGMENTATIONS
 from ncm_core.errors import NcmError
+from ncm_core.options import given
 from ncm_core.training.config import (
     AMP_CHOICES,
     CLASSIFY_MONITORS,
@@ -23,8 +24,9 @@ C, R, T = TrainConfig, RegressConfig, TuneConfig
 
 
 def _common_train(a: argparse.Namespace) -> dict[str, Any]:
-    """Settings both tasks take; None (not given) leaves the task's own default (see training/config.py)."""
-    return dict(
+    """Settings both tasks take; an option not given is left out, so the task's own default applies
+    (see training/config.py)."""
+    return given(
         architecture=a.arch,
         epochs=a.epochs,
         batch_size=a.batch_size,
@@ -46,11 +48,11 @@ def _common_train(a: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _kept(r: Any, metric: str, fmt: str) -> str:
+def _kept(r: Any, metric: str, fmt: str, unit: str = "") -> str:
     """``best validation <metric> <value> (epoch k of n)``, or that the last epoch was kept without validation."""
     if not r.validated:
         return f"no validation data: the last epoch ({r.best_epoch} of {len(r.history)}) is kept"
-    return f"best validation {metric} {format(r.best_value, fmt)} (epoch {r.best_epoch} of {len(r.history)})"
+    return f"best validation {metric} {format(r.best_value, fmt)}{unit} (epoch {r.best_epoch} of {len(r.history)})"
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -87,7 +89,7 @@ def _train_regress(a: argparse.Namespace) -> None:
         raise NcmError("regression needs a targets CSV: --targets labels.csv (columns image,<target>,...)")
     if a.monitor not in (None, *REGRESS_MONITORS):
         raise NcmError(f"--monitor for regression is {' or '.join(REGRESS_MONITORS)}, not {a.monitor}")
-    kw = dict(
+    kw = given(
         min_lr=a.min_lr,
         warmup=a.warmup,
         l1=a.l1,
@@ -121,7 +123,7 @@ def _train_regress(a: argparse.Namespace) -> None:
     r = train_regressor(a.data, a.targets, a.out, **kw)
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
-    print(f"bundle: {r.bundle}  {_kept(r, 'MAPE', '.2f')}{' %' if r.validated else ''}, {r.seconds:.0f} s")
+    print(f"bundle: {r.bundle}  {_kept(r, 'MAPE', '.2f', ' %')}, {r.seconds:.0f} s")
 
 
 def cmd_tune(a: argparse.Namespace) -> None:

@@ -308,7 +308,7 @@ def explain_mosaic_steps(
     partial, root, _ = engine.start(out, fp, attrs, task, overwrite=o.overwrite, resume=o.resume)
     failed = yield from engine.execute(
         task,
-        Context(bundle, mosaic, dev, cancel),
+        Context(bundle, mosaic, dev, cancel, requested_device=str(o.device)),
         retries=o.retries,
         retry_delay=o.retry_delay,
         scheduler=scheduler,

@@ -117,7 +117,7 @@ def run_blocks(
     from distributed import as_completed
 
     check_distributable(ctx.bundle, ctx.mosaic)
-    device = str(ctx.device)
+    device = str(getattr(ctx, "requested_device", None) or ctx.device)  # "auto": GPU workers use their GPU
     bundle_path = str(Path(ctx.bundle.path).resolve())
     name = f"ncm-model-{bundle_path}-{device}"
     with connect(scheduler) as client:

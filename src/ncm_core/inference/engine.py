@@ -60,6 +60,7 @@ class Context:
     mosaic: Any
     device: Any
     cancel: CancelFlag = None
+    requested_device: str = "auto"  # what the user asked for: each dask worker resolves it on its own machine
 
 
 class BlockTask:

@@ -185,7 +185,7 @@ def predict_mosaic_steps(
         attrs["memory_format"] = first.get("memory_format", "contiguous")
         attrs["backend"] = first.get("backend", "torch")
     task.channels_last, task.backend = attrs["memory_format"] == "channels_last", attrs["backend"]
-    ctx = engine.Context(bundle, mosaic, dev)
+    ctx = engine.Context(bundle, mosaic, dev, requested_device=str(o.device))
     failed = yield from engine.execute(
         task, ctx, retries=o.retries, retry_delay=o.retry_delay, scheduler=scheduler, cancel=cancel
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ncm_core.errors import NcmError
 
@@ -77,6 +77,9 @@ class TrainConfig:
     device: str = "auto"
     pixel_size: float | None = None
 
+    #: what an explicit None keyword stands for (see ncm_core.options.merge_options): no augmentation
+    NONE_MEANS: ClassVar[dict[str, Any]] = {"augment": "none"}
+
     def validate(self) -> TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise NcmError(f"epochs and batch size must be positive (got {self.epochs}, {self.batch_size})")
@@ -96,8 +99,8 @@ class RegressConfig:
 
     ``input_size`` (height, width, or ``"56x168"``) None: the crops' own size. ``val_fraction`` is the
     share of mosaics (or ``split_by`` groups) held out for early stopping (0: none, the last epoch is
-    kept). ``patience`` 0 turns early stopping off (a keyword ``patience=None`` keeps the default, like
-    every None keyword). ``folds`` is used by cross-validation only.
+    kept). ``patience`` 0 or an explicit ``patience=None`` turns early stopping off; ``augment=None`` is
+    no augmentation. ``folds`` is used by cross-validation only.
     """
 
     architecture: str = "ncm_vgg"
@@ -133,6 +136,9 @@ class RegressConfig:
     resume: bool = True
     seed: int = 0
     device: str = "auto"
+
+    #: what an explicit None keyword stands for: no early stopping, no augmentation
+    NONE_MEANS: ClassVar[dict[str, Any]] = {"patience": 0, "augment": "none"}
 
     def validate(self) -> RegressConfig:
         if self.epochs < 1 or self.batch_size < 2:

@@ -147,7 +147,11 @@ def _settings(c: RegressConfig) -> dict[str, Any]:
     out = {}
     for f in fields(c):
         v = getattr(c, f.name)
-        if f.name not in ("folds", "split_by", "seed"):
+        if f.name == "augment":  # the augmentations applied, by name (as the bundle records them)
+            from ncm_core.data.augment import parse_augment
+
+            out[f.name] = list(parse_augment(v, "regress"))
+        elif f.name not in ("folds", "split_by", "seed"):
             out[f.name] = v if isinstance(v, (int, float, str, bool, type(None), list, tuple)) else str(v)
     return out
 
