@@ -8,6 +8,7 @@ Run: ``make bench-explain`` (about 8 minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -46,11 +47,16 @@ def mosaic_costs(work: Path, side: int) -> dict:
     )
     kw = dict(device="cpu", overwrite=True)
     res = {"side": side, "tiles": (side // 64) ** 2}
-    _, res["predict"] = timed(lambda: predict_mosaic(bundle, mosaic, work / "p.zarr", ood=False, **kw))
-    _, res["gradcam0"] = timed(lambda: explain_mosaic(bundle, mosaic, work / "g0.zarr", "gradcam", overlap=0, **kw))
-    _, res["gradcam"] = timed(lambda: explain_mosaic(bundle, mosaic, work / "g.zarr", "gradcam", **kw))
-    _, res["predict2"] = timed(lambda: predict_mosaic(bundle, mosaic, work / "p.zarr", ood=False, **kw))
-    res["predict_s"] = min(res["predict"], res["predict2"])
+    runs = {
+        # the heatmap runs in PyTorch, so its cost is compared with PyTorch's prediction of the same tiles
+        "predict_s": lambda: predict_mosaic(bundle, mosaic, work / "p.zarr", ood=False, backend="torch", **kw),
+        "gradcam0": lambda: explain_mosaic(bundle, mosaic, work / "g0.zarr", "gradcam", overlap=0, **kw),
+        "gradcam": lambda: explain_mosaic(bundle, mosaic, work / "g.zarr", "gradcam", **kw),
+        "predict_auto": lambda: predict_mosaic(bundle, mosaic, work / "a.zarr", ood=False, **kw),
+    }
+    for _ in range(2):  # alternating rounds; the best of each (these machines are noisy)
+        for name, fn in runs.items():
+            res[name] = min(res.get(name, float("inf")), timed(fn)[1])
     return res
 
 
@@ -111,6 +117,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(prefix="ncm-bench-explain-") as tmp:
+        os.environ["NCM_CACHE_DIR"] = str(Path(tmp) / "onnx-cache")  # no graphs from earlier runs
         m = mosaic_costs(Path(tmp), a.side)
     o = occlusion_costs()
     p = m["predict_s"]
@@ -128,8 +135,9 @@ Each ratio compares timings taken in the same run.
 
 | measure | values | ratio | goal |
 |---|---|---|---|
-| Grad-CAM heatmap of the whole mosaic, tiles not overlapping, vs plain prediction (best of 2) | {m["gradcam0"]:.1f} vs {p:.1f} s | {m["gradcam0"] / p:.2f} | <= 3 |
-| Grad-CAM heatmap with the default quarter-tile overlap (1.8x the tiles, blended) vs plain prediction | {m["gradcam"]:.1f} vs {p:.1f} s | {m["gradcam"] / p:.2f} | |
+| Grad-CAM heatmap of the whole mosaic, tiles not overlapping, vs plain prediction in PyTorch (best of 2 alternating rounds each) | {m["gradcam0"]:.1f} vs {p:.1f} s | {m["gradcam0"] / p:.2f} | <= 3 |
+| Grad-CAM heatmap with the default quarter-tile overlap (1.8x the tiles, blended) vs plain prediction in PyTorch | {m["gradcam"]:.1f} vs {p:.1f} s | {m["gradcam"] / p:.2f} | |
+| Plain prediction with the engine chosen by measurement (`backend="auto"`) vs PyTorch | {m["predict_auto"]:.1f} vs {p:.1f} s | {m["predict_auto"] / p:.2f} | |
 | Batched local occlusion vs captum Occlusion, perturbations_per_eval=1 | {o["ours"]:.1f} vs {o["captum"]:.1f} s | {o["captum"] / o["ours"]:.1f}x | >= 5x |
 | Largest difference of the map from captum's | {o["diff"]:.1e} (map values up to {o["scale"]:.3g}) | | <= 1e-5 |
 
