@@ -197,8 +197,24 @@ def test_training_output_rules(tmp_path, sem_folders):
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "result.npz").write_text("x")
     assert output_kind(tmp_path / "w") is None
-    register_marker("a test output", lambda p: (p / "result.npz").exists())
-    assert output_kind(tmp_path / "w") == "a test output"
+    from ncm_core.outputs import MARKERS
+
+    marker = ("a test output", lambda p: (p / "result.npz").exists())
+    register_marker(*marker)
+    try:
+        assert output_kind(tmp_path / "w") == "a test output"
+    finally:
+        MARKERS.remove(marker)
+
+
+def test_the_demo_replaces_only_a_demo_folder(tmp_path):
+    from ncm_core.workflows.demo import run_demo
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "letter.txt").write_text("keep me")
+    with pytest.raises(NcmError, match="did not write this one"):
+        run_demo(tmp_path / "docs", quick=True, log=lambda s: None)
+    assert (tmp_path / "docs" / "letter.txt").read_text() == "keep me"
 
 
 # ------------------------------------------------------------------------------------------------- options

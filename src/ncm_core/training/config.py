@@ -75,13 +75,12 @@ def check_positive(name: str, value: float | None, allow_none: bool = False) -> 
 
 def check_optimizer(name: str) -> None:
     """One error line, with the closest name, unless timm's optimizer registry knows ``name``
-    (``lookahead_`` in front of any of them included)."""
-    from timm.optim import list_optimizers
-    from timm.optim._optim_factory import default_registry
+    (read as timm reads it: ``lookahead_radam`` is RAdam with Lookahead)."""
+    from timm.optim import get_optimizer_info, list_optimizers
 
-    base = name.lower().removeprefix("lookahead_")
+    base = str(name).lower().split("_")[-1]
     try:
-        default_registry.get_optimizer_info(base)
+        get_optimizer_info(base)
     except (ValueError, KeyError):
         raise NcmError(f"unknown optimizer {name!r} (timm's optimizers){_suggest(base, list_optimizers())}") from None
 
@@ -223,8 +222,8 @@ class RegressConfig:
             raise NcmError("adversarial noise and weight penalties must not be negative")
         _check_fraction("validation fraction", self.val_fraction)
         _check_common(self)
-        if not (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr):
-            raise NcmError(f"minimum learning rate must be finite, at least 0 and at most --lr, got {self.min_lr}")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise NcmError(f"minimum learning rate (--min-lr) must be a finite number of at least 0, got {self.min_lr}")
         return self
 
     @property
