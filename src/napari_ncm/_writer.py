@@ -46,7 +46,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         colors = {
             int(k): tuple(float(x) for x in v) for k, v in cmap.color_dict.items() if k is not None and int(k) > 0
         }
-    with atomic_output(p, overwrite=True, folder=False) as part:
+    with atomic_output(p, overwrite=True, folder=False, replace_any=True) as part:  # the save dialog asked
         root = zarr.open_group(str(part), mode="w", zarr_format=3)
         write_label_group(
             root,
@@ -80,7 +80,7 @@ def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     scale, trans = _transform(meta, arr.ndim)
     leading = ("c",) if arr.ndim == 3 else ()
     chunks = arr.shape[:-2] + tuple(min(512, s) for s in arr.shape[-2:])
-    with atomic_output(p, overwrite=True, folder=False) as part:
+    with atomic_output(p, overwrite=True, folder=False, replace_any=True) as part:  # the save dialog asked
         root = zarr.open_group(str(part), mode="w", zarr_format=3)
         z = root.create_array(
             "0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ncm_core.cli._args import common, positive, progress, rows, truth
@@ -12,6 +13,8 @@ from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from ncm_core.models.bundle import load_bundle, read_bundle_config
+
+    check_side_files(a)  # before the prediction, not after it
 
     # the config alone says the task; the path (not a loaded model) lets a short run take the light path
     # (ONNX Runtime on a cached graph, without importing PyTorch: ncm_core.inference.light)
@@ -77,7 +80,7 @@ def _predict_section(a: argparse.Namespace, bundle: object) -> None:
     from ncm_core.inference.sections import predict_section
     from ncm_core.outputs import check_output
 
-    out = check_output(a.out, a.overwrite)
+    out = check_output(a.out, a.overwrite, (a.bundle, a.mosaic))
     sp = predict_section(bundle, a.mosaic, mode=a.mode, device=a.device, progress=progress("predict", a.quiet))
     write_section_prediction(sp, out)
     g = sp.geometry
@@ -87,6 +90,24 @@ def _predict_section(a: argparse.Namespace, bundle: object) -> None:
     if sp.ood is not None and (sp.ood > 1).mean() > OOD_WARN_FRACTION:
         print(f"WARNING: {(sp.ood > 1).mean():.0%} of the crops are unlike the training data")
     print(f"prediction: {out / 'crops.csv'}, {out / 'summary.json'}, {out / 'rate_capability.png'}")
+
+
+def check_side_files(a: argparse.Namespace) -> None:
+    """``--regions`` must exist and ``--summary`` be writable, not an input, before any work starts."""
+    from ncm_core.outputs import check_inputs
+
+    if a.regions and not Path(a.regions).expanduser().exists():
+        raise NcmError("region map not found (--regions)", a.regions)
+    if a.summary:
+        s = Path(a.summary).expanduser()
+        check_inputs(s, (a.bundle, a.mosaic, a.regions, a.out))
+        if s.is_dir():
+            raise NcmError("--summary is a folder; give a CSV file name", s)
+        parent = s.resolve().parent
+        if not parent.is_dir():
+            raise NcmError(f"the folder of --summary ({parent}) does not exist", s)
+        if not os.access(parent, os.W_OK):
+            raise NcmError(f"the folder of --summary ({parent}) is not writable", s)
 
 
 def section_line(g: object) -> str:
@@ -101,6 +122,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if a.prediction:
         if not a.truth:
             raise NcmError("--prediction needs --truth (a per-pixel class map)")
+        if a.out:
+            from ncm_core.outputs import check_inputs
+
+            check_inputs(a.out, (a.prediction, a.truth))
         m = evaluate_prediction(a.prediction, *truth(a.truth))
         if a.out:
             write_metrics(m, a.out)

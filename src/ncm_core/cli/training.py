@@ -45,6 +45,7 @@ def _common_train(a: argparse.Namespace) -> dict[str, Any]:
         ood=not a.no_ood,
         seed=a.seed,
         device=a.device,
+        overwrite=True if a.overwrite else None,
     )
 
 
@@ -231,6 +232,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--amp", choices=AMP_CHOICES, help=f"mixed precision (default {C.amp}: on for GPUs)")
     t.add_argument("--no-ood", action="store_true", help="do not fit the out-of-distribution detector")
     t.add_argument("--restart", action="store_true", help="ignore a checkpoint in OUT and start again")
+    t.add_argument(
+        "--overwrite", action="store_true", help="train into OUT even when it holds a finished bundle (replaced)"
+    )
     g = t.add_argument_group("regression (--task regress)")
     g.add_argument("--targets", help="CSV with columns image,<target>,... (one row per mosaic or image)")
     g.add_argument("--target-columns", help="comma-separated target columns (default: all but image and groups)")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ncm_core.errors import NcmError
 from ncm_core.options import merge_options
+from ncm_core.outputs import check_output
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ class CropOptions:
             raise NcmError(f"crops per frame must be at least 1, got {self.per_frame}")
         if self.seed < 0:
             raise NcmError(f"seed must be a non-negative whole number, got {self.seed}")
+        from ncm_core.data.tiling import check_rows
+
+        check_rows(self.exclude_rows)
+        if not 0 <= self.max_masked <= 1:
+            raise NcmError(f"the largest masked share of a crop must be between 0 and 1, got {self.max_masked}")
         return self
 
 
@@ -106,6 +112,7 @@ def build_crops(
     from ncm_core.data.tilesets import TileSetWriter, split_groups
 
     o = merge_options(CropOptions, options, overrides).validate()
+    check_output(out, o.overwrite, (data, o.masks))  # before any frame is read
     size, per_frame, val_fraction, test_fraction, seed = o.size, o.per_frame, o.val_fraction, o.test_fraction, o.seed
     exclude_rows, masks, max_masked = o.exclude_rows, o.masks, o.max_masked
     ds = scan_class_folders(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,31 @@ from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import PIL_SUFFIXES, TIFF_SUFFIXES, open_mosaic
 
 IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES
+
+
+def is_hidden(path: Path, root: Path | None = None) -> bool:
+    """A name (or, below ``root``, any folder on the way) starting with ``.``: ``.x.png``, macOS ``._x.png``."""
+    parts = path.relative_to(root).parts if root is not None else (path.name,)
+    return any(p.startswith(".") for p in parts)
+
+
+def skip_hidden(files: Iterable[Path], where: str | Path, root: Path | None = None) -> list[Path]:
+    """``files`` without hidden ones (:func:`is_hidden`); their count is reported as one warning line.
+
+    Hidden files are copies and metadata of other programs (macOS ``._frame.png`` beside ``frame.png``):
+    read as data they would be a second frame of the same image, possibly in another split.
+    """
+    files = list(files)
+    kept = [f for f in files if not is_hidden(f, root)]
+    n = len(files) - len(kept)
+    if n:
+        first = next(f for f in files if is_hidden(f, root))
+        warnings.warn(
+            f"{where}: skipped {n} hidden file{'s' if n > 1 else ''} (names starting with '.', "
+            f"e.g. {first.name}: copies or metadata of other programs)",
+            stacklevel=3,
+        )
+    return kept
 
 
 @dataclass
@@ -52,8 +79,10 @@ def scan_class_folders(root: str | Path, class_names: list[str] | None = None) -
     else:
         class_names = names
     files, labels = [], []
+    found = {f: sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) for f in folders}
+    visible = set(skip_hidden([p for v in found.values() for p in v], root))
     for folder in folders:
-        imgs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        imgs = [p for p in found[folder] if p in visible]
         if not imgs:
             raise NcmError(f"class folder {folder.name!r} has no images ({', '.join(IMAGE_SUFFIXES)})", folder)
         files += imgs

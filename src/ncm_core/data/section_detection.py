@@ -31,6 +31,7 @@ Cutting the crops and writing them to a folder is :mod:`ncm_core.data.sections`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class SectionOptions:
         object.__setattr__(self, "crop", crop)
         if self.strip < 1 or self.margin < 0:
             raise NcmError(f"strip must be positive and margin not negative, got {self.strip} / {self.margin}")
+        if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
+            raise NcmError(f"pixel size must be a finite number of micrometres above 0, got {self.pixel_size}")
 
 
 def _gray(block: np.ndarray) -> np.ndarray:

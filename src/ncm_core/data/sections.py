@@ -77,7 +77,7 @@ def extract_sections(
     if not mosaics:
         raise NcmError("no mosaics given")
     o = merge_options(SectionOptions, options, overrides)
-    with atomic_output(out, overwrite) as part:  # nothing half-written is left behind
+    with atomic_output(out, overwrite, inputs=mosaics) as part:  # nothing half-written is left behind
         rows, summary = [], []
         stems: dict[str, str] = {}
         for i, src in enumerate(mosaics):

@@ -78,8 +78,8 @@ def read_targets(
 
     ``targets`` picks target columns (default: every column but ``image`` and
     the ``groups``). Missing or non-numeric values, duplicate images and
-    unknown columns are errors; a target that is zero somewhere makes MAPE
-    undefined (an error when ``check_mape``); a constant target gives a warning
+    unknown columns are errors; a target that is zero or negative somewhere makes MAPE
+    undefined or misleading (an error when ``check_mape``); a constant target gives a warning
     (R^2 is undefined for it).
     """
     path = Path(path).expanduser()
@@ -151,6 +151,13 @@ def read_targets(
             raise NcmError(
                 f"target {n!r} is 0 for {images[i]!r}: MAPE is undefined at zero; use another loss "
                 "(--loss mae, mse or huber)",
+                path,
+            )
+        if check_mape and np.any(arr[:, k] < 0):
+            i = int(np.flatnonzero(arr[:, k] < 0)[0])
+            raise NcmError(
+                f"target {n!r} is negative ({arr[i, k]:g}) for {images[i]!r}: a capacity cannot be, and MAPE "
+                "scores it wrongly; correct the CSV or use another loss (--loss mae, mse or huber)",
                 path,
             )
         if len(arr) > 1 and np.ptp(arr[:, k]) == 0:

@@ -210,9 +210,31 @@ def parse_rows(text: str) -> tuple[int | None, int | None] | None:
     try:
         if not sep:
             raise ValueError
-        return (int(a) if a.strip() else None, int(b) if b.strip() else None)
+        band = (int(a) if a.strip() else None, int(b) if b.strip() else None)
     except ValueError:
         raise NcmError(f"rows must be written START:STOP (e.g. -32: for the bottom 32 rows), got {text!r}") from None
+    return check_rows(band)
+
+
+def check_rows(rows: tuple[int | None, int | None] | None) -> tuple[int | None, int | None] | None:
+    """``rows`` (a band ``(start, stop)`` of rows to leave out), or one error line when it is reversed,
+    empty or the whole image: ``5:2``, ``3:3`` and ``0:`` are refused. A band with one negative end
+    depends on the image height and is checked where the image is known."""
+    if rows is None:
+        return None
+    try:
+        a, b = rows
+    except (TypeError, ValueError):
+        raise NcmError(f"a band of rows is (start, stop), got {rows!r}") from None
+    text = f"{'' if a is None else a}:{'' if b is None else b}"
+    if (a is None or a == 0) and b is None:
+        raise NcmError(f"rows {text} leave out every row; give a band such as -32: (the bottom 32 rows)")
+    a0 = 0 if a is None else a
+    if b is not None and (a0 >= 0) == (b >= 0) and b <= a0:
+        raise NcmError(f"rows {text} is an empty or reversed band; START must come before STOP (e.g. 2:5)")
+    if b is not None and b == 0 and a0 < 0:
+        raise NcmError(f"rows {text} is an empty band; STOP 0 is the first row (use {a}: for the bottom rows)")
+    return (a, b)
 
 
 def band_mask(grid: TileGrid, rows: tuple[int | None, int | None]) -> np.ndarray:

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from ncm_core.data.datasets import load_image, scan_class_folders
-from ncm_core.data.tiling import TileGrid, extract_tiles
+from ncm_core.data.tiling import TileGrid, check_rows, extract_tiles
 from ncm_core.errors import NcmError
 from ncm_core.inference.predict import Prediction, classify_tensor, open_prediction
 from ncm_core.io.mosaic import open_mosaic
 from ncm_core.models.bundle import ModelBundle, load_bundle
+from ncm_core.outputs import check_inputs
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 
 
@@ -312,6 +313,10 @@ def evaluate(
     from ncm_core.models.ood import has_ood
     from ncm_core.models.preprocess import tiles_to_tensor
 
+    if out is not None:  # a folder beside the bundle's files is fine; the bundle or the data themselves are not
+        check_inputs(out, (bundle,), inside_ok=True)
+        check_inputs(out, (data,))
+    check_rows(exclude_rows)
     b = load_bundle(bundle)
     if b.config.task != "classify":
         raise NcmError("this evaluation is for classification bundles", b.path)

@@ -36,7 +36,12 @@ def is_image_folder(path: str | Path) -> bool:
 
 def find_images(folder: str | Path) -> list[Path]:
     """The images of ``folder`` and its sub-folders (PNG, TIFF, JPEG), sorted by path."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file())
+    from ncm_core.data.datasets import skip_hidden
+
+    root = Path(folder)
+    files = skip_hidden(
+        sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file()), root, root
+    )
     if not files:
         raise NcmError("no images (PNG, TIFF, JPEG) in the folder", folder)
     return files

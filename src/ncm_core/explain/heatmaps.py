@@ -250,7 +250,7 @@ def explain_mosaic_steps(
     S = T - overlap
     if f < 1 or T % f or S % f:
         raise NcmError(f"factor {f} must divide the tile ({T} px) and the stride ({S} px = tile - overlap)")
-    out = check_output(out, o.overwrite)
+    out = check_output(out, o.overwrite, (bundle, mosaic))
     dev = resolve_device(o.device)
     bundle.model.to(dev).eval()
     spec = (c.input.in_chans, *c.input.input_size)

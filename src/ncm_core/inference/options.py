@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ncm_core.data.tiling import check_rows
 from ncm_core.errors import NcmError
 from ncm_core.models.ood import OOD_WARN_FRACTION  # one home; re-exported for the CLI and widgets
 
@@ -64,7 +65,9 @@ class PredictOptions:
         if self.dense_recheck < 0:
             raise NcmError(f"dense_recheck must not be negative, got {self.dense_recheck}")
         if self.exclude_rows is not None:
-            object.__setattr__(self, "exclude_rows", tuple(self.exclude_rows))
+            object.__setattr__(self, "exclude_rows", check_rows(tuple(self.exclude_rows)))
+        if not 0 <= self.min_fraction <= 1:
+            raise NcmError(f"min_fraction must be between 0 and 1, got {self.min_fraction}")
         object.__setattr__(self, "offset", tuple(int(v) for v in self.offset))
 
     def attrs(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def predict_mosaic_steps(
     mosaic = open_mosaic(mosaic)
     grid = plan_grid(bundle, mosaic, tile=o.tile, stride=o.stride, offset=o.offset, edge=o.edge)
     keep = keep_cells(grid, mosaic, o.exclude_rows, o.mask, o.foreground, o.min_fraction)
-    out = check_output(out, o.overwrite)
+    out = check_output(out, o.overwrite, (bundle, mosaic, o.mask))
     n_pred = int(keep.sum())
     ood = o.ood and has_ood(bundle)
     max_block_pixels = o.max_block_pixels

@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 
 from ncm_core.data.tiling import TileGrid, band_mask, extract_tiles, foreground_mask, pad_region, pixel_mask_to_cells
+from ncm_core.errors import NcmError
 from ncm_core.inference.classify import classify_tensor
 from ncm_core.inference.engine import Block, BlockTask, Context
 from ncm_core.io.mosaic import Mosaic
 from ncm_core.models.bundle import ModelBundle
 from ncm_core.models.preprocess import tiles_to_array, tiles_to_tensor
+
+#: the smallest tile (px) and the largest rescaling of a tile to the model's input that pixel sizes may imply
+MIN_TILE, MAX_RESCALE = 8, 8
 
 
 def tile_size_for(bundle: ModelBundle, mosaic: Mosaic) -> int:
@@ -28,6 +32,15 @@ def tile_size_for(bundle: ModelBundle, mosaic: Mosaic) -> int:
         ratio = bundle.config.pixel_size / mosaic.pixel_size
         if abs(ratio - 1) > 0.01:
             t = max(1, round(t * ratio))
+            n = int(bundle.config.input.input_size[0])
+            if t < MIN_TILE or max(t, n) / min(t, n) > MAX_RESCALE:
+                raise NcmError(
+                    f"the mosaic's pixel size ({mosaic.pixel_size:g} um) and the model's "
+                    f"({bundle.config.pixel_size:g} um) make tiles of {t} px for a {n} px model input "
+                    f"(at least {MIN_TILE} px and at most {MAX_RESCALE}x rescaling allowed); give the right pixel "
+                    f"size (open_mosaic(..., pixel_size=)) or a tile size (--tile {bundle.config.tile_size})",
+                    mosaic.source or None,
+                )
     return t
 
 

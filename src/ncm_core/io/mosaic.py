@@ -15,6 +15,7 @@ chunk-aligned writing are in :mod:`ncm_core.io.ngff`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,9 +324,15 @@ def open_mosaic(source: Any, *, axes: str | None = None, pixel_size: float | Non
     else:
         raise NcmError(f"cannot open a mosaic from a {type(source).__name__}")
     if pixel_size is not None:
-        if pixel_size <= 0:
-            raise NcmError(f"pixel size must be positive, got {pixel_size}")
+        if not (math.isfinite(pixel_size) and pixel_size > 0):
+            raise NcmError(f"pixel size must be a finite number above 0, got {pixel_size}")
         mosaic.pixel_size = float(pixel_size)
+    elif mosaic.pixel_size is not None and not (math.isfinite(mosaic.pixel_size) and mosaic.pixel_size > 0):
+        raise NcmError(
+            f"the file's pixel size is {mosaic.pixel_size}, not a finite number above 0; "
+            "give the right one (--pixel-size, API: pixel_size=)",
+            mosaic.source or None,
+        )
     return mosaic
 
 
@@ -369,6 +376,7 @@ def write_ome_zarr(
             levels=levels,
             name=name or path.name.split(".")[0],
         )
+        root.attrs["ncm"] = {"kind": "ncm-image"}  # written by napari-ncm (ncm_core.outputs.output_kind)
         if labels:
             lg = root.create_group("labels")
             lg.attrs["ome"] = {"version": NGFF_VERSION, "labels": list(labels)}

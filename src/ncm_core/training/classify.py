@@ -37,7 +37,7 @@ from ncm_core.devices import amp_dtype, resolve_device
 from ncm_core.models.bundle import BundleConfig, save_bundle
 from ncm_core.models.preprocess import InputSpec, tiles_to_tensor
 from ncm_core.options import merge_options
-from ncm_core.outputs import remove
+from ncm_core.outputs import check_training_output, remove
 from ncm_core.progress import CancelFlag, ProgressFn, report
 from ncm_core.training.classify_data import ClassifyData, frames_source, normalisation, tile_set_source
 from ncm_core.training.config import CLASSIFY_MONITORS, NO_VALIDATION, TrainConfig
@@ -138,7 +138,8 @@ def train(
     widget draws its curves from it.
     """
     c = merge_options(TrainConfig, config, overrides).validate()
-    return _train(Path(data).expanduser(), Path(out).expanduser(), c, progress, cancel, on_epoch)
+    out = check_training_output(out, c.overwrite, (data, c.pretrained))
+    return _train(Path(data).expanduser(), out, c, progress, cancel, on_epoch)
 
 
 def _train(

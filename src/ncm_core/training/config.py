@@ -7,6 +7,8 @@ widgets and the bundles read their defaults from these classes. ``validate()`` r
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,69 @@ def _check_fraction(name: str, value: float) -> None:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise NcmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+#: The scheduler names timm's ``create_scheduler_v2`` knows (timm.scheduler.scheduler_factory).
+SCHEDULERS: tuple[str, ...] = (
+    "cosine",
+    "tanh",
+    "step",
+    "multistep",
+    "plateau",
+    "poly",
+    "constant",
+    "wsd",
+    "rsqrt",
+    "none",
+)
+
+
+def _suggest(value: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(value, sorted(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_positive(name: str, value: float | None, allow_none: bool = False) -> None:
+    """One error line unless ``value`` is a finite number above 0 (or None where ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    try:
+        ok = math.isfinite(float(value)) and float(value) > 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise NcmError(f"{name} must be a finite number above 0, got {value!r}")
+
+
+def check_optimizer(name: str) -> None:
+    """One error line, with the closest name, unless timm's optimizer registry knows ``name``
+    (read as timm reads it: ``lookahead_radam`` is RAdam with Lookahead)."""
+    from timm.optim import get_optimizer_info, list_optimizers
+
+    base = str(name).lower().split("_")[-1]
+    try:
+        get_optimizer_info(base)
+    except (ValueError, KeyError):
+        raise NcmError(f"unknown optimizer {name!r} (timm's optimizers){_suggest(base, list_optimizers())}") from None
+
+
+def check_scheduler(name: str) -> None:
+    """One error line, with the closest name, unless timm's scheduler factory knows ``name``."""
+    if name not in SCHEDULERS:
+        raise NcmError(f"unknown scheduler {name!r}; timm's are {', '.join(SCHEDULERS)}{_suggest(name, SCHEDULERS)}")
+
+
+def _check_common(c: TrainConfig | RegressConfig) -> None:
+    """Checks both training tasks share: learning rate, optimizer, scheduler, weight decay."""
+    from ncm_core.data.tiling import check_rows
+
+    check_positive("learning rate (--lr)", c.lr)
+    if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
+        raise NcmError(f"weight decay must be a finite number of at least 0, got {c.weight_decay}")
+    check_optimizer(c.optimizer)
+    check_scheduler(c.scheduler)
+    check_rows(getattr(c, "exclude_rows", None))
+    check_positive("pixel size (--pixel-size, micrometres)", getattr(c, "pixel_size", None), allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -76,6 +141,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     pixel_size: float | None = None
+    overwrite: bool = False
 
     #: what an explicit None keyword stands for (see ncm_core.options.merge_options): no augmentation
     NONE_MEANS: ClassVar[dict[str, Any]] = {"augment": "none"}
@@ -90,6 +156,7 @@ class TrainConfig:
         _check_fraction("validation fraction", self.val_fraction)
         if self.crops_per_image < 1 or self.val_crops_per_image < 1:
             raise NcmError("crops per image must be at least 1")
+        _check_common(self)
         return self
 
 
@@ -136,6 +203,7 @@ class RegressConfig:
     resume: bool = True
     seed: int = 0
     device: str = "auto"
+    overwrite: bool = False
 
     #: what an explicit None keyword stands for: no early stopping, no augmentation
     NONE_MEANS: ClassVar[dict[str, Any]] = {"patience": 0, "augment": "none"}
@@ -153,6 +221,9 @@ class RegressConfig:
         if self.adversarial < 0 or self.l1 < 0 or self.l2 < 0:
             raise NcmError("adversarial noise and weight penalties must not be negative")
         _check_fraction("validation fraction", self.val_fraction)
+        _check_common(self)
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise NcmError(f"minimum learning rate (--min-lr) must be a finite number of at least 0, got {self.min_lr}")
         return self
 
     @property

@@ -20,6 +20,7 @@ import numpy as np
 from ncm_core.evaluation.regression import cv_report, regression_metrics
 from ncm_core.inference.sections import predict_values
 from ncm_core.options import merge_options
+from ncm_core.outputs import check_inputs
 from ncm_core.progress import CancelFlag, ProgressFn
 from ncm_core.training.config import RegressConfig
 from ncm_core.training.regression_data import (
@@ -64,6 +65,7 @@ def cross_validate(
     from ncm_core.models.bundle import load_bundle
 
     c = merge_options(RegressConfig, config, overrides).validate()
+    check_inputs(out, (data, targets, c.pretrained))
     folds, split_by, seed = c.folds, c.split_by, c.seed
     t0 = time.monotonic()
     d = load_regression_data(
@@ -151,7 +153,7 @@ def _settings(c: RegressConfig) -> dict[str, Any]:
             from ncm_core.data.augment import parse_augment
 
             out[f.name] = list(parse_augment(v, "regress"))
-        elif f.name not in ("folds", "split_by", "seed"):
+        elif f.name not in ("folds", "split_by", "seed", "overwrite"):
             out[f.name] = v if isinstance(v, (int, float, str, bool, type(None), list, tuple)) else str(v)
     return out
 

@@ -24,6 +24,7 @@ from ncm_core.data.augment import augment_batch
 from ncm_core.evaluation.regression import cv_report, regression_metrics, write_section_prediction
 from ncm_core.inference.sections import SectionPrediction, predict_section, predict_values
 from ncm_core.options import merge_options
+from ncm_core.outputs import check_training_output
 from ncm_core.progress import CancelFlag, ProgressFn
 from ncm_core.training.config import LOSSES, REGRESS_MONITORS, RegressConfig
 from ncm_core.training.cross_validation import CVResult, cross_validate
@@ -89,6 +90,7 @@ def train_regressor(
     """
     on_epoch = overrides.pop("on_epoch", None)
     c = merge_options(RegressConfig, config, overrides).validate()
+    check_training_output(out, c.overwrite, (data, targets, c.pretrained))
     d = load_regression_data(
         data,
         targets,

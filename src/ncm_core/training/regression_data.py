@@ -53,7 +53,7 @@ class RegressionData:
 
 def _crop_table(data: Path) -> tuple[list[Path], list[str], tuple[int, int] | None, float | None]:
     """Crop files and their source names: from a sections manifest, else one image = one source."""
-    from ncm_core.data.datasets import IMAGE_SUFFIXES
+    from ncm_core.data.datasets import IMAGE_SUFFIXES, skip_hidden
     from ncm_core.data.sections import MANIFEST, SUMMARY, is_sections_folder
 
     if is_sections_folder(data):
@@ -65,7 +65,7 @@ def _crop_table(data: Path) -> tuple[list[Path], list[str], tuple[int, int] | No
         sizes = {m.get("pixel_size") for m in summary.get("mosaics", [])}
         px = sizes.pop() if len(sizes) == 1 else None
         return [data / r["file"] for r in rows], [r["source"] for r in rows], tuple(summary["crop"]), px
-    files = sorted(p for p in data.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = skip_hidden(sorted(p for p in data.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), data)
     if not files:
         raise NcmError(f"no images ({', '.join(IMAGE_SUFFIXES)}) and no {MANIFEST} found", data)
     return files, [p.stem for p in files], None, None

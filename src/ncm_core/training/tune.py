@@ -33,9 +33,9 @@ from typing import Any
 
 from ncm_core.errors import Cancelled, NcmError
 from ncm_core.options import merge_options
-from ncm_core.outputs import remove
+from ncm_core.outputs import check_inputs, remove
 from ncm_core.progress import CancelFlag, ProgressFn, is_cancelled, report
-from ncm_core.training.config import TuneConfig
+from ncm_core.training.config import TrainConfig, TuneConfig
 from ncm_core.training.study import STUDY, STUDY_NAME, StudyConfig, make_pruner, open_study, optimize
 from ncm_core.training.tune_plots import plot_study
 from ncm_core.training.tune_space import DEFAULT_SPACE, TUNABLE, load_space, suggest
@@ -164,6 +164,10 @@ def tune(
     if is_tile_set(src) and not open_tile_set(src).split("val"):
         raise NcmError("the tile set has no validation tiles; tuning needs them to compare trials", src)
     out = Path(out).expanduser()
+    check_inputs(out, (src, c.space if isinstance(c.space, (str, Path)) else None))
+    if out.exists() and not out.is_dir():
+        raise NcmError("the output is a file, not a folder for a study", out)
+    merge_options(TrainConfig, None, fixed).validate()  # a bad fixed setting: one line now, not in every trial
     identity = {
         "data": str(src.resolve()),
         "kind": "tiles" if is_tile_set(src) else "frames",

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ncm_core.outputs import remove
+from ncm_core.errors import NcmError
+from ncm_core.outputs import is_empty_folder, output_kind, remove
 from ncm_core.progress import ConsoleProgress, ProgressFn
 
 #: frames per class, frame size, mosaic shape, epochs, random crops per frame and epoch, tile and input size
@@ -52,6 +53,8 @@ def run_demo(
     s = SETTINGS["quick" if quick else "full"]
     mk = progress or (lambda label: None)
     out = Path(out)
+    if (out.exists() or out.is_symlink()) and not is_empty_folder(out) and output_kind(out) is None:
+        raise NcmError("the demo replaces its folder, and napari-ncm did not write this one; choose another", out)
     remove(out)  # the demo's folder is replaced, not written under .partial: its files name each other
     out.mkdir(parents=True)
     t0 = time.monotonic()

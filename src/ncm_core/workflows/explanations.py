@@ -89,7 +89,7 @@ def explain_folder(
         methods = [m for m in methods.split(",") if m.strip()]
     names = [check_method(m) for m in methods]
     files = find_images(folder)
-    with atomic_output(out, o.overwrite) as part:
+    with atomic_output(out, o.overwrite, inputs=(bundle, folder)) as part:
         from ncm_core.devices import resolve_device
 
         b = load_bundle(bundle)
