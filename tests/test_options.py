@@ -60,3 +60,18 @@ def test_an_incomplete_heatmap_exits_3_with_one_line(tiny_bundle, tmp_path):
     line = r.stderr.strip()
     assert "\n" not in line and line.startswith("ncm: incomplete:") and "d.zarr" in line, line
     assert "Traceback" not in r.stderr and not (tmp_path / "h.zarr").exists()
+
+
+def test_predict_takes_the_pixel_size_the_file_lacks(tiny_bundle, tmp_path):
+    """`ncm predict --pixel-size`: the option reaches the run, its attributes and its NGFF transform."""
+    import tifffile
+
+    from ncm_core.inference.predict import open_prediction
+
+    tifffile.imwrite(tmp_path / "m.tif", np.random.default_rng(1).integers(0, 255, (64, 96), dtype=np.uint8))
+    r = ncm("predict", tiny_bundle, tmp_path / "m.tif", tmp_path / "p.zarr", "--pixel-size", "0.25", "-q")
+    assert r.returncode == 0, r.stderr
+    pred = open_prediction(tmp_path / "p.zarr")
+    assert pred.attrs["pixel_size"] == 0.25 and pred.attrs["options"]["pixel_size"] == 0.25
+    r = ncm("predict", tiny_bundle, tmp_path / "m.tif", tmp_path / "q.zarr", "--pixel-size", "-1", "-q")
+    assert r.returncode == 2 and "pixel size" in r.stderr and "Traceback" not in r.stderr

@@ -214,6 +214,11 @@ class TrainWidget(RunsInBackground, Container):
             tooltip="0 = no validation: the last epoch is kept",
         )
         self.output = FileEdit(mode="d", label="Bundle folder", tooltip="empty = a temporary folder")
+        self.overwrite = CheckBox(
+            value=TrainConfig.overwrite,
+            text="Replace a finished bundle there",
+            tooltip="a folder holding a finished bundle is kept unless this is on (an interrupted training resumes)",
+        )
         self.run_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -246,6 +251,7 @@ class TrainWidget(RunsInBackground, Container):
                 self.patience,
                 self.val_fraction,
                 self.output,
+                self.overwrite,
                 self.run_button,
                 self.cancel_button,
                 self.status,
@@ -370,6 +376,7 @@ class TrainWidget(RunsInBackground, Container):
             patience=self.patience.value,
             val_fraction=self.val_fraction.value,
             pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value),
+            overwrite=self.overwrite.value,
         )
         from ncm_core.data.tiling import parse_rows
 
@@ -449,6 +456,7 @@ class TrainWidget(RunsInBackground, Container):
             input_size=self.reg_input.value.strip() or None,
             groups=groups,
             pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value),
+            overwrite=self.overwrite.value,
         )
         folds = self.folds.value
         if folds == 1:

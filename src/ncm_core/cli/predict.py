@@ -39,6 +39,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
         dense_recheck=a.dense_recheck,
         backend=a.backend,
         ood=not a.no_ood,
+        pixel_size=a.pixel_size,
         progress=progress("predict", a.quiet),
     )  # None (an option not given) keeps the default
     at = p.attrs
@@ -81,7 +82,10 @@ def _predict_section(a: argparse.Namespace, bundle: object) -> None:
     from ncm_core.outputs import check_output
 
     out = check_output(a.out, a.overwrite, (a.bundle, a.mosaic))
-    sp = predict_section(bundle, a.mosaic, mode=a.mode, device=a.device, progress=progress("predict", a.quiet))
+    from ncm_core.io.mosaic import open_mosaic
+
+    mosaic = open_mosaic(a.mosaic, pixel_size=a.pixel_size)
+    sp = predict_section(bundle, mosaic, mode=a.mode, device=a.device, progress=progress("predict", a.quiet))
     write_section_prediction(sp, out)
     g = sp.geometry
     print(section_line(g))
@@ -189,6 +193,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--regions", help="per-pixel region map (e.g. OME-Zarr labels) to aggregate tiles by")
     r.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution scores")
+    r.add_argument(
+        "--pixel-size",
+        type=float,
+        help="micrometres per pixel of the mosaic, when the file does not say or says wrongly (tiles then cover "
+        "the area the model was trained on)",
+    )
     r.add_argument(
         "--mode",
         choices=["center", "sliding"],

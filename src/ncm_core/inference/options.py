@@ -40,6 +40,7 @@ class PredictOptions:
     max_block_pixels: int = 2048 * 2048  # pixels per block (memory)
     device: str = "auto"
     overwrite: bool = False
+    pixel_size: float | None = None  # micrometres per mosaic pixel, when the file does not say (or says wrongly)
     resume: bool = True  # continue an interrupted run of the same prediction from <out>.partial
     retries: int = 2  # re-reads of a block whose pixels cannot be read
     retry_delay: float = 0.5  # seconds, times the attempt number

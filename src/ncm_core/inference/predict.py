@@ -85,7 +85,7 @@ def predict_mosaic_steps(
         bundle = config_bundle(bundle)  # the model only when needed: a light run never imports PyTorch
     if bundle.config.task != "classify":
         raise NcmError("predict_mosaic needs a classification bundle; this one is for regression", bundle.path)
-    mosaic = open_mosaic(mosaic)
+    mosaic = open_mosaic(mosaic, pixel_size=o.pixel_size)
     grid = plan_grid(bundle, mosaic, tile=o.tile, stride=o.stride, offset=o.offset, edge=o.edge)
     keep = keep_cells(grid, mosaic, o.exclude_rows, o.mask, o.foreground, o.min_fraction)
     out = check_output(out, o.overwrite, (bundle, mosaic, o.mask))
