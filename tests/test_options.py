@@ -75,3 +75,5 @@ def test_predict_takes_the_pixel_size_the_file_lacks(tiny_bundle, tmp_path):
     assert pred.attrs["pixel_size"] == 0.25 and pred.attrs["options"]["pixel_size"] == 0.25
     r = ncm("predict", tiny_bundle, tmp_path / "m.tif", tmp_path / "q.zarr", "--pixel-size", "-1", "-q")
     assert r.returncode == 2 and "pixel size" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "q.zarr").exists()
+    assert not (tmp_path / "q.zarr.partial").exists()

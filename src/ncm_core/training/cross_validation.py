@@ -26,8 +26,7 @@ from ncm_core.training.config import RegressConfig
 from ncm_core.training.regression_data import (
     grouped_kfold,
     grouped_split,
-    load_regression_data,
-    parse_size,
+    load_for_config,
     standardise,
 )
 from ncm_core.training.regression_fit import fit_regressor
@@ -68,16 +67,7 @@ def cross_validate(
     check_inputs(out, (data, targets, c.pretrained))
     folds, split_by, seed = c.folds, c.split_by, c.seed
     t0 = time.monotonic()
-    d = load_regression_data(
-        data,
-        targets,
-        parse_size(c.input_size),
-        groups=c.groups,
-        target_columns=c.target_columns,
-        loss=c.loss,
-        progress=progress,
-        cancel=cancel,
-    )
+    d = load_for_config(data, targets, c, progress, cancel)
     grp = d.split_groups(split_by)
     splits = grouped_kfold(grp, folds, seed)
     out = Path(out).expanduser()

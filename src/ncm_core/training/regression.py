@@ -33,6 +33,7 @@ from ncm_core.training.regression_data import (
     RegressionData,
     grouped_kfold,
     grouped_split,
+    load_for_config,
     load_regression_data,
     parse_size,
     standardise,
@@ -91,16 +92,7 @@ def train_regressor(
     on_epoch = overrides.pop("on_epoch", None)
     c = merge_options(RegressConfig, config, overrides).validate()
     check_training_output(out, c.overwrite, (data, targets, c.pretrained))
-    d = load_regression_data(
-        data,
-        targets,
-        parse_size(c.input_size),
-        groups=c.groups,
-        target_columns=c.target_columns,
-        loss=c.loss,
-        progress=progress,
-        cancel=cancel,
-    )
+    d = load_for_config(data, targets, c, progress, cancel)
     if c.holdout:
         tr, va = grouped_split(d.split_groups(c.split_by), c.val_fraction, c.seed)
     else:

@@ -71,6 +71,27 @@ def _crop_table(data: Path) -> tuple[list[Path], list[str], tuple[int, int] | No
     return files, [p.stem for p in files], None, None
 
 
+def load_for_config(
+    data: str | Path,
+    targets: str | Path | Targets,
+    c: Any,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
+) -> RegressionData:
+    """:func:`load_regression_data` with the input size, groups, target columns and loss of a
+    :class:`~ncm_core.training.config.RegressConfig` (training and cross-validation read data alike)."""
+    return load_regression_data(
+        data,
+        targets,
+        parse_size(c.input_size),
+        groups=c.groups,
+        target_columns=c.target_columns,
+        loss=c.loss,
+        progress=progress,
+        cancel=cancel,
+    )
+
+
 def load_regression_data(
     data: str | Path,
     targets: str | Path | Targets,
