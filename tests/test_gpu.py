@@ -60,7 +60,7 @@ def test_gpu_blocks_are_prepared_in_pinned_memory(tiny_bundle, mosaic_path):
     task = TileClassTask(grid, np.ones(grid.shape, bool), (4, 4), 16)
     block = task.blocks()[0]
     assert block.cells == (0, 4, 0, 4)
-    x = task.prepare(Context(bundle, mosaic, torch.device("cuda")), block, read_region(mosaic, block.pixels))
+    x, _ = task.prepare(Context(bundle, mosaic, torch.device("cuda")), block, read_region(mosaic, block.pixels), None)
     assert x.device.type == "cpu" and x.is_pinned() and x.shape[0] == 16
 
 

@@ -197,7 +197,7 @@ def test_damaged_chunk_is_recorded_and_the_rest_completes(tiny_bundle, tmp_path)
             tiny_bundle, tmp_path / "d.zarr", tmp_path / "p.zarr", max_block_pixels=64 * 64, retry_delay=0.01
         )
     msg = str(e.value)
-    assert "\n" not in msg and "d.zarr" in msg and "1 of 4 blocks" in msg and "y 64:128, x 64:128" in msg
+    assert "\n" not in msg and "d.zarr" in msg and "1 region in 1 of 4 blocks" in msg and "y 64:128, x 64:128" in msg
     assert e.value.failed[0]["pixels"] == [64, 128, 64, 128]
     status = np.asarray(zarr.open_array(str(tmp_path / "p.zarr.partial" / "blocks"), mode="r")[...])
     assert status.tolist() == [[1, 1], [1, 2]]  # three blocks done, one failed
@@ -229,7 +229,6 @@ def _traced_peak(bundle, mosaic, out, **kw) -> int:
 def test_the_pipeline_never_holds_the_mosaic(tiny_bundle, tmp_path, monkeypatch):
     """Peak memory the pipeline allocates is a few blocks, below the mosaic itself even in its own 8-bit
     pixels; a reader that holds the whole mosaic (as uint8 or as float32) fails the same bound."""
-    from ncm_core.inference import engine
 
     side = 2048
     z = zarr.create_array(str(tmp_path / "m.zarr"), shape=(side, side), chunks=(256, 256), dtype=np.uint8)
@@ -243,7 +242,9 @@ def test_the_pipeline_never_holds_the_mosaic(tiny_bundle, tmp_path, monkeypatch)
     print(f"traced peak {real / 1e6:.1f} MB, bound {bound / 1e6:.1f} MB")
     assert real < bound, (real, bound)
 
-    read = engine.read_region
+    from ncm_core.inference import reading
+
+    read = reading.read_region
     for dtype in (np.uint8, np.float32):  # the bug this test is for: the whole mosaic in memory
         held: list[np.ndarray] = []
 
@@ -252,7 +253,7 @@ def test_the_pipeline_never_holds_the_mosaic(tiny_bundle, tmp_path, monkeypatch)
                 held.append(np.asarray(mosaic.data).astype(dtype))
             return read(mosaic, pixels)
 
-        monkeypatch.setattr(engine, "read_region", holding)
+        monkeypatch.setattr(reading, "read_region", holding)
         broken = _traced_peak(bundle, tmp_path / "m.zarr", tmp_path / f"b{np.dtype(dtype).name}.zarr")
         print(f"holding the mosaic as {np.dtype(dtype).name}: {broken / 1e6:.1f} MB")
         assert broken >= bound, (dtype, broken, bound)  # the same bound catches it

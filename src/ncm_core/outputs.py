@@ -5,10 +5,13 @@ inside one of the task's inputs; refuse an existing output unless asked to repla
 everywhere; and replace only what napari-ncm wrote, recognised by :func:`output_kind`) and
 :func:`atomic_output` or :func:`finalize` (write under ``<out>.partial``, then replace ``out`` in one
 step). A crash or a cancel leaves at most a ``.partial`` beside the output, never a half-written ``out``.
+A run whose output will not fit on the disk is refused before it starts (:func:`check_space`), and a
+disk that fills up anyway ends the run in one line with the ``.partial`` removed (:func:`disk_full`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -167,6 +170,45 @@ def check_output(out: str | Path, overwrite: bool, inputs: Iterable[Any] = (), *
     return out
 
 
+def _existing(p: Path) -> Path:
+    p = p.resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def check_space(out: str | Path, need: int, what: str = "the output") -> None:
+    """Refuse, before work starts, an output of about ``need`` bytes on a disk with less free space."""
+    where = _existing(Path(out).expanduser())
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise NcmError(
+            f"{what} needs about {_mb(need)}, but only {_mb(free)} are free on the disk that holds {where}; "
+            "free some space or write elsewhere",
+            out,
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the errors of a full disk or an exhausted quota."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(partial: Path, out: str | Path) -> NcmError:
+    """Remove the unfinished ``partial`` after a full disk and return the one-line error to raise."""
+    size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.is_dir() else 0
+    remove(partial)
+    return NcmError(
+        f"the disk filled up while writing; removed the unfinished output ({_mb(size)} in {partial.name}); "
+        "free some space and run again",
+        out,
+    )
+
+
 def remove(path: Path) -> None:
     """Remove a file or a folder tree (nothing if absent)."""
     if path.is_dir() and not path.is_symlink():
@@ -206,7 +248,9 @@ def atomic_output(
         part.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield part
-    except BaseException:
+    except BaseException as exc:
+        if is_disk_full(exc):
+            raise disk_full(part, out) from None
         remove(part)
         raise
     finalize(part, out)

@@ -53,6 +53,9 @@ def cmd_explain(a: argparse.Namespace) -> None:
         overlap=a.overlap,
         factor=a.factor,
         resume=not a.restart,
+        strict=a.strict,
+        allow_incomplete=a.allow_incomplete,
+        missing_chunks=a.missing_chunks,
         progress=progress("explain", a.quiet),
         **kw,
     )
@@ -109,5 +112,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     x.add_argument("--overwrite", action="store_true")
     x.add_argument("--restart", action="store_true", help="mosaic: ignore the record of an interrupted run")
+    x.add_argument(
+        "--strict",
+        action="store_true",
+        help="mosaic: stop at the first tile with NaN/inf pixels or an unreadable or missing chunk (by default such "
+        "tiles are left out of the heatmap, counted and reported)",
+    )
+    x.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="mosaic: finish with regions that cannot be read left empty (NaN) instead of exiting with status 3",
+    )
+    x.add_argument(
+        "--missing-chunks",
+        choices=["report", "fill"],
+        default=d.missing_chunks,
+        help="mosaic: zarr chunks absent from the store: report them (default) or read them as the fill value",
+    )
     common(x)
     x.set_defaults(func=cmd_explain)

@@ -40,12 +40,16 @@ def cmd_predict(a: argparse.Namespace) -> None:
         backend=a.backend,
         ood=not a.no_ood,
         pixel_size=a.pixel_size,
+        strict=a.strict,
+        allow_incomplete=a.allow_incomplete,
+        missing_chunks=a.missing_chunks,
         progress=progress("predict", a.quiet),
     )  # None (an option not given) keeps the default
     at = p.attrs
     print(
         f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
         f"{at['n_predicted']} predicted, {at['n_masked']} masked"
+        + "".join(f", {n} not predicted ({why})" for why, n in at.get("not_predicted", {}).items())
         + (
             f", dense ({at['n_rechecked']} rechecked exactly)"
             if "n_rechecked" in at
@@ -198,6 +202,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="micrometres per pixel of the mosaic, when the file does not say or says wrongly (tiles then cover "
         "the area the model was trained on)",
+    )
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first tile with NaN/inf pixels or an unreadable or missing chunk (by default such tiles "
+        "are left out, counted and reported)",
+    )
+    r.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="when regions cannot be read, finish the prediction with them marked as not predicted (listed in "
+        "its attributes) instead of exiting with status 3 to retry them",
+    )
+    r.add_argument(
+        "--missing-chunks",
+        choices=["report", "fill"],
+        default=d.missing_chunks,
+        help="zarr chunks absent from the store: report them as unreadable (default), or read them as the "
+        "array's fill value (for stores that leave out empty chunks on purpose)",
     )
     r.add_argument(
         "--mode",

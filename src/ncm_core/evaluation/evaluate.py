@@ -169,6 +169,7 @@ def evaluate_prediction(
     m["tile_accuracy"] = m.pop("accuracy")
     m["n_tiles"] = int(pred.grid.size)
     m["n_scored"] = int(valid.sum())
+    m["not_predicted"] = dict(pred.attrs.get("not_predicted", {}))  # kept tiles left out, by reason
     return m
 
 

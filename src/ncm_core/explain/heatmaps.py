@@ -33,6 +33,7 @@ and ``scheduler`` runs the blocks on dask.distributed.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,12 +45,13 @@ from ncm_core.errors import NcmError
 from ncm_core.explain.options import ExplainOptions
 from ncm_core.inference import engine
 from ncm_core.inference.engine import Context
+from ncm_core.inference.reading import NONFINITE, REASONS
 from ncm_core.inference.windows import WindowGeometry, WindowTask, blend_weight
 from ncm_core.io.mosaic import Mosaic, open_mosaic
 from ncm_core.io.ngff import ngff_multiscales
 from ncm_core.models.bundle import ModelBundle, load_bundle
 from ncm_core.options import merge_options
-from ncm_core.outputs import check_output
+from ncm_core.outputs import check_output, check_space
 from ncm_core.progress import CancelFlag, ProgressFn, run_steps
 
 HEATMAP_KIND = "ncm-explanation"
@@ -65,7 +67,17 @@ __all__ = [
     "tile_at",
 ]
 #: options that change how a run goes, not what it writes: left out of the run fingerprint
-RUN_ONLY = ("device", "overwrite", "resume", "retries", "retry_delay", "check_images", "block_pixels")
+RUN_ONLY = (
+    "device",
+    "overwrite",
+    "resume",
+    "retries",
+    "retry_delay",
+    "check_images",
+    "block_pixels",
+    "strict",
+    "allow_incomplete",
+)
 
 
 @dataclass
@@ -234,6 +246,8 @@ def explain_mosaic_steps(
     method = o.method
     bundle = load_bundle(bundle)
     mosaic = open_mosaic(mosaic)
+    if o.missing_chunks == "fill":
+        mosaic = replace(mosaic, missing=None)
     c = bundle.config
     if c.input.input_size[0] != c.input.input_size[1]:
         raise NcmError(
@@ -260,6 +274,7 @@ def explain_mosaic_steps(
     chunk = max(64, o.block_pixels // f)
     geometry = WindowGeometry((H, W), T, 0, overlap, f, chunk, "cosine")
     hh, hw = geometry.out_shape
+    check_space(out, len(names) * hh * hw * 4 * 4 // 3, "the heatmap")  # float32 maps and their pyramid
     window, stride = o.window, o.stride or o.window
     if method == "occlusion" and (window[0] > c.input.input_size[0] or window[1] > c.input.input_size[1]):
         raise NcmError(
@@ -308,16 +323,17 @@ def explain_mosaic_steps(
     partial, root, _ = engine.start(out, fp, attrs, task, overwrite=o.overwrite, resume=o.resume)
     failed = yield from engine.execute(
         task,
-        Context(bundle, mosaic, dev, cancel, requested_device=str(o.device)),
+        Context(bundle, mosaic, dev, cancel, requested_device=str(o.device), strict=o.strict),
         retries=o.retries,
         retry_delay=o.retry_delay,
         scheduler=scheduler,
         cancel=cancel,
     )
-    if failed:
-        attrs["failed_blocks"] = failed
-        root.attrs["ncm"] = attrs
-        raise engine.incomplete(failed, len(task.blocks()), partial, mosaic.source or out)
+    engine.settle(failed, o.allow_incomplete, attrs, root, task, mosaic.source or out)
+    attrs["not_computed"] = skipped = engine.skipped_counts(root)  # tiles left out, by reason
+    if skipped.get(REASONS[NONFINITE]):
+        n = skipped[REASONS[NONFINITE]]
+        warnings.warn(f"{mosaic.source}: {n} tiles not explained: {REASONS[NONFINITE]}", stacklevel=2)
     import zarr
 
     maps = zarr.open_array(str(partial / "maps" / "0"), mode="r")

@@ -39,6 +39,9 @@ class ExplainOptions:
     retries: int = 2  # re-reads of a block whose pixels cannot be read
     retry_delay: float = 0.5  # seconds, times the attempt number
     check_images: int = 8  # folders of tiles: tiles used by the sanity checks
+    strict: bool = False  # NaN/inf pixels or an unreadable or missing chunk stop the run (else: windows left out)
+    allow_incomplete: bool = False  # finish with unreadable regions left as NaN (else: RunIncomplete)
+    missing_chunks: str = "report"  # absent zarr chunks: "report" (not computed) or "fill" (the fill value)
 
     def __post_init__(self) -> None:
         from ncm_core.explain.methods import check_method
@@ -55,5 +58,7 @@ class ExplainOptions:
             raise NcmError(f"overlap must not be negative, got {self.overlap}")
         if min(self.window) < 1 or (self.stride is not None and min(self.stride) < 1):
             raise NcmError(f"occlusion window and stride must be positive, got {self.window} / {self.stride}")
+        if self.missing_chunks not in ("report", "fill"):
+            raise NcmError(f"missing_chunks must be 'report' or 'fill', got {self.missing_chunks!r}")
         if self.retries < 0 or self.block_pixels < 1:
             raise NcmError(f"retries must be >= 0 and block_pixels positive, got {self.retries} / {self.block_pixels}")

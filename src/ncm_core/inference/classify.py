@@ -9,6 +9,7 @@ import numpy as np
 from ncm_core.inference.layout import use_channels_last
 from ncm_core.models.bundle import ModelBundle
 from ncm_core.models.preprocess import tiles_to_tensor
+from ncm_core.progress import check_cancel
 
 
 def classify_tensor(
@@ -19,15 +20,17 @@ def classify_tensor(
     channels_last: bool = False,
     ood: bool = False,
     backend: str = "torch",
+    cancel: Any = None,
 ) -> Any:
     """Class probabilities ``(N, classes)`` for a prepared input tensor ``(N, C, H, W)`` (on any device;
     batches are moved to ``device`` asynchronously when ``x`` is in pinned memory).
 
     With ``ood`` (the bundle must have a detector), returns ``(probabilities, ood_ratio)``.
     ``backend="onnxruntime"`` runs the batches with ONNX Runtime (:mod:`ncm_core.inference.runtime`, CPU only).
+    ``cancel`` is checked between batches.
     """
     if backend == "onnxruntime":
-        return classify_array(bundle, x.numpy() if hasattr(x, "numpy") else x, batch_size, ood)
+        return classify_array(bundle, x.numpy() if hasattr(x, "numpy") else x, batch_size, ood, cancel)
     import torch
 
     from ncm_core.models.ood import forward_with_features, ood_ratio
@@ -40,6 +43,7 @@ def classify_tensor(
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     with torch.inference_mode(), torch.autocast(**amp):
         for k in range(0, len(x), batch_size):
+            check_cancel(cancel)
             xb = x[k : k + batch_size].to(dev, non_blocking=True)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -63,7 +67,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def classify_array(bundle: ModelBundle, x: np.ndarray, batch_size: int = 64, ood: bool = False) -> Any:
+def classify_array(
+    bundle: ModelBundle, x: np.ndarray, batch_size: int = 64, ood: bool = False, cancel: Any = None
+) -> Any:
     """:func:`classify_tensor` with ONNX Runtime, in numpy: ``x`` is a float32 array ``(N, C, H, W)`` at
     the model's input size. Uses the bundle's cached graph (needs no PyTorch) or exports it."""
     from ncm_core.inference.runtime import model_part, onnx_runner
@@ -72,6 +78,7 @@ def classify_array(bundle: ModelBundle, x: np.ndarray, batch_size: int = 64, ood
     runner = onnx_runner(bundle, model_part(False, ood))
     out, scores = [], []
     for k in range(0, len(x), batch_size):
+        check_cancel(cancel)
         logits, feats = runner(x[k : k + batch_size])
         out.append(softmax(logits))
         if ood:

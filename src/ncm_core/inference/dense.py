@@ -120,18 +120,21 @@ def dense_block_probs(
     keep: np.ndarray | None = None,
     batch_size: int = 64,
     backend: str = "torch",
+    cancel: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Class probabilities ``(rows, cols, classes)`` for the cells of a block from one trunk pass, their
     out-of-distribution ratios ``(rows, cols)`` (with ``ood``, else None), and how many tiles were
     rechecked exactly.
 
     ``region`` is the block's padded pixel region (``TileGrid.region`` of the cells); ``keep`` the
-    cells to predict (all by default), the only ones rechecked.
+    cells to predict (all by default), the only ones rechecked. ``cancel`` is checked before the trunk
+    pass and between batches of rechecked tiles.
     """
     import torch
 
     from ncm_core.inference.layout import use_channels_last
     from ncm_core.models.preprocess import tiles_to_tensor
+    from ncm_core.progress import check_cancel
 
     r0, r1, c0, c1 = cells
     spec = bundle.config.input
@@ -165,6 +168,7 @@ def dense_block_probs(
 
     k = round(spec.input_size[0] / r)  # feature cells per tile
     step = round(grid.stride * scale / r)
+    check_cancel(cancel)
     with torch.inference_mode(), torch.autocast(**amp):
         feats = trunk(tiles_to_tensor(region[None], full, "cpu" if onnx else device, channels_last=cl))
         wins = feats.unfold(2, k, step).unfold(3, k, step)  # (1, C, rows, cols, k, k)
@@ -182,6 +186,7 @@ def dense_block_probs(
             # the undecided tiles, each on its own: per-tile evaluation is forward_head(forward_features(tile))
             tiles = np.asarray(extract_tiles(region, grid, r0, r1, c0, c1))[sel]
             for j in range(0, n_rechecked, batch_size):
+                check_cancel(cancel)
                 xt = tiles_to_tensor(tiles[j : j + batch_size], spec, "cpu" if onnx else device, channels_last=cl)
                 pt, rt = head(trunk(xt))
                 idx = tuple(a[j : j + batch_size] for a in np.nonzero(sel))

@@ -90,12 +90,25 @@ class ModelOnWorker(WorkerPlugin):
 
 
 def _block_task(
-    run: Any, context: Any, task: Any, source: str, block: Any, plugin: str, retries: int, delay: float
-) -> dict[str, Any] | None:
+    run: Any,
+    context: Any,
+    task: Any,
+    source: str,
+    block: Any,
+    plugin: str,
+    retries: int,
+    delay: float,
+    extras: dict[str, Any],
+) -> list[dict[str, Any]]:
+    import dataclasses
+
     from distributed import get_worker
 
     state = get_worker().plugins[plugin]
-    return run(task, context(state.bundle, state.mosaic(source), state.dev), block, retries, delay)
+    mosaic = state.mosaic(source)
+    if extras["fill_missing"]:  # the run reads absent chunks as the fill value (missing_chunks="fill")
+        mosaic = dataclasses.replace(mosaic, missing=None)
+    return run(task, context(state.bundle, mosaic, state.dev, strict=extras["strict"]), block, retries, delay)
 
 
 def run_blocks(
@@ -107,8 +120,8 @@ def run_blocks(
     retries: int = 2,
     delay: float = 0.5,
     cancel: CancelFlag = None,
-) -> Iterator[dict[str, Any] | None]:
-    """Run ``blocks`` of ``task`` as dask tasks; yields each block's failure record (or None) as it finishes.
+) -> Iterator[list[dict[str, Any]]]:
+    """Run ``blocks`` of ``task`` as dask tasks; yields each block's failure records as it finishes.
 
     ``run(task, ctx, block, retries, delay)`` processes one block on a worker (the engine's ``run_block``,
     passed in so that this module needs nothing from the engine); each worker builds its context with
@@ -136,6 +149,7 @@ def run_blocks(
             [name] * n,
             [retries] * n,
             [delay] * n,
+            [{"strict": bool(getattr(ctx, "strict", False)), "fill_missing": ctx.mosaic.missing is None}] * n,
             pure=False,
             retries=2,
         )

@@ -7,11 +7,16 @@ with the model). The engine does everything else, the same way for every task:
 - a block plan: each block owns whole output chunks (zarr 3) and one status byte, so blocks can be
   written by independent processes;
 - read-ahead: the next blocks are read and prepared in a background thread while the model runs;
-- retries: a block whose pixels cannot be read is read again, then recorded as failed (status 2,
-  a failure record naming its pixels) while the run continues; :class:`RunIncomplete` at the end;
+- pixels checked as they are read (:mod:`ncm_core.inference.reading`): a block is retried, then read
+  chunk by chunk, so an unreadable or missing chunk loses only its own tiles (the block is marked
+  partial, status 3) and a block no chunk of which can be read is recorded as failed (status 2); both
+  are retried by the next run, and the run ends with :class:`RunIncomplete` naming them. NaN or inf
+  pixels are passed to the task as a problem map (its tiles or windows are left out, counted), or
+  stop the run in one line in ``strict`` mode;
 - resume: the output is written under ``<out>.partial`` (:mod:`ncm_core.outputs`) with a run
-  fingerprint; the same run started again computes only the blocks not done, and the group is
-  renamed to ``out`` when complete;
+  fingerprint; the same run started again computes only the blocks not done, after checking the
+  digests of the pixels the done blocks read (:mod:`ncm_core.inference.resume`): a block whose input
+  changed is computed again; the group is renamed to ``out`` when complete;
 - execution in this process or on dask.distributed (:mod:`ncm_core.inference.distributed`);
 - progress (a generator of ``(blocks done, blocks total)``) and cancel.
 
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -32,14 +36,16 @@ from typing import Any
 import numpy as np
 
 from ncm_core.errors import NcmError
-from ncm_core.outputs import check_output, finalize, partial_path, remove
+from ncm_core.inference import resume
+from ncm_core.inference.reading import FAILED_BLOCK, REASONS, BlockRead, Rect, clip, read_block, read_region
+from ncm_core.inference.resume import DONE, FAILED, PARTIAL, SKIPPED, TODO
+from ncm_core.outputs import check_output, disk_full, finalize, is_disk_full, partial_path, remove
 from ncm_core.progress import CancelFlag, check_cancel
 
-Rect = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
-READ_AHEAD = 2  # blocks prepared ahead of the one the model runs on
+__all__ = ["Block", "BlockTask", "Context", "RunIncomplete", "read_region", "TODO", "DONE", "FAILED", "PARTIAL"]
 
-# status bytes of the "blocks" array
-TODO, DONE, FAILED = 0, 1, 2
+READ_AHEAD = 2  # blocks prepared ahead of the one the model runs on
+ENGINE_FORMAT = 2  # enters the fingerprint: a .partial written by another engine format is not resumed
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Context:
     device: Any
     cancel: CancelFlag = None
     requested_device: str = "auto"  # what the user asked for: each dask worker resolves it on its own machine
+    strict: bool = False  # any problem pixel (NaN, unreadable or missing chunk) stops the run in one line
 
 
 class BlockTask:
@@ -88,13 +95,19 @@ class BlockTask:
         """True when the block has nothing to compute (e.g. all its tiles are masked)."""
         return False
 
-    def prepare(self, ctx: Context, block: Block, region: np.ndarray) -> Any:
-        """CPU work before the model, in the reader thread (``region``: the block's pixels, clipped)."""
+    def prepare(self, ctx: Context, block: Block, region: np.ndarray, problems: np.ndarray | None) -> Any:
+        """CPU work before the model, in the reader thread. ``region``: the block's pixels, clipped (problem
+        pixels set to 0); ``problems``: None, or per-pixel codes of :mod:`ncm_core.inference.reading` that
+        the task must respect (leave out what they touch)."""
         return region
 
-    def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> None:
-        """Run the model on a prepared block and write its output chunks (not its status)."""
+    def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> dict[int, int] | None:
+        """Run the model on a prepared block and write its output chunks (not its status); returns what was
+        left out, ``{problem code: number of tiles or windows}``, or None."""
         raise NotImplementedError
+
+    def fail(self, block: Block, arrays: Any) -> None:
+        """Mark a block that could not be read at all in the outputs (e.g. a "not predicted" code)."""
 
 
 class RunIncomplete(NcmError):
@@ -135,6 +148,7 @@ def fingerprint(bundle: Any, mosaic: Any, settings: dict[str, Any], extra: bytes
                 "shape": list(mosaic.data.shape),
                 "dtype": str(mosaic.dtype),
                 "input": bundle.config.input.to_dict(),
+                "engine": ENGINE_FORMAT,
             },
             sort_keys=True,
             default=str,
@@ -156,7 +170,9 @@ def open_partial(out: Path, fingerprint: str, resume: bool) -> tuple[Path, Any]:
             if dict(old.attrs).get("ncm", {}).get("fingerprint") == fingerprint:
                 return partial, old
         except Exception:
-            pass
+            import warnings
+
+            warnings.warn(f"{partial}: the interrupted run's record cannot be read; starting again", stacklevel=2)
     remove(partial)
     return partial, None
 
@@ -167,10 +183,17 @@ def create_output(partial: Path, task: BlockTask, attrs: dict[str, Any]) -> Any:
 
     root = zarr.open_group(str(partial), mode="w", zarr_format=3)
     task.create(root)
-    # one status byte per block, one chunk per block, so parallel writers never share a chunk:
-    # 0 = to do, 1 = done, 2 = failed (retried on the next run)
+    # one status byte per block (0 = to do, 1 = done, 2 = failed, 3 = partly read: failed and partial blocks
+    # are retried by the next run), a digest of the pixels each done block read, and per block the number of
+    # tiles or windows left out for each problem code; each one chunk per block
+    resume.create_records(root, task.status_shape())
     root.create_array(
-        "blocks", shape=task.status_shape(), dtype=np.uint8, chunks=(1, 1), fill_value=TODO, dimension_names=["y", "x"]
+        "skipped",
+        shape=(*task.status_shape(), len(REASONS) + 1),
+        dtype=np.int32,
+        chunks=(1, 1, len(REASONS) + 1),
+        fill_value=0,
+        dimension_names=["y", "x", "reason"],
     )
     root.attrs["ncm"] = attrs
     return root
@@ -204,69 +227,71 @@ def start(
     return partial, root, first
 
 
-def read_region(mosaic: Any, pixels: Rect) -> np.ndarray:
-    """The mosaic's pixels in ``pixels`` clipped to the image; one-line :class:`NcmError` when unreadable."""
-    H, W = mosaic.shape
-    y0, y1, x0, x1 = pixels
-    y0, x0, y1, x1 = max(0, y0), max(0, x0), min(y1, H), min(x1, W)
-    from dask.local import get_sync  # a function, not the name "synchronous", for which dask imports distributed
+@dataclass
+class Prepared:
+    """A block read and prepared in the reader thread."""
 
-    try:
-        return np.asarray(mosaic.data[y0:y1, x0:x1].compute(scheduler=get_sync))
-    except Exception as exc:  # a damaged chunk, a vanished file, a codec error
-        raise NcmError(
-            f"cannot read pixels y {y0}:{y1}, x {x0}:{x1} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
-            mosaic.source,
-        ) from None
+    data: Any  # the task's prepared input; None: nothing to compute
+    digest: bytes
+    failures: list[dict[str, Any]]  # unreadable / missing chunks: the block is partial
 
 
-def read_with_retries(mosaic: Any, pixels: Rect, retries: int, delay: float) -> np.ndarray | NcmError:
-    """:func:`read_region`, tried ``retries`` more times (after ``delay`` x attempt seconds); the last
-    error is returned, not raised."""
-    for attempt in range(retries + 1):
-        try:
-            return read_region(mosaic, pixels)
-        except NcmError as exc:
-            if attempt == retries:
-                return exc
-            time.sleep(delay * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def prepare_block(task: BlockTask, ctx: Context, block: Block, retries: int, delay: float) -> Any:
-    """Read (with retries) and prepare one block: None (nothing to do), an :class:`NcmError`, or prepared data."""
+def prepare_block(task: BlockTask, ctx: Context, block: Block, retries: int, delay: float) -> Prepared | NcmError:
+    """Read (with retries, checks) and prepare one block: a :class:`Prepared`, or an :class:`NcmError`
+    when none of its pixels can be read. In ``ctx.strict`` mode any problem pixel raises."""
     if task.skip(block):
-        return None
-    region = read_with_retries(ctx.mosaic, block.pixels, retries, delay)
-    return region if isinstance(region, NcmError) else task.prepare(ctx, block, region)
+        return Prepared(None, SKIPPED, [])
+    read = read_block(ctx.mosaic, block.pixels, retries, delay)
+    if ctx.strict and isinstance(read, NcmError):
+        raise NcmError(f"{read} (strict mode)")
+    if ctx.strict and read.problems is not None:
+        raise NcmError(f"{read.describe()} (strict mode)", None if read.failures else ctx.mosaic.source)
+    if isinstance(read, NcmError):
+        return read
+    assert isinstance(read, BlockRead)
+    return Prepared(task.prepare(ctx, block, read.region, read.problems), read.digest, read.failures)
 
 
 def finish_block(
-    task: BlockTask, ctx: Context, block: Block, prepared: Any, arrays: Any, status: Any
-) -> dict[str, Any] | None:
-    """Process a prepared block and mark it done (or failed); returns a failure record or None."""
+    task: BlockTask, ctx: Context, block: Block, prepared: Prepared | NcmError, arrays: Any, records: Any
+) -> list[dict[str, Any]]:
+    """Process a prepared block and record it done, partial or failed; returns its failure records."""
+    status, digests, skipped = records
     if isinstance(prepared, NcmError):
-        H, W = ctx.mosaic.shape
-        y0, y1, x0, x1 = block.pixels
+        task.fail(block, arrays)
         status[block.index] = FAILED
-        return {
-            "cells": list(block.cells),
-            "pixels": [max(0, y0), min(y1, H), max(0, x0), min(x1, W)],
-            "error": str(prepared),
-        }
-    if prepared is not None:
-        task.process(ctx, block, prepared, arrays)
-    status[block.index] = DONE  # after the data: a crash in between only repeats this block
-    return None
+        return [
+            {
+                "cells": list(block.cells),
+                "pixels": list(clip(ctx.mosaic.shape, block.pixels)),
+                "error": str(prepared),
+                "reason": REASONS[FAILED_BLOCK],
+            }
+        ]
+    counts = task.process(ctx, block, prepared.data, arrays) if prepared.data is not None else None
+    row = np.zeros(skipped.shape[-1], np.int32)
+    for code, n in (counts or {}).items():
+        row[code] = n
+    skipped[block.index] = row
+    if prepared.failures:  # partly read: no digest, so a rebuilt status record retries it too
+        status[block.index] = PARTIAL
+        return [{"cells": list(block.cells), **f} for f in prepared.failures]
+    digests[block.index] = np.frombuffer(prepared.digest, np.uint8)
+    status[block.index] = DONE  # last: a crash in between only repeats this block
+    return []
 
 
-def run_block(task: BlockTask, ctx: Context, block: Block, retries: int, delay: float) -> dict[str, Any] | None:
-    """Everything for one block in this process (a dask task): read, prepare, process, mark."""
+def open_records(partial: Path) -> tuple[Any, Any, Any]:
+    """The ``blocks``, ``digests`` and ``skipped`` arrays of ``partial``, for writing."""
     import zarr
 
-    status = zarr.open_array(str(task.partial / "blocks"), mode="r+")
-    return finish_block(task, ctx, block, prepare_block(task, ctx, block, retries, delay), task.open_arrays(), status)
+    return tuple(zarr.open_array(str(partial / n), mode="r+") for n in ("blocks", "digests", "skipped"))  # type: ignore[return-value]
+
+
+def run_block(task: BlockTask, ctx: Context, block: Block, retries: int, delay: float) -> list[dict[str, Any]]:
+    """Everything for one block in this process (a dask task): read, prepare, process, record."""
+    prepared = prepare_block(task, ctx, block, retries, delay)
+    return finish_block(task, ctx, block, prepared, task.open_arrays(), open_records(task.partial))
 
 
 def execute(
@@ -278,11 +303,22 @@ def execute(
     scheduler: Any = None,
     cancel: CancelFlag = None,
 ) -> Generator[tuple[int, int], None, list[dict[str, Any]]]:
-    """Run the blocks of ``task`` not yet done; yields ``(done, total)``, returns the failure records."""
-    import zarr
+    """Run the blocks of ``task`` not yet done; yields ``(done, total)``, returns the failure records. A full
+    disk ends the run in one line, with the ``.partial`` removed."""
+    try:
+        return (yield from _execute(task, ctx, retries, retry_delay, scheduler, cancel))
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        partial = Path(task.partial)  # type: ignore[arg-type]
+        raise disk_full(partial, partial.with_name(partial.name.removesuffix(".partial"))) from None
 
-    status = zarr.open_array(str(task.partial / "blocks"), mode="r+")
-    done = np.asarray(status[...])
+
+def _execute(
+    task: BlockTask, ctx: Context, retries: int, retry_delay: float, scheduler: Any, cancel: CancelFlag
+) -> Generator[tuple[int, int], None, list[dict[str, Any]]]:
+    done = resume.read_status(task.partial, task.status_shape())
+    resume.verify(task, ctx, done, task.partial, retries, retry_delay)
     blocks = task.blocks()
     todo = [b for b in blocks if done[b.index] != DONE]
     n_done = len(blocks) - len(todo)
@@ -291,24 +327,23 @@ def execute(
     if scheduler is not None:
         from ncm_core.inference.distributed import run_blocks
 
-        results: Iterable[dict[str, Any] | None] = run_blocks(
+        results: Iterable[list[dict[str, Any]]] = run_blocks(
             scheduler, task, ctx, todo, run_block, retries, retry_delay, cancel
         )
     else:
-        results = _local(task, ctx, todo, status, retries, retry_delay, cancel)
+        results = _local(task, ctx, todo, retries, retry_delay, cancel)
     for result in results:
-        if result:
-            failed.append(result)
+        failed.extend(result)
         n_done += 1
         yield n_done, len(blocks)
     return failed
 
 
 def _local(
-    task: BlockTask, ctx: Context, todo: list[Block], status: Any, retries: int, delay: float, cancel: CancelFlag
-) -> Iterable[dict[str, Any] | None]:
+    task: BlockTask, ctx: Context, todo: list[Block], retries: int, delay: float, cancel: CancelFlag
+) -> Iterable[list[dict[str, Any]]]:
     """Blocks in this process: the next ones are read and prepared in a thread while the model runs."""
-    arrays = task.open_arrays()
+    arrays, records = task.open_arrays(), open_records(task.partial)
     with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="ncm-read") as pool:
         futures = [pool.submit(prepare_block, task, ctx, b, retries, delay) for b in todo[:READ_AHEAD]]
         for k, b in enumerate(todo):
@@ -317,20 +352,58 @@ def _local(
             if k + READ_AHEAD < len(todo):
                 futures.append(pool.submit(prepare_block, task, ctx, todo[k + READ_AHEAD], retries, delay))
             futures[k] = None  # type: ignore[call-overload]  # free the block once used
-            yield finish_block(task, ctx, b, prepared, arrays, status)
+            yield finish_block(task, ctx, b, prepared, arrays, records)
 
 
 def incomplete(
     failed: list[dict[str, Any]], total: int, partial: Path, where: str | Path, cls: type[RunIncomplete] = RunIncomplete
 ) -> RunIncomplete:
-    """The one-line error for a run with failed blocks."""
-    spots = "; ".join(f"y {f['pixels'][0]}:{f['pixels'][1]}, x {f['pixels'][2]}:{f['pixels'][3]}" for f in failed[:5])
+    """The one-line error for a run with regions that could not be read (whole blocks or chunks)."""
+    spots = "; ".join("y {}:{}, x {}:{}".format(*f["pixels"]) for f in failed[:5])
+    blocks = len({tuple(f["cells"]) for f in failed})
     return cls(
-        f"{len(failed)} of {total} blocks could not be read ({spots}{', ...' if len(failed) > 5 else ''}): "
-        f"{failed[0]['error']}. The rest is kept in {partial.name}; run again to retry only the failed blocks",
+        f"{len(failed)} region{'s' if len(failed) > 1 else ''} in {blocks} of {total} blocks could not be read "
+        f"({spots}{', ...' if len(failed) > 5 else ''}): {failed[0]['error']}. The rest is kept in {partial.name}; "
+        "run again to retry only what failed, or keep the result with these regions marked as not computed "
+        "(--allow-incomplete)",
         where,
         failed,
     )
+
+
+def settle(
+    failed: list[dict[str, Any]],
+    allow_incomplete: bool,
+    attrs: dict[str, Any],
+    root: Any,
+    task: BlockTask,
+    where: str | Path,
+    cls: type[RunIncomplete] = RunIncomplete,
+) -> None:
+    """After a run with ``failed`` regions: raise ``cls`` (the run stays resumable in ``.partial``), or with
+    ``allow_incomplete`` record them in ``attrs["failed_regions"]`` (the caller then completes the output,
+    where they are not computed) and warn in one line."""
+    if not failed:
+        return
+    import warnings
+
+    attrs["failed_regions"] = failed
+    err = incomplete(failed, len(task.blocks()), task.partial, where, cls)  # type: ignore[arg-type]
+    if not allow_incomplete:
+        root.attrs["ncm"] = attrs
+        raise err
+    attrs["incomplete"] = True
+    warnings.warn(
+        f"{where}: {len(failed)} region{'s' if len(failed) > 1 else ''} could not be read and "
+        f"{'are' if len(failed) > 1 else 'is'} marked as not computed (allow_incomplete): {failed[0]['error']}",
+        stacklevel=2,
+    )
+
+
+def skipped_counts(root: Any) -> dict[str, int]:
+    """``{reason: tiles or windows left out}`` over the blocks of a run (see :mod:`ncm_core.inference.reading`)."""
+    total = np.asarray(root["skipped"][...]).reshape(-1, len(REASONS) + 1).sum(axis=0)
+    return {REASONS[k]: int(total[k]) for k in REASONS if total[k]}
 
 
 def complete(root: Any, attrs: dict[str, Any], partial: Path, out: str | Path) -> Path:

@@ -14,11 +14,23 @@ __all__ = ["PredictOptions", "Backend", "MemoryFormat", "OOD_WARN_FRACTION", "RU
 Backend = Literal["auto", "torch", "onnxruntime"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 Edge = Literal["pad", "drop"]
+MissingChunks = Literal["report", "fill"]
 
 
 #: options that change how a run goes, not what it writes: left out of the run fingerprint
 #: (memory_format and backend are measured once and kept by a resumed run; the mask enters as tile cells)
-RUN_ONLY = ("device", "overwrite", "resume", "retries", "retry_delay", "memory_format", "backend", "mask")
+RUN_ONLY = (
+    "device",
+    "overwrite",
+    "resume",
+    "retries",
+    "retry_delay",
+    "memory_format",
+    "backend",
+    "mask",
+    "strict",
+    "allow_incomplete",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,9 @@ class PredictOptions:
     dense: bool = False  # overlapping tiles: one trunk pass per block (ncm_core.inference.dense)
     dense_recheck: float = 0.3  # dense mode: evaluate tiles exactly whose top-2 margin is below this
     ood: bool = True  # out-of-distribution scores, when the bundle has a detector
+    strict: bool = False  # NaN/inf pixels or an unreadable or missing chunk stop the run (else: tiles left out)
+    allow_incomplete: bool = False  # finish with unreadable regions marked as not predicted (else: RunIncomplete)
+    missing_chunks: MissingChunks = "report"  # absent zarr chunks: "report" (not predicted), "fill" (fill value)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -63,6 +78,8 @@ class PredictOptions:
             raise NcmError(
                 f"retries must be >= 0 and max_block_pixels positive, got {self.retries} / {self.max_block_pixels}"
             )
+        if self.missing_chunks not in ("report", "fill"):
+            raise NcmError(f"missing_chunks must be 'report' or 'fill', got {self.missing_chunks!r}")
         if self.dense_recheck < 0:
             raise NcmError(f"dense_recheck must not be negative, got {self.dense_recheck}")
         if self.exclude_rows is not None:

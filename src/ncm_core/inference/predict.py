@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,13 @@ from ncm_core.inference.prediction import (
     is_prediction,
     open_prediction,
 )
+from ncm_core.inference.reading import NONFINITE, REASONS
 from ncm_core.inference.tiles import TileClassTask, keep_cells, plan_grid, tile_size_for
 from ncm_core.io.mosaic import open_mosaic
 from ncm_core.models.bundle import ModelBundle, config_bundle, load_bundle
 from ncm_core.models.ood import has_ood
 from ncm_core.options import merge_options
-from ncm_core.outputs import check_output
+from ncm_core.outputs import check_output, check_space
 from ncm_core.progress import CancelFlag, ProgressFn, run_steps
 
 __all__ = [
@@ -86,11 +89,15 @@ def predict_mosaic_steps(
     if bundle.config.task != "classify":
         raise NcmError("predict_mosaic needs a classification bundle; this one is for regression", bundle.path)
     mosaic = open_mosaic(mosaic, pixel_size=o.pixel_size)
+    if o.missing_chunks == "fill":  # the store leaves out empty chunks on purpose: read them as the fill value
+        mosaic = replace(mosaic, missing=None)
     grid = plan_grid(bundle, mosaic, tile=o.tile, stride=o.stride, offset=o.offset, edge=o.edge)
     keep = keep_cells(grid, mosaic, o.exclude_rows, o.mask, o.foreground, o.min_fraction)
     out = check_output(out, o.overwrite, (bundle, mosaic, o.mask))
     n_pred = int(keep.sum())
     ood = o.ood and has_ood(bundle)
+    # probabilities, labels, reasons and OOD scores, uncompressed: a plausible upper bound
+    check_space(out, grid.size * (4 * len(bundle.class_names) + 2 + 4 * ood), "the prediction")
     max_block_pixels = o.max_block_pixels
     if o.dense:
         max_block_pixels = min(max_block_pixels, 1024 * 1024)  # one trunk pass per block: keep activations small
@@ -138,7 +145,7 @@ def predict_mosaic_steps(
             "pixel_size": bundle.config.pixel_size,
         },
         "world_transform": {"scale": list(scale), "translate": list(trans)},
-        "label_values": "0 = not predicted (masked), k + 1 = class_names[k]",
+        "label_values": "0 = not predicted (masked, or see unpredicted), k + 1 = class_names[k]",
         "exclude_rows": None if o.exclude_rows is None else list(o.exclude_rows),
         "foreground": o.foreground,
         "dense": o.dense,
@@ -185,35 +192,44 @@ def predict_mosaic_steps(
         attrs["memory_format"] = first.get("memory_format", "contiguous")
         attrs["backend"] = first.get("backend", "torch")
     task.channels_last, task.backend = attrs["memory_format"] == "channels_last", attrs["backend"]
-    ctx = engine.Context(bundle, mosaic, dev, requested_device=str(o.device))
+    ctx = engine.Context(bundle, mosaic, dev, cancel, requested_device=str(o.device), strict=o.strict)
     failed = yield from engine.execute(
         task, ctx, retries=o.retries, retry_delay=o.retry_delay, scheduler=scheduler, cancel=cancel
     )
     torch = sys.modules.get("torch")  # None on the light path: PyTorch was not used
+    engine.settle(failed, o.allow_incomplete, attrs, root, task, mosaic.source or out, PredictionIncomplete)
+    unpredicted = unpredicted_counts(root)
     attrs.update(
         n_tiles=int(grid.size),
-        n_predicted=n_pred,
+        n_predicted=n_pred - sum(unpredicted.values()),
         n_masked=int(grid.size - n_pred),
+        not_predicted=unpredicted,
         seconds=round(time.monotonic() - t_start, 3),
         device=str(dev),
         torch=None if light or torch is None else torch.__version__,
     )
-    if failed:
-        attrs["failed_blocks"] = failed
-        root.attrs["ncm"] = attrs
-        raise engine.incomplete(failed, len(task.blocks()), partial, mosaic.source or out, PredictionIncomplete)
+    if unpredicted.get(REASONS[NONFINITE]):  # unreadable regions: settle raised or warned already
+        n = unpredicted[REASONS[NONFINITE]]
+        warnings.warn(f"{mosaic.source or 'mosaic'}: {n} tiles not predicted: {REASONS[NONFINITE]}", stacklevel=2)
     if task.rechecked:
         attrs["n_rechecked"] = int(np.asarray(root["rechecked"][:]).sum())
     if ood:
         ratio = np.asarray(root["ood/0"][:])
         attrs["n_ood"] = int(np.nansum(ratio > 1))
-        attrs["ood_fraction"] = attrs["n_ood"] / max(n_pred, 1)
+        attrs["ood_fraction"] = attrs["n_ood"] / max(attrs["n_predicted"], 1)
     done = engine.complete(root, attrs, partial, out)
     # the next short run can be light; not after a resumed run, so that a fresh run just after it computes the
     # same way (as a resume does) and matches it byte for byte
     if first is None and attrs["backend"] == "torch" and scheduler is None:
         cache_for_next_run(bundle, o, grid, n_pred, ood, dev)
     return open_prediction(done)
+
+
+def unpredicted_counts(root: Any) -> dict[str, int]:
+    """``{reason: tiles}`` of the tiles the masks kept that were not predicted (the grid is small)."""
+    codes = np.asarray(root["unpredicted"][...])
+    values, n = np.unique(codes[codes > 0], return_counts=True)
+    return {REASONS[int(v)]: int(k) for v, k in zip(values, n)}
 
 
 def predict_mosaic(

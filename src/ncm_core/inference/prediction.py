@@ -7,7 +7,13 @@ Output layout (``out``)::
     out/probabilities/0    float32 (classes, rows, cols): NaN where not predicted
     out/ood/0              float32 (rows, cols): out-of-distribution score / threshold (> 1 = unlike
                            the training tiles; see ncm_core.models.ood), when the bundle has a detector
-    out/blocks             uint8 per block: 0 = to do, 1 = done, 2 = failed (resume)
+    out/unpredicted        uint8 (rows, cols): why a tile the masks kept was not predicted: 0 = it was
+                           (or it was masked), 1 = NaN/inf pixels, 2 = an unreadable chunk, 3 = a chunk
+                           missing from the store, 4 = its block could not be read (ncm_core.inference.reading;
+                           2-4 only in a result finished with allow_incomplete)
+    out/blocks             uint8 per block: 0 = to do, 1 = done, 2 = failed, 3 = partly read (resume)
+    out/digests            16 bytes per block: digest of the pixels it read (resume checks them)
+    out/skipped            int32 per block and reason: tiles left out (counts of the codes above)
     out/rechecked          int32 per block (dense mode): tiles evaluated exactly
 
 Both image sub-groups are NGFF 0.5 images (``labels`` an ``image-label`` with class
@@ -193,6 +199,9 @@ def create_arrays(
             "0", shape=(rows, cols), dtype=np.float32, chunks=block, fill_value=np.nan, dimension_names=["y", "x"]
         )
         og.attrs["ome"] = {"version": "0.5", "multiscales": [ngff_multiscales(1, scale, trans, unit=unit, name="ood")]}
+    root.create_array(  # why a kept tile was not predicted (ncm_core.inference.reading codes)
+        "unpredicted", shape=(rows, cols), dtype=np.uint8, chunks=block, fill_value=0, dimension_names=["y", "x"]
+    )
     if rechecked:  # dense mode: tiles per block that were evaluated exactly
         nb = (-(-rows // block[0]), -(-cols // block[1]))
         root.create_array(

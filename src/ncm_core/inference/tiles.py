@@ -17,6 +17,7 @@ from ncm_core.data.tiling import TileGrid, band_mask, extract_tiles, foreground_
 from ncm_core.errors import NcmError
 from ncm_core.inference.classify import classify_tensor
 from ncm_core.inference.engine import Block, BlockTask, Context
+from ncm_core.inference.reading import FAILED_BLOCK, cell_problems, counts
 from ncm_core.io.mosaic import Mosaic
 from ncm_core.models.bundle import ModelBundle
 from ncm_core.models.preprocess import tiles_to_array, tiles_to_tensor
@@ -108,10 +109,16 @@ class TileClassTask(BlockTask):
     def rechecked(self) -> bool:
         return self.dense is not None and self.dense.recheck > 0
 
-    def open_arrays(self) -> tuple[Any, Any, Any, Any]:
+    def open_arrays(self) -> tuple[Any, Any, Any, Any, Any]:
         import zarr
 
-        names = ("labels/0", "probabilities/0", "ood/0" if self.ood else None, "rechecked" if self.rechecked else None)
+        names = (
+            "labels/0",
+            "probabilities/0",
+            "ood/0" if self.ood else None,
+            "rechecked" if self.rechecked else None,
+            "unpredicted",
+        )
         return tuple(
             zarr.open_array(str(self.partial / n), mode="r+") if n else None  # type: ignore[return-value]
             for n in names
@@ -121,26 +128,41 @@ class TileClassTask(BlockTask):
         r0, r1, c0, c1 = block.cells
         return not self.keep[r0:r1, c0:c1].any()
 
-    def prepare(self, ctx: Context, block: Block, region: np.ndarray) -> Any:
-        """The padded region (dense mode), or the block's input of kept tiles: a float32 array for ONNX
-        Runtime when no resizing is needed (no PyTorch), else a tensor (pinned for a GPU)."""
+    def prepare(self, ctx: Context, block: Block, region: np.ndarray, problems: np.ndarray | None) -> Any:
+        """``(input, problem code per cell or None)``. The input: the padded region (dense mode), or the
+        block's kept tiles without problem pixels: a float32 array for ONNX Runtime when no resizing is
+        needed (no PyTorch), else a tensor (pinned for a GPU)."""
         r0, r1, c0, c1 = block.cells
+        codes = cell_problems(problems, lambda p: extract_tiles(p, self.grid, r0, r1, c0, c1))
+        if codes is not None:
+            codes = np.where(self.keep[r0:r1, c0:c1], codes, 0).astype(np.uint8)  # masked cells: no reason needed
         if self.dense:
-            return pad_region(region, self.grid, r0, r1, c0, c1)
-        tiles = extract_tiles(region, self.grid, r0, r1, c0, c1)[self.keep[r0:r1, c0:c1]]
+            return pad_region(region, self.grid, r0, r1, c0, c1), codes
+        tiles = extract_tiles(region, self.grid, r0, r1, c0, c1)[self._kept(block, codes)]
         spec = ctx.bundle.config.input
         if self.backend == "onnxruntime" and tuple(tiles.shape[1:3]) == tuple(spec.input_size):
-            return np.ascontiguousarray(tiles_to_array(tiles, spec).transpose(0, 3, 1, 2))
+            return np.ascontiguousarray(tiles_to_array(tiles, spec).transpose(0, 3, 1, 2)), codes
         x = tiles_to_tensor(tiles, spec, "cpu", channels_last=self.channels_last and self.backend == "torch")
         if str(ctx.device).startswith("cuda"):
             x = x.pin_memory()
-        return x
+        return x, codes
 
-    def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> None:
-        larr, parr, oarr, rarr = arrays
-        bundle, device = ctx.bundle, ctx.device
+    def _kept(self, block: Block, codes: np.ndarray | None) -> np.ndarray:
+        """Cells of the block to predict: kept by the masks, with no problem pixel."""
         r0, r1, c0, c1 = block.cells
         kb = self.keep[r0:r1, c0:c1]
+        return kb if codes is None else kb & (codes == 0)
+
+    def fail(self, block: Block, arrays: Any) -> None:
+        r0, r1, c0, c1 = block.cells
+        arrays[4][r0:r1, c0:c1] = np.where(self.keep[r0:r1, c0:c1], FAILED_BLOCK, 0).astype(np.uint8)
+
+    def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> dict[int, int]:
+        larr, parr, oarr, rarr, uarr = arrays
+        bundle, device = ctx.bundle, ctx.device
+        r0, r1, c0, c1 = block.cells
+        prepared, codes = prepared
+        kb = self._kept(block, codes)
         probs = np.full((r1 - r0, c1 - c0, bundle.config.num_outputs), np.nan, np.float32)
         ratio = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
         if self.dense:
@@ -158,6 +180,7 @@ class TileClassTask(BlockTask):
                 keep=kb,
                 batch_size=self.batch_size,
                 backend=self.backend,
+                cancel=ctx.cancel,
             )
             probs[kb] = p[kb]
             if self.ood:
@@ -166,13 +189,22 @@ class TileClassTask(BlockTask):
                 rarr[block.index] = n_rechecked
         elif self.ood:
             probs[kb], ratio[kb] = classify_tensor(
-                bundle, prepared, device, self.batch_size, self.channels_last, ood=True, backend=self.backend
+                bundle,
+                prepared,
+                device,
+                self.batch_size,
+                self.channels_last,
+                ood=True,
+                backend=self.backend,
+                cancel=ctx.cancel,
             )
         else:
             probs[kb] = classify_tensor(
-                bundle, prepared, device, self.batch_size, self.channels_last, backend=self.backend
+                bundle, prepared, device, self.batch_size, self.channels_last, backend=self.backend, cancel=ctx.cancel
             )
         larr[r0:r1, c0:c1] = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(larr.dtype)
         parr[:, r0:r1, c0:c1] = np.moveaxis(probs, -1, 0)
         if oarr is not None:
             oarr[r0:r1, c0:c1] = ratio
+        uarr[r0:r1, c0:c1] = np.zeros(kb.shape, np.uint8) if codes is None else codes
+        return counts(codes)

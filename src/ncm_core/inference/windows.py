@@ -13,7 +13,9 @@ outputs (:meth:`WindowTask.run_windows`):
 - windows start at ``k * stride - halo`` (stride = core - overlap), so the cores tile the image from
   its first pixel; pixels past the border are filled by reflection;
 - a block is a rectangle of output chunks (``chunk`` output pixels a side): the windows whose cores
-  meet it are read and run for that block only (windows on a block border run for both blocks).
+  meet it are read and run for that block only (windows on a block border run for both blocks);
+- a window with a problem pixel (NaN/inf, an unreadable or missing chunk: :mod:`ncm_core.inference.reading`)
+  is left out and counted; output pixels that no good window covers stay NaN ("not computed").
 
 With a halo at least a local model's reach, the stitched output equals the whole image's result.
 """
@@ -28,6 +30,7 @@ import numpy as np
 
 from ncm_core.errors import NcmError
 from ncm_core.inference.engine import Block, BlockTask, Context
+from ncm_core.inference.reading import REASONS
 from ncm_core.progress import check_cancel
 
 Blend = Literal["cosine", "gaussian", "constant"]
@@ -200,7 +203,8 @@ class WindowTask(BlockTask):
 
         return zarr.open_array(str(self.partial / self.array), mode="r+")
 
-    def prepare(self, ctx: Context, block: Block, region: np.ndarray) -> Any:
+    def prepare(self, ctx: Context, block: Block, region: np.ndarray, problems: np.ndarray | None) -> Any:
+        """``(windows per row, the good windows' input, their numbers, problem code per window)``."""
         g = self.geometry
         region = pad_to(region, block.pixels, g.image_shape)
         win = np.lib.stride_tricks.sliding_window_view(region, (g.window, g.window), axis=(0, 1))[
@@ -209,11 +213,14 @@ class WindowTask(BlockTask):
         nr, nc = win.shape[:2]
         if region.ndim == 3:  # (r, c, C, t, t) -> (r, c, t, t, C)
             win = np.moveaxis(win, 2, -1)
-        return nc, self.to_input(ctx, np.ascontiguousarray(win.reshape(nr * nc, *win.shape[2:])))
+        win = win.reshape(nr * nc, *win.shape[2:])
+        codes = None if problems is None else window_codes(pad_to(problems, block.pixels, g.image_shape), g, nr, nc)
+        good = np.arange(nr * nc) if codes is None else np.flatnonzero(codes == 0)
+        return nc, self.to_input(ctx, np.ascontiguousarray(win[good])), good, codes
 
-    def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> None:
+    def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> dict[int, int]:
         g = self.geometry
-        nc, x = prepared
+        nc, x, good, codes = prepared
         y0, y1, x0, x1 = block.cells
         r0 = g.windows_for(y0, y1, 0)[0]
         c0 = g.windows_for(x0, x1, 1)[0]
@@ -225,7 +232,7 @@ class WindowTask(BlockTask):
             check_cancel(ctx.cancel)
             maps = self.run_windows(ctx, x[k0 : k0 + self.batch_size])
             for n in range(len(maps)):
-                i, j = divmod(k0 + n, nc)
+                i, j = divmod(int(good[k0 + n]), nc)
                 ty, tx = (r0 + i) * g.stride // f - y0, (c0 + j) * g.stride // f - x0  # core origin in the block
                 sy0, sy1 = max(0, -ty), min(cf, y1 - y0 - ty)
                 sx0, sx1 = max(0, -tx), min(cf, x1 - x0 - tx)
@@ -236,3 +243,22 @@ class WindowTask(BlockTask):
                 wsum[ty + sy0 : ty + sy1, tx + sx0 : tx + sx1] += w
         with np.errstate(invalid="ignore", divide="ignore"):
             arrays[:, y0:y1, x0:x1] = np.where(wsum > 0, acc / wsum, np.nan).astype(np.float32)
+        if codes is None:
+            return {}
+        values, n = np.unique(codes[codes > 0], return_counts=True)
+        return {int(v): int(k) for v, k in zip(values, n)}
+
+
+def window_codes(problems: np.ndarray, g: WindowGeometry, nr: int, nc: int) -> np.ndarray:
+    """The highest problem code in each of the ``nr`` x ``nc`` windows over ``problems`` (padded like the
+    pixels), from one integral image per code present."""
+    codes = np.zeros(nr * nc, np.uint8)
+    ys = np.arange(nr) * g.stride
+    xs = np.arange(nc) * g.stride
+    for code in sorted(int(c) for c in np.unique(problems) if c and c in REASONS):
+        s = np.zeros((problems.shape[0] + 1, problems.shape[1] + 1), np.int64)
+        s[1:, 1:] = np.cumsum(np.cumsum(problems == code, axis=0), axis=1)
+        y, x = np.meshgrid(ys, xs, indexing="ij")
+        hits = (s[y + g.window, x + g.window] - s[y, x + g.window] - s[y + g.window, x] + s[y, x]).reshape(-1) > 0
+        codes[hits] = code  # ascending: the highest code wins
+    return codes

@@ -32,6 +32,7 @@ from ncm_core.io.ngff import (  # noqa: F401  (also importable from here, as bef
     write_image,
     write_label_group,
 )
+from ncm_core.io.presence import missing_map
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -53,6 +54,7 @@ class Mosaic:
     source: str | None = None
     levels: list[da.Array] = field(default_factory=list)
     name: str = "mosaic"
+    missing: da.Array | None = None  # yx, True where a zarr chunk is absent from the store (ncm_core.io.presence)
 
     def __post_init__(self) -> None:
         if not self.levels:
@@ -137,13 +139,16 @@ def _to_yxc(arr: da.Array, axes: str | None, where: str) -> da.Array:
     return arr
 
 
-def _finish(levels: list[da.Array], axes: str | None, where: str, **kw: Any) -> Mosaic:
+def _finish(levels: list[da.Array], axes: str | None, where: str, missing: Any = None, **kw: Any) -> Mosaic:
     levels = [_to_yxc(lv, axes, where) for lv in levels]
     data = levels[0]
     if 0 in data.shape:
         raise NcmError(f"image is empty (shape {tuple(data.shape)})", where)
     _check_dtype(data.dtype, where)
-    return Mosaic(data=data, levels=levels, source=where, **kw)
+    if missing is not None:  # the same axes as the pixels, a chunk's channels together
+        missing = _to_yxc(missing, axes, where)
+        missing = missing.any(axis=2) if missing.ndim == 3 else missing
+    return Mosaic(data=data, levels=levels, source=where, missing=missing, **kw)
 
 
 def _open_ngff(group: Any, where: str) -> Mosaic:
@@ -155,7 +160,7 @@ def _open_ngff(group: Any, where: str) -> Mosaic:
     units = (
         [a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("name") in ("y", "x")] if axes_meta else []
     )
-    levels, scale0, trans0 = [], None, None
+    levels, scale0, trans0, missing = [], None, None, None
     for k, ds in enumerate(ms["datasets"]):
         try:
             arr = group[ds["path"]]
@@ -163,6 +168,7 @@ def _open_ngff(group: Any, where: str) -> Mosaic:
             raise NcmError(f"OME-Zarr lists dataset {ds['path']!r} but it is missing", where) from None
         levels.append(da.from_zarr(arr))
         if k == 0:
+            missing = missing_map(arr)
             for t in ds.get("coordinateTransformations", []):
                 if t.get("type") == "scale":
                     scale0 = t["scale"]
@@ -179,6 +185,7 @@ def _open_ngff(group: Any, where: str) -> Mosaic:
         levels,
         axes,
         where,
+        missing=missing,
         pixel_size=pixel_size,
         translate=translate,
         unit=(units[0] if units and units[0] else "micrometer"),
@@ -195,15 +202,14 @@ def _open_zarr(path: Path, where: str) -> Mosaic:
         raise NcmError(f"not a readable zarr store ({type(exc).__name__}: {exc})", where) from None
     try:
         if isinstance(node, zarr.Array):
-            return _finish([da.from_zarr(node)], None, where, name=path.stem)
+            return _finish([da.from_zarr(node)], None, where, missing=missing_map(node), name=path.stem)
         attrs = dict(node.attrs)
         if "multiscales" in attrs or "multiscales" in attrs.get("ome", {}):
             return _open_ngff(node, where)
         arrays = [name for name, _ in node.arrays()]
-        if len(arrays) == 1:
-            return _finish([da.from_zarr(node[arrays[0]])], None, where, name=path.stem)
-        if "0" in arrays:
-            return _finish([da.from_zarr(node["0"])], None, where, name=path.stem)
+        if len(arrays) == 1 or "0" in arrays:
+            arr = node[arrays[0] if len(arrays) == 1 else "0"]
+            return _finish([da.from_zarr(arr)], None, where, missing=missing_map(arr), name=path.stem)
         raise NcmError(
             "zarr group holds no single image: expected an OME-Zarr multiscale image or one array, "
             f"found arrays {arrays or 'none'}",

@@ -99,7 +99,12 @@ def write_image(
         data = level.transpose(2, 0, 1) if rgb else level
         ch = ((data.shape[0],) if rgb else ()) + (chunks, chunks)
         z = root.create_array(
-            str(k), shape=data.shape, dtype=data.dtype, chunks=ch, dimension_names=[a["name"] for a in ms["axes"]]
+            str(k),
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=ch,
+            dimension_names=[a["name"] for a in ms["axes"]],
+            config={"write_empty_chunks": True},  # every chunk stored: an absent one is lost (ncm_core.io.presence)
         )
         da.store(data.rechunk(ch), z, lock=False, compute=True)
     root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [ms]}
