@@ -33,6 +33,52 @@ def check_architecture(name: str) -> str:
     raise NcmError(f"unknown architecture {name!r}{hint}")
 
 
+def weights_architecture(path: Path) -> str | None:
+    """The architecture a weights file was made for, where it says: a bundle's ``config.json`` beside it, or
+    the ``architecture`` entry of the safetensors metadata (as napari-ncm's pretraining writes it)."""
+    config = path.parent / "config.json"
+    try:
+        if config.is_file():
+            import json
+
+            arch = json.loads(config.read_text()).get("architecture")
+            if arch:
+                return str(arch)
+        if path.name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), "np") as fh:
+                return (fh.metadata() or {}).get("architecture")
+    except Exception:  # unreadable metadata: the caller's own message stands
+        return None
+    return None
+
+
+def check_coverage(model: Any, path: Path, architecture: str, minimum: float = 0.5) -> None:
+    """timm loads a weights file leniently (names it does not know are skipped with a log line), so a file
+    for another network would give an untrained model without a word: refuse one that names fewer than
+    ``minimum`` of the model's tensors outside the classifier, which timm replaces for the new classes."""
+    if path.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as fh:
+            names = set(fh.keys())
+    else:  # timm's own reader (weights only: nothing is unpickled beyond tensors)
+        from timm.models import load_state_dict
+
+        names = set(load_state_dict(str(path)))
+    head = str(model.pretrained_cfg.get("classifier") or "")
+    want = [k for k in model.state_dict() if not (head and k.startswith(head + "."))]
+    found = sum(k in names for k in want)
+    if want and found < minimum * len(want):
+        source = weights_architecture(path)
+        raise NcmError(
+            f"these weights hold {found} of the {len(want)} tensors of {architecture}"
+            + (f"; they are for {source}" if source and source != architecture else "; are they for another network?"),
+            path,
+        )
+
+
 def build_model(
     architecture: str,
     num_outputs: int,
@@ -70,7 +116,7 @@ def build_model(
         if not path.name.endswith(WEIGHT_SUFFIXES):
             raise NcmError(f"pretrained weights must be one of {', '.join(WEIGHT_SUFFIXES)}", path)
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 architecture,
                 pretrained=True,
                 num_classes=num_outputs,
@@ -78,7 +124,18 @@ def build_model(
                 pretrained_cfg_overlay={"file": str(path)},
                 **kwargs,
             )
+            check_coverage(model, path, architecture)
+            return model
+        except NcmError:
+            raise
         except Exception as exc:
+            source = weights_architecture(path)
+            if source and source != architecture:
+                raise NcmError(
+                    f"these weights are for {source}, not for {architecture}; train with --arch {source} or give "
+                    f"weights of {architecture}",
+                    path,
+                ) from None
             raise NcmError(
                 f"cannot load these weights into {architecture} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:300]})",

@@ -1,0 +1,43 @@
+"""More options checked at the boundary (issue 15, item 5): pretrained weights of another architecture name
+both, split names are checked for every kind of data."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ncm_core.errors import NcmError
+from ncm_core.evaluation.evaluate import evaluate
+from ncm_core.models.factory import build_model
+
+
+def test_pretrained_weights_of_another_architecture_name_both(tiny_bundle, tmp_path):
+    with pytest.raises(NcmError, match="these weights are for resnet10t, not for efficientnet_b0") as e:
+        build_model("efficientnet_b0", 3, in_chans=1, pretrained=tiny_bundle / "model.safetensors")
+    assert "\n" not in str(e.value) and "--arch resnet10t" in str(e.value)
+    # weights outside a bundle: the architecture from the safetensors metadata
+    weights = tmp_path / "backbone.safetensors"
+    net = build_model("resnet10t", 3, in_chans=1)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights), {"architecture": "resnet10t"})
+    with pytest.raises(NcmError, match="for resnet10t, not for efficientnet_b0"):
+        build_model("efficientnet_b0", 3, in_chans=1, pretrained=weights)
+    assert isinstance(build_model("resnet10t", 3, in_chans=1, pretrained=weights), torch.nn.Module)
+    # nothing says where they come from, and timm would skip every name it does not know: refused too
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(NcmError, match="hold 0 of the 84 tensors of resnet10t; are they for another network") as e:
+        build_model("resnet10t", 3, in_chans=1, pretrained=tmp_path / "odd.safetensors")
+    assert "odd.safetensors" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("split, words", [("tset", "unknown split 'tset'"), ("train", "class folders have no splits")])
+def test_split_names_are_checked_for_every_kind_of_data(tiny_bundle, sem_folders, split, words):
+    with pytest.raises(NcmError, match=words):
+        evaluate(tiny_bundle, sem_folders, split=split)
+    r = subprocess.run(
+        [sys.executable, "-m", "ncm_core.cli", "evaluate", str(tiny_bundle), str(sem_folders), "--split", split, "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
