@@ -41,3 +41,25 @@ def test_split_names_are_checked_for_every_kind_of_data(tiny_bundle, sem_folders
         text=True,
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr
+
+
+def test_frames_and_tiles_with_nan_pixels_are_refused_in_one_line(tmp_path):
+    """Read whole (frames for crops and training, images to explain, tiles of a tile set), a float image
+    with NaN pixels is refused naming the file, instead of a NaN loss or heatmap."""
+    import numpy as np
+    import tifffile
+
+    from ncm_core.data.datasets import load_image
+    from ncm_core.data.tilesets import _read_tile
+    from ncm_core.explain.folders import read_images
+
+    img = np.ones((40, 40), np.float32)
+    img[3, 4] = np.nan
+    img[5, 6] = np.inf
+    tifffile.imwrite(tmp_path / "frame.tif", img)
+    for read in (load_image, _read_tile, lambda p: read_images([p])[0]):
+        with pytest.raises(NcmError, match="2 of the image's pixels are not finite") as e:
+            read(tmp_path / "frame.tif")
+        assert "frame.tif" in str(e.value) and "\n" not in str(e.value)
+    tifffile.imwrite(tmp_path / "ok.tif", np.ones((40, 40), np.float32))
+    assert load_image(tmp_path / "ok.tif").shape == (40, 40)

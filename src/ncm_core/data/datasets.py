@@ -13,6 +13,7 @@ import numpy as np
 from ncm_core.data.augment import parse_augment
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import PIL_SUFFIXES, TIFF_SUFFIXES, open_mosaic
+from ncm_core.io.pixels import check_finite
 
 IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES
 
@@ -119,7 +120,7 @@ def split_by_image(ds: FolderDataset, val_fraction: float, seed: int = 0) -> tup
 
 def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = None) -> np.ndarray:
     """Read a whole (frame-sized) image to memory, dropping a band of rows (e.g. an SEM info bar)."""
-    img = np.asarray(open_mosaic(path).data.compute())
+    img = check_finite(np.asarray(open_mosaic(path).data.compute()), path)
     if exclude_rows is not None:
         start, stop, _ = slice(*exclude_rows).indices(img.shape[0])
         img = np.concatenate([img[:start], img[stop:]], axis=0)

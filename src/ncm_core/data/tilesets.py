@@ -239,9 +239,13 @@ def _read_tile(path: Path) -> np.ndarray:
                 return np.asarray(im)
         import tifffile
 
-        return tifffile.imread(path)
+        from ncm_core.io.pixels import check_finite
+
+        return check_finite(tifffile.imread(path), path)
     except FileNotFoundError:
         raise NcmError("tile listed in manifest.csv is missing", path) from None
+    except NcmError:
+        raise
     except Exception as exc:
         raise NcmError(f"not a readable tile ({type(exc).__name__}: {exc})", path) from None
 

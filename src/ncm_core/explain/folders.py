@@ -50,11 +50,12 @@ def find_images(folder: str | Path) -> list[Path]:
 def read_images(files: Sequence[Path]) -> list[np.ndarray]:
     """Every image as an array as a mosaic holds it (``(h, w)`` or ``(h, w, C)``)."""
     from ncm_core.io.mosaic import open_mosaic
+    from ncm_core.io.pixels import check_finite
 
     images = []
     for f in files:
         try:
-            images.append(np.asarray(open_mosaic(f).data.compute()))
+            images.append(check_finite(np.asarray(open_mosaic(f).data.compute()), f))
         except NcmError:
             raise
         except Exception as exc:
