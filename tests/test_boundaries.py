@@ -63,3 +63,21 @@ def test_frames_and_tiles_with_nan_pixels_are_refused_in_one_line(tmp_path):
         assert "frame.tif" in str(e.value) and "\n" not in str(e.value)
     tifffile.imwrite(tmp_path / "ok.tif", np.ones((40, 40), np.float32))
     assert load_image(tmp_path / "ok.tif").shape == (40, 40)
+
+
+def test_sample_writers_refuse_a_folder_that_is_not_empty(tmp_path):
+    """The API as well as ``ncm sample``: old and new frames never mix."""
+    from ncm_core.data import synth
+
+    root = tmp_path / "frames"
+    root.mkdir()
+    (root / "mine.txt").write_text("the user's")
+    with pytest.raises(NcmError, match="output exists"):
+        synth.write_sem_dataset(root, 1, (64, 64), info_bar=0, classes=("NCM333_pristine",))
+    with pytest.raises(NcmError, match="only replaces what napari-ncm wrote"):
+        synth.write_sem_dataset(root, 1, (64, 64), info_bar=0, classes=("NCM333_pristine",), overwrite=True)
+    assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]
+    new = synth.write_sem_dataset(tmp_path / "new", 1, (64, 64), info_bar=0, classes=("NCM333_pristine",))
+    again = synth.write_sem_dataset(new, 2, (64, 64), info_bar=0, classes=("NCM811_pristine",), overwrite=True)
+    assert sorted(p.name for p in again.iterdir()) == ["NCM811_pristine", "ncm-sample.json"]
+    assert len(list((again / "NCM811_pristine").iterdir())) == 2

@@ -133,7 +133,12 @@ def test_output_kind_recognises_our_outputs_only(tmp_path, tiny_bundle, sem_fold
     from ncm_core.outputs import output_kind
 
     assert output_kind(tiny_bundle) == "a model bundle"
-    assert output_kind(sem_folders) is None  # class folders of frames: the user's data
+    assert output_kind(sem_folders) == "sample data"  # written by synth.write_sem_dataset, which marks it
+    shutil.copytree(sem_folders, tmp_path / "frames", ignore=shutil.ignore_patterns("ncm-sample.json"))
+    assert output_kind(tmp_path / "frames") is None  # class folders of frames: the user's data
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    assert output_kind(tmp_path / "ev") is None  # a metrics.json of someone else's
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "zarr.json").write_text(json.dumps({"zarr_format": 3, "attributes": {"ome": {}}}))
     assert output_kind(tmp_path / "z") is None  # someone else's OME-Zarr

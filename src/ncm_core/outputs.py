@@ -27,6 +27,11 @@ OUTPUT_EXISTS = "output exists; choose another or pass --overwrite (API: overwri
 SAMPLE_MARKER = "ncm-sample.json"
 
 
+def write_sample_marker(folder: Path, kind: str, seed: int) -> None:
+    """Mark ``folder`` as sample data written by napari-ncm (so ``--overwrite`` may replace it)."""
+    (folder / SAMPLE_MARKER).write_text(json.dumps({"format": "ncm-sample", "kind": kind, "seed": seed}))
+
+
 def partial_path(out: str | Path) -> Path:
     """Where ``out`` is written until it is complete."""
     out = Path(out)
@@ -68,7 +73,7 @@ MARKERS: list[tuple[str, Callable[[Path], bool]]] = [
     ("an unfinished training run", _files("checkpoint/state.json")),
     ("an explanation folder", _files("explanations.csv")),
     ("a tuning study", _files("study.journal")),
-    ("an evaluation folder", _files("metrics.json")),
+    ("an evaluation or cross-validation folder", _format("metrics.json")),
     ("a section prediction", _files("crops.csv", "summary.json")),
     ("the demo folder", _files("data/sem_frames")),
 ]

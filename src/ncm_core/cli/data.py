@@ -15,18 +15,21 @@ K = CropOptions
 def cmd_sample(a: argparse.Namespace) -> None:
     from ncm_core.data import synth
     from ncm_core.io.mosaic import write_ome_zarr
-    from ncm_core.outputs import SAMPLE_MARKER, atomic_output
 
     out = Path(a.out)
-    if a.kind in ("sem-frames", "section-set"):  # folders: written whole under .partial, never mixed with old files
-        with atomic_output(out, a.overwrite) as part:
-            (part / SAMPLE_MARKER).write_text(json.dumps({"format": "ncm-sample", "kind": a.kind, "seed": a.seed}))
-            if a.kind == "sem-frames":
-                synth.write_sem_dataset(part, a.frames, (a.size + a.info_bar, a.size), info_bar=a.info_bar, seed=a.seed)
-            else:
-                synth.write_section_dataset(
-                    part, per_porosity=a.per_porosity, shape=tuple(a.shape) if a.shape else (600, 1800), seed=a.seed
-                )
+    # folders are written whole under .partial, never mixed with old files
+    if a.kind == "sem-frames":
+        synth.write_sem_dataset(
+            out, a.frames, (a.size + a.info_bar, a.size), info_bar=a.info_bar, seed=a.seed, overwrite=a.overwrite
+        )
+    elif a.kind == "section-set":
+        synth.write_section_dataset(
+            out,
+            per_porosity=a.per_porosity,
+            shape=tuple(a.shape) if a.shape else (600, 1800),
+            seed=a.seed,
+            overwrite=a.overwrite,
+        )
     if a.kind == "sem-frames":
         print(
             f"wrote {len(synth.CLASS_NAMES) * a.frames} SEM frames in {len(synth.CLASS_NAMES)} class folders to {out}"

@@ -236,17 +236,23 @@ def write_sem_dataset(
     info_bar: int = 32,
     seed: int = 0,
     classes: tuple[str, ...] = CLASS_NAMES,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a class-per-folder dataset of SEM frames (PNG) under ``root``."""
+    """Write a class-per-folder dataset of SEM frames (PNG) under ``root``, whole (under ``<root>.partial``,
+    then renamed): a folder that is not empty is refused unless ``overwrite``, so old and new frames never mix."""
     from PIL import Image
 
+    from ncm_core.outputs import atomic_output, write_sample_marker
+
     root = Path(root)
-    for name in classes:
-        comp, state = name.split("_")
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for k in range(frames_per_class):
-            img = sem_frame(comp, state, shape, info_bar=info_bar, seed=seed * 1000 + k)
-            Image.fromarray(img).save(root / name / f"{name}_{k:03d}.png")
+    with atomic_output(root, overwrite) as part:
+        write_sample_marker(part, "sem-frames", seed)
+        for name in classes:
+            comp, state = name.split("_")
+            (part / name).mkdir(parents=True, exist_ok=True)
+            for k in range(frames_per_class):
+                img = sem_frame(comp, state, shape, info_bar=info_bar, seed=seed * 1000 + k)
+                Image.fromarray(img).save(part / name / f"{name}_{k:03d}.png")
     return root
 
 

@@ -125,6 +125,7 @@ def write_section_dataset(
     max_tilt: float = 3.0,
     thickness_px: int = 320,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write cross-section mosaics (OME-TIFF with pixel size) and ``targets.csv`` under ``root``.
 
@@ -132,14 +133,32 @@ def write_section_dataset(
     ``[-max_tilt, max_tilt]`` degrees; ``targets.csv`` has the columns ``image``,
     ``porosity`` (the nominal value: a grouping column), one capacity per C-rate
     (:func:`rate_capability`, Ah/kg, from the *measured* porosity), and
-    ``truth.json`` the true tilt and thickness of each mosaic.
+    ``truth.json`` the true tilt and thickness of each mosaic. Written whole (under ``<root>.partial``); a
+    folder that is not empty is refused unless ``overwrite``.
     """
+    from ncm_core.outputs import atomic_output, write_sample_marker
+
+    out = Path(root)
+    with atomic_output(out, overwrite) as part:
+        write_sample_marker(part, "section-set", seed)
+        _write_sections(part, porosities, per_porosity, shape, max_tilt, thickness_px, seed)
+    return out
+
+
+def _write_sections(
+    root: Path,
+    porosities: tuple[float, ...],
+    per_porosity: int,
+    shape: tuple[int, int],
+    max_tilt: float,
+    thickness_px: int,
+    seed: int,
+) -> None:
+    """The body of :func:`write_section_dataset`, into the folder ``root``."""
     import csv
 
     import tifffile
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 99])
     rows, truth = [], {}
     k = 0

@@ -401,7 +401,8 @@ def write_metrics(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # the format entry marks the folder as ours (ncm_core.outputs.output_kind)
+    (out / "metrics.json").write_text(json.dumps({"format": "ncm-evaluation", **metrics}, indent=2))
     for key, m in [("", metrics)] + [(k + "_", v) for k, v in metrics.items() if isinstance(v, dict)]:
         if "confusion_matrix" not in m:
             continue

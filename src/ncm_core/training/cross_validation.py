@@ -130,7 +130,7 @@ def cross_validate(
         settings={"folds": folds, "split_by": split_by or "source", "seed": seed, **_settings(c)},
     )
     metrics["seconds"] = time.monotonic() - t0
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"format": "ncm-cross-validation", **metrics}, indent=2))
     return CVResult(out, metrics, rows, paths, metrics["seconds"])
 
 
