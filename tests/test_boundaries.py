@@ -81,3 +81,66 @@ def test_sample_writers_refuse_a_folder_that_is_not_empty(tmp_path):
     again = synth.write_sem_dataset(new, 2, (64, 64), info_bar=0, classes=("NCM811_pristine",), overwrite=True)
     assert sorted(p.name for p in again.iterdir()) == ["NCM811_pristine", "ncm-sample.json"]
     assert len(list((again / "NCM811_pristine").iterdir())) == 2
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory, tiny_bundle, sem_folders):
+    """A bundle, class folders of frames, a truncated TIFF and a plain file, in one folder."""
+    import shutil
+
+    import numpy as np
+    import tifffile
+
+    w = tmp_path_factory.mktemp("small_world")
+    shutil.copytree(tiny_bundle, w / "bundle")
+    shutil.copytree(sem_folders, w / "frames")
+    tifffile.imwrite(w / "whole.tif", np.zeros((256, 256), np.uint8), tile=(64, 64))
+    (w / "cut.tif").write_bytes((w / "whole.tif").read_bytes()[:3000])  # truncated mid-way
+    (w / "notes.txt").write_text("not a folder")
+    return w
+
+
+MORE_FAULTS = [
+    (
+        ["predict", "{w}/bundle", "{w}/frames/NCM333_pristine/NCM333_pristine_000.png", "{w}/notes.txt/p.zarr"],
+        ["notes.txt is a file, not a folder"],
+        2,
+    ),
+    (
+        ["train", "{w}/frames", "{w}/b", "--arch", "efficientnet_b0", "--pretrained", "{w}/bundle/model.safetensors"],
+        ["model.safetensors", "for resnet10t, not for efficientnet_b0"],
+        2,
+    ),
+    (["evaluate", "{w}/bundle", "{w}/frames", "--split", "val"], ["class folders have no splits"], 2),
+    # a truncated TIFF: its header reads, its tiles do not: the run is incomplete (status 3), the tiles
+    # that could be read are kept in <out>.partial, and the line says how to finish
+    (
+        ["predict", "{w}/bundle", "{w}/cut.tif", "{w}/p.zarr", "--backend", "torch"],
+        ["cut.tif", "--allow-incomplete"],
+        3,
+    ),
+    (["explain", "{w}/bundle", "{w}/cut.tif", "{w}/h.zarr"], ["cut.tif", "could not be read"], 3),
+]
+
+
+@pytest.mark.parametrize(
+    "args, words, code", MORE_FAULTS, ids=[f"{a[0]} {k}" for k, (a, _, _) in enumerate(MORE_FAULTS)]
+)
+def test_more_faults_give_one_line_and_leave_nothing(small_world, args, words, code):
+    import shutil
+
+    from tests.test_cli import ncm
+    from tests.test_reliability import _snapshot
+
+    before = _snapshot(small_world)
+    r = ncm(*[a.format(w=small_world) for a in args], "-q")
+    assert r.returncode == code and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ncm: error:" if code == 2 else "ncm: incomplete:"), r.stderr
+    for word in words:
+        assert word in lines[0], r.stderr
+    if code == 3:  # only the resumable record of the run is left, never an output that looks finished
+        partial = small_world / (args[3].rsplit("/", 1)[1] + ".partial")
+        assert partial.is_dir() and not partial.with_suffix("").exists()
+        shutil.rmtree(partial)
+    assert _snapshot(small_world) == before
