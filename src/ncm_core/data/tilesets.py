@@ -75,6 +75,7 @@ class TileSet:
     tile_size: int
     records: list[TileRecord]
     params: dict[str, Any] = field(default_factory=dict)
+    failures: tuple[Any, ...] = ()  # frames that failed while the set was built (ncm_core.batch.Failure)
 
     def split(self, name: str) -> list[TileRecord]:
         return [r for r in self.records if r.split == name]
