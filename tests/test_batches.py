@@ -185,6 +185,13 @@ def test_crops_api_returns_the_failures(frames, tmp_path):
     with pytest.raises(NcmError, match="zz_truncated.png"):
         build_crops(frames, tmp_path / "s", size=32, per_frame=2, val_fraction=0.34, test_fraction=0.34, strict=True)
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+    few = tmp_path / "few"  # a class left with too few frames to split: the line says which frame failed
+    shutil.copytree(frames, few)
+    f = sorted((few / "NCM811_cycled100").glob("*.png"))[0]
+    _truncate(sorted(frames.rglob("*.png"))[0], f)
+    with pytest.raises(BatchFailed, match=r"has 2 source image.*3 of 11 frames failed, the first"):
+        build_crops(few, tmp_path / "f", size=32, per_frame=2, val_fraction=0.34, test_fraction=0.34)
+    assert not (tmp_path / "f").exists() and not (tmp_path / "f.partial").exists()
 
 
 # -------------------------------------------------------------------------------------- evaluate, explain

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ncm_core.batch import Batch
+from ncm_core.batch import Batch, BatchFailed
 from ncm_core.errors import NcmError
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_output
@@ -56,8 +56,10 @@ class CropOptions:
             raise NcmError(f"crops per frame must be at least 1, got {self.per_frame}")
         if self.seed < 0:
             raise NcmError(f"seed must be a non-negative whole number, got {self.seed}")
+        from ncm_core.data.tilesets import check_fractions
         from ncm_core.data.tiling import check_rows
 
+        check_fractions(self.val_fraction, self.test_fraction)
         check_rows(self.exclude_rows)
         if not 0 <= self.max_masked <= 1:
             raise NcmError(f"the largest masked share of a crop must be between 0 and 1, got {self.max_masked}")
@@ -150,11 +152,19 @@ def build_crops(
     batch.check()
     groups = {rel: y for rel, (_, y, _) in plan.items()}
     empty = [n for c, n in enumerate(ds.class_names) if c not in groups.values()]
-    if empty:
-        raise NcmError(f"no frame of class {empty[0]!r} could be used; the first failure: {batch.failures[0].line()}")
-    splits = split_groups(
-        groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, where=ds.root
-    )
+    try:
+        if empty:
+            raise NcmError(f"no frame of class {empty[0]!r} could be used", ds.root)
+        splits = split_groups(
+            groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, where=ds.root
+        )
+    except NcmError as exc:  # too few frames left in a class: say why they are missing
+        if not batch.failures:
+            raise
+        raise BatchFailed(
+            f"{exc}; {len(batch.failures)} of {batch.total} frames failed, the first: {batch.failures[0].line()}",
+            batch.failures,
+        ) from None
     writer = TileSetWriter(out, ds.class_names, size, overwrite=o.overwrite)
     try:
         for k, (rel, (f, y, pos)) in enumerate(plan.items()):  # second pass: write the crops
@@ -165,7 +175,7 @@ def build_crops(
                 writer.add(
                     c, splits[rel], ds.class_names[y], rel, rel, (y0, x0, y0 + size, x0 + size), f"{f.stem}_{j:04d}"
                 )
-            report(progress, len(ds.files) + k + 1, 2 * len(ds.files), f.name)
+            report(progress, len(ds.files) + len(batch.failures) + k + 1, 2 * len(ds.files), f.name)
         if len(shapes) > 1:
             warnings.warn(
                 f"{ds.root}: frames have {len(shapes)} different sizes; crops are all {size} px, "
