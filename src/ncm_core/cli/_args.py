@@ -87,12 +87,12 @@ def truth(path: str):
     return open_mosaic(path).data, (read_label_classes(path) or None)
 
 
-def strict(sp: argparse.ArgumentParser, what: str) -> None:
+def strict(sp: argparse.ArgumentParser, what: str, stops: str = "exit 2, nothing written") -> None:
     """``--strict``: stop a batch at its first failing input (by default it is skipped and recorded)."""
     sp.add_argument(
         "--strict",
         action="store_true",
-        help=f"stop at the first {what} that fails (exit 2, nothing written); by default it is skipped, "
+        help=f"stop at the first {what} that fails ({stops}); by default it is skipped, "
         "listed in failures.csv, the rest is finished and the exit status is 3",
     )
 

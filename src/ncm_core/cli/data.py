@@ -162,7 +162,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     common(c, device=False)
     c.set_defaults(func=cmd_crops)
     x = sub.add_parser("sections", help="find the collector in cross-section mosaics, straighten, cut crops")
-    x.add_argument("mosaics", nargs="+", help="cross-section mosaics (TIFF, zarr, PNG, ...)")
+    x.add_argument(
+        "mosaics",
+        nargs="+",
+        help="cross-section mosaics (TIFF, zarr, PNG, ...); one that fails is skipped and listed in "
+        "OUT/failures.csv (exit status 3)",
+    )
     x.add_argument("--out", required=True, help="crop folder to write (crops, sections.csv, sections.json)")
     x.add_argument(
         "--crop",

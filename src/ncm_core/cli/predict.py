@@ -302,7 +302,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ignore the record of an interrupted run and start again (by default the same command resumes it)",
     )
-    strict(r, "mosaic (of several)")
+    strict(
+        r,
+        "mosaic (of several)",
+        "with its error; one that cannot be opened stops it before anything is written",
+    )
     common(r)
     r.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="score a bundle on class folders, or a prediction against a truth map")
