@@ -220,6 +220,8 @@ def test_evaluate_skips_an_unreadable_image(frames, sem_folders, tiny_bundle, tm
     with pytest.warns(BatchWarning, match="1 of 10 images failed"):
         m = evaluate(tiny_bundle, data, device="cpu")
     assert [Path(f["input"]).name for f in m["failures"]] == ["zz_truncated.png"]
+    assert evaluate(tiny_bundle, sem_folders, out=tmp_path / "ev", device="cpu")["failures"] == []
+    assert not (tmp_path / "ev" / FAILURES_FILE).exists()  # the list of the earlier run is gone
 
 
 def test_explain_skips_an_unreadable_image(tiny_bundle, tmp_path):

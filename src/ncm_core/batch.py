@@ -159,10 +159,12 @@ class Batch:
             )
 
     def write(self, folder: str | Path) -> Path | None:
-        """``failures.csv`` in ``folder`` (columns ``input``, ``reason``) when there are failures; its path."""
-        if not self.failures:
-            return None
+        """``failures.csv`` in ``folder`` (columns ``input``, ``reason``) when there are failures; its path.
+        Without failures, a list left there by an earlier run is removed (and None returned)."""
         path = Path(folder) / FAILURES_FILE
+        if not self.failures:
+            path.unlink(missing_ok=True)
+            return None
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=["input", "reason"])
             w.writeheader()

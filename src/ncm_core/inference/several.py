@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ncm_core.batch import FAILURES_FILE, Batch, Failure
+from ncm_core.batch import Batch, Failure
 from ncm_core.errors import NcmError
 from ncm_core.inference.options import PredictOptions
 from ncm_core.inference.prediction import Prediction
@@ -111,8 +111,7 @@ def predict_mosaics(
         if created and not any(out.iterdir()):
             remove(out)
         raise
-    remove(out / FAILURES_FILE)  # a list from an earlier run of this batch
-    batch.write(out)
+    batch.write(out)  # (or remove the list of an earlier run of this batch)
     result.failures = tuple(batch.failures)
     batch.warn(out)
     return result
