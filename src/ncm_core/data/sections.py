@@ -87,13 +87,12 @@ def extract_sections(
         rows: list[dict[str, Any]] = []
         summary: list[dict[str, Any]] = []
         for i, (src, stem) in enumerate(zip(mosaics, stems)):
-            with batch.attempt(src):
+            with batch.attempt(src) as attempt:
                 geom, crop_rows = _cut(src, stem, o, part, cancel)
                 rows += crop_rows
                 summary.append({"name": stem, **geom.to_dict()})
-                report(
-                    progress, i + 1, len(mosaics), f"{stem}: {len(geom.crops)} crops, angle {geom.angle_deg:.2f} deg"
-                )
+            done = "failed" if attempt.failed else f"{len(geom.crops)} crops, angle {geom.angle_deg:.2f} deg"
+            report(progress, i + 1, len(mosaics), f"{stem}: {done}")
         batch.check()  # every mosaic failed: the .partial is removed, nothing written
         with open(part / MANIFEST, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file", "source"])
