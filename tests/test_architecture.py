@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ncm_core"
 
 # Lowest first. A module may import from its own layer or from any lower one, never a higher one.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"_version", "errors", "progress", "outputs", "devices", "options"}),
+    ("base", {"_version", "errors", "progress", "outputs", "devices", "options", "batch"}),
     ("io", {"io"}),
     ("data", {"data"}),
     ("models", {"models"}),

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ncm_core.errors import NcmError
+
+if TYPE_CHECKING:
+    from ncm_core.batch import Failure
 
 
 def common(sp: argparse.ArgumentParser, device: bool = True) -> None:
@@ -78,3 +85,26 @@ def truth(path: str):
     from ncm_core.io.mosaic import open_mosaic, read_label_classes
 
     return open_mosaic(path).data, (read_label_classes(path) or None)
+
+
+def strict(sp: argparse.ArgumentParser, what: str, stops: str = "exit 2, nothing written") -> None:
+    """``--strict``: stop a batch at its first failing input (by default it is skipped and recorded)."""
+    sp.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"stop at the first {what} that fails ({stops}); by default it is skipped, "
+        "listed in failures.csv, the rest is finished and the exit status is 3",
+    )
+
+
+def finish_batch(failures: Sequence[Failure], total: int, where: str | Path | None) -> None:
+    """After a batch's normal output: one warning line per failed input, then raise
+    :class:`~ncm_core.batch.BatchIncomplete` (the last line, exit status 3). Nothing when none failed."""
+    from ncm_core.batch import BatchIncomplete
+
+    if not failures:
+        return
+    for f in failures:
+        print(f"ncm: warning: {f.line()}", file=sys.stderr)
+    see = f"see {where}" if where is not None else "listed above"
+    raise BatchIncomplete(f"{len(failures)} of {total} inputs failed ({see})")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ncm_core.cli._args import common, positive, progress, rows
+from ncm_core.cli._args import common, finish_batch, positive, progress, rows, strict
 from ncm_core.data.crops import CropOptions
 
 K = CropOptions
@@ -64,6 +64,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
 
 def cmd_crops(a: argparse.Namespace) -> None:
+    from ncm_core.batch import FAILURES_FILE
     from ncm_core.data.crops import build_crops
 
     opts = CropOptions(
@@ -76,6 +77,7 @@ def cmd_crops(a: argparse.Namespace) -> None:
         max_masked=a.max_masked,
         seed=a.seed,
         overwrite=a.overwrite,
+        strict=a.strict,
     )
     ts = build_crops(a.data, a.out, opts, progress=progress("crops", a.quiet))
     counts = ts.counts()
@@ -85,9 +87,12 @@ def cmd_crops(a: argparse.Namespace) -> None:
         if s in counts
     )
     print(f"tile set: {ts.root}  {len(ts.class_names)} classes; {parts}")
+    frames = len({r.source for r in ts.records}) + len(ts.failures)
+    finish_batch(ts.failures, frames, Path(ts.root) / FAILURES_FILE)
 
 
 def cmd_sections(a: argparse.Namespace) -> None:
+    from ncm_core.batch import FAILURES_FILE
     from ncm_core.data.sections import SUMMARY, extract_sections
 
     out = extract_sections(
@@ -98,6 +103,7 @@ def cmd_sections(a: argparse.Namespace) -> None:
         stride=a.stride,
         margin=a.margin,
         pixel_size=a.pixel_size,
+        strict=a.strict,
         overwrite=a.overwrite,
         progress=progress("sections", a.quiet),
     )
@@ -109,6 +115,7 @@ def cmd_sections(a: argparse.Namespace) -> None:
             f"active layer {th}, {len(m['crops'])} crops"
         )
     print(f"crops: {out} ({sum(len(m['crops']) for m in info['mosaics'])} in all; manifest {out / 'sections.csv'})")
+    finish_batch(out.failures, len(a.mosaics), out / FAILURES_FILE)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -154,10 +161,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--seed", type=int, default=K.seed)
     c.add_argument("--overwrite", action="store_true")
+    strict(c, "frame")
     common(c, device=False)
     c.set_defaults(func=cmd_crops)
     x = sub.add_parser("sections", help="find the collector in cross-section mosaics, straighten, cut crops")
-    x.add_argument("mosaics", nargs="+", help="cross-section mosaics (TIFF, zarr, PNG, ...)")
+    x.add_argument(
+        "mosaics",
+        nargs="+",
+        help="cross-section mosaics (TIFF, zarr, PNG, ...); one that fails is skipped and listed in "
+        "OUT/failures.csv (exit status 3)",
+    )
     x.add_argument("--out", required=True, help="crop folder to write (crops, sections.csv, sections.json)")
     x.add_argument(
         "--crop",
@@ -179,5 +192,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--margin", type=int, default=4, help="pixels left out at the collector and the surface")
     x.add_argument("--pixel-size", type=float, help="micrometres per pixel, when the files do not say")
     x.add_argument("--overwrite", action="store_true")
+    strict(x, "mosaic")
     common(x, device=False)
     x.set_defaults(func=cmd_sections)

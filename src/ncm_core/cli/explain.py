@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ncm_core.cli._args import common, hw, positive, progress, targets
+from ncm_core.cli._args import common, finish_batch, hw, positive, progress, strict, targets
 from ncm_core.errors import NcmError
 from ncm_core.explain.options import ExplainOptions
 
@@ -33,12 +33,16 @@ def cmd_explain(a: argparse.Namespace) -> None:
             methods=methods,
             check=a.check,
             check_images=a.check_images,
+            strict=a.strict,
             progress=progress("explain", a.quiet),
             **kw,
         )
         for line in r.check_lines():
             print(line)
         print(r.summary())
+        from ncm_core.batch import FAILURES_FILE
+
+        finish_batch(r.failures, r.images + len(r.failures), r.path / FAILURES_FILE)
         return
     if len(methods) != 1:
         raise NcmError("a mosaic is explained with one method at a time (--method)")
@@ -113,12 +117,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--overwrite", action="store_true")
     x.add_argument("--restart", action="store_true", help="mosaic: ignore the record of an interrupted run")
     x.add_argument(
-        "--strict",
-        action="store_true",
-        help="mosaic: stop at the first tile with NaN/inf pixels or an unreadable or missing chunk (by default such "
-        "tiles are left out of the heatmap, counted and reported)",
-    )
-    x.add_argument(
         "--allow-incomplete",
         action="store_true",
         help="mosaic: finish with regions that cannot be read left empty (NaN) instead of exiting with status 3",
@@ -129,5 +127,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=d.missing_chunks,
         help="mosaic: zarr chunks absent from the store: report them (default) or read them as the fill value",
     )
+    strict(x, "image of a folder that fails, or (a mosaic) tile with NaN/inf pixels or an unreadable or missing chunk")
     common(x)
     x.set_defaults(func=cmd_explain)

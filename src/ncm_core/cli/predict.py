@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ncm_core.cli._args import common, positive, progress, rows, truth
+from ncm_core.cli._args import common, finish_batch, positive, progress, rows, strict, truth
 from ncm_core.errors import NcmError
 from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
 
@@ -14,6 +14,9 @@ from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
 def cmd_predict(a: argparse.Namespace) -> None:
     from ncm_core.models.bundle import load_bundle, read_bundle_config
 
+    if len(a.mosaics) > 1:
+        return _predict_several(a)
+    a.mosaic = a.mosaics[0]  # one mosaic: as before batches, OUT is its prediction
     check_side_files(a)  # before the prediction, not after it
 
     # the config alone says the task; the path (not a loaded model) lets a short run take the light path
@@ -22,29 +25,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
         return _predict_section(a, load_bundle(a.bundle))
     from ncm_core.inference.predict import predict_mosaic
 
-    p = predict_mosaic(
-        a.bundle,
-        a.mosaic,
-        a.out,
-        tile=a.tile,
-        stride=a.stride,
-        batch_size=a.batch_size,
-        exclude_rows=a.exclude_rows,
-        foreground=a.foreground,
-        device=a.device,
-        overwrite=a.overwrite,
-        resume=not a.restart,
-        scheduler=a.dask_scheduler,
-        dense=a.dense,
-        dense_recheck=a.dense_recheck,
-        backend=a.backend,
-        ood=not a.no_ood,
-        pixel_size=a.pixel_size,
-        strict=a.strict,
-        allow_incomplete=a.allow_incomplete,
-        missing_chunks=a.missing_chunks,
-        progress=progress("predict", a.quiet),
-    )  # None (an option not given) keeps the default
+    p = predict_mosaic(a.bundle, a.mosaic, a.out, scheduler=a.dask_scheduler, **predict_options(a))
     at = p.attrs
     print(
         f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
@@ -80,6 +61,69 @@ def cmd_predict(a: argparse.Namespace) -> None:
         print(f"summary written to {a.summary}")
 
 
+def predict_options(a: argparse.Namespace) -> dict[str, object]:
+    """The PredictOptions fields and progress of ``ncm predict``'s arguments (None, an option not given,
+    keeps the default), the same for one mosaic and for several."""
+    return dict(
+        tile=a.tile,
+        stride=a.stride,
+        batch_size=a.batch_size,
+        exclude_rows=a.exclude_rows,
+        foreground=a.foreground,
+        device=a.device,
+        overwrite=a.overwrite,
+        resume=not a.restart,
+        dense=a.dense,
+        dense_recheck=a.dense_recheck,
+        backend=a.backend,
+        ood=not a.no_ood,
+        pixel_size=a.pixel_size,
+        strict=a.strict,
+        allow_incomplete=a.allow_incomplete,
+        missing_chunks=a.missing_chunks,
+        progress=progress("predict", a.quiet),
+    )
+
+
+def _predict_several(a: argparse.Namespace) -> None:
+    """Several mosaics into the folder OUT (``<stem>.zarr`` each); the failing ones are skipped and listed."""
+    from ncm_core.batch import FAILURES_FILE
+    from ncm_core.evaluation.evaluate import summarize_prediction
+    from ncm_core.inference.several import output_names, predict_mosaics
+    from ncm_core.models.bundle import read_bundle_config
+
+    if a.regions:
+        raise NcmError("--regions is a map of one mosaic; with several mosaics, predict that one alone", a.regions)
+    if read_bundle_config(a.bundle).task == "regress":
+        raise NcmError("a regression bundle predicts one cross-section at a time; give one mosaic", a.bundle)
+    summary = Path(a.summary).expanduser() if a.summary else None
+    if summary is not None:  # before the predictions, not after them
+        check_summary(summary, (a.bundle, *a.mosaics, *(Path(a.out) / n for n in output_names(a.mosaics))))
+    r = predict_mosaics(a.bundle, a.mosaics, a.out, scheduler=a.dask_scheduler, **predict_options(a))
+    rows: list[dict[str, object]] = []
+    for src, p in r.predictions.items():
+        whole = summarize_prediction(p)[0]
+        rows.append({"mosaic": src, **whole})
+        answer = f"{whole['predicted']} (mean probability {whole['confidence']:.2f})" if whole["tiles"] else "no tiles"
+        print(f"prediction: {p.path}  {p.attrs['n_predicted']} tiles predicted; whole image: {answer}")
+    rows += [{"mosaic": f.input, "failed": f.reason} for f in r.failures]
+    if summary is not None:
+        write_union(summary, rows)
+        print(f"summary written to {summary}")
+    finish_batch(r.failures, r.total, r.out / FAILURES_FILE)
+
+
+def write_union(path: Path, rows: list[dict[str, object]]) -> None:
+    """A CSV of ``rows`` whose columns are every key in the order first seen (blank where a row lacks one)."""
+    import csv
+
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _predict_section(a: argparse.Namespace, bundle: object) -> None:
     from ncm_core.evaluation.regression import write_section_prediction
     from ncm_core.inference.sections import predict_section
@@ -102,20 +146,24 @@ def _predict_section(a: argparse.Namespace, bundle: object) -> None:
 
 def check_side_files(a: argparse.Namespace) -> None:
     """``--regions`` must exist and ``--summary`` be writable, not an input, before any work starts."""
-    from ncm_core.outputs import check_inputs
-
     if a.regions and not Path(a.regions).expanduser().exists():
         raise NcmError("region map not found (--regions)", a.regions)
     if a.summary:
-        s = Path(a.summary).expanduser()
-        check_inputs(s, (a.bundle, a.mosaic, a.regions, a.out))
-        if s.is_dir():
-            raise NcmError("--summary is a folder; give a CSV file name", s)
-        parent = s.resolve().parent
-        if not parent.is_dir():
-            raise NcmError(f"the folder of --summary ({parent}) does not exist", s)
-        if not os.access(parent, os.W_OK):
-            raise NcmError(f"the folder of --summary ({parent}) is not writable", s)
+        check_summary(Path(a.summary).expanduser(), (a.bundle, a.mosaic, a.regions, a.out))
+
+
+def check_summary(s: Path, inputs: tuple[object, ...]) -> None:
+    """``--summary``: not an input or an output, a file name in an existing, writable folder."""
+    from ncm_core.outputs import check_inputs
+
+    check_inputs(s, inputs)
+    if s.is_dir():
+        raise NcmError("--summary is a folder; give a CSV file name", s)
+    parent = s.resolve().parent
+    if not parent.is_dir():
+        raise NcmError(f"the folder of --summary ({parent}) does not exist", s)
+    if not os.access(parent, os.W_OK):
+        raise NcmError(f"the folder of --summary ({parent}) is not writable", s)
 
 
 def section_line(g: object) -> str:
@@ -142,7 +190,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         if not (a.bundle and a.data):
             raise NcmError("evaluate needs BUNDLE and DATA (class folders), or --prediction and --truth")
         m = evaluate(
-            a.bundle, a.data, out=a.out, split=a.split, device=a.device, progress=progress("evaluate", a.quiet)
+            a.bundle,
+            a.data,
+            out=a.out,
+            split=a.split,
+            device=a.device,
+            strict=a.strict,
+            progress=progress("evaluate", a.quiet),
         )
         for level in ("images", "tiles"):
             mm = m[level]
@@ -152,14 +206,28 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             print(f"out-of-distribution tiles: {m['ood_fraction']:.1%}")
     if a.out:
         print(f"metrics written to {a.out}")
+    if not a.prediction:
+        from ncm_core.batch import FAILURES_FILE, Failure
+
+        failed = [Failure(**f) for f in m["failures"]]
+        finish_batch(failed, m["images"]["n"] + len(failed), Path(a.out) / FAILURES_FILE if a.out else None)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``ncm`` parser."""
     r = sub.add_parser("predict", help="classify every tile of a mosaic, or predict values along a cross-section")
     r.add_argument("bundle", help="model bundle folder")
-    r.add_argument("mosaic", help="zarr, OME-Zarr, TIFF, PNG or JPEG")
-    r.add_argument("out", help="output zarr group, e.g. prediction.zarr (regression: a folder)")
+    r.add_argument(
+        "mosaics",
+        nargs="+",
+        metavar="MOSAIC",
+        help="zarr, OME-Zarr, TIFF, PNG or JPEG; several: each is predicted into OUT/<stem>.zarr, one that "
+        "fails is skipped and listed in OUT/failures.csv (exit status 3)",
+    )
+    r.add_argument(
+        "out",
+        help="output zarr group, e.g. prediction.zarr (regression: a folder; several mosaics: a folder)",
+    )
     r.add_argument("--tile", type=positive, help="tile size in pixels (default: the bundle's)")
     r.add_argument("--stride", type=positive, help="tile stride in pixels (default: tile)")
     d = PredictOptions()
@@ -204,12 +272,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the area the model was trained on)",
     )
     r.add_argument(
-        "--strict",
-        action="store_true",
-        help="stop at the first tile with NaN/inf pixels or an unreadable or missing chunk (by default such tiles "
-        "are left out, counted and reported)",
-    )
-    r.add_argument(
         "--allow-incomplete",
         action="store_true",
         help="when regions cannot be read, finish the prediction with them marked as not predicted (listed in "
@@ -239,6 +301,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ignore the record of an interrupted run and start again (by default the same command resumes it)",
     )
+    strict(
+        r,
+        "tile with NaN/inf pixels or an unreadable or missing chunk (by default such tiles are left out, counted and "
+        "reported), or the first of several mosaics that fails",
+        "with its error; a mosaic that cannot be opened stops it before anything is written",
+    )
     common(r)
     r.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="score a bundle on class folders, or a prediction against a truth map")
@@ -248,5 +316,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--truth", help="per-pixel class map (e.g. mosaic.ome.zarr/labels/truth)")
     e.add_argument("--split", default="test", help="split of a tile set to evaluate (default test)")
     e.add_argument("--out", help="folder for metrics.json, confusion matrices (CSV, PNG) and per-image/tile CSVs")
+    strict(e, "image of the class folders")
     common(e)
     e.set_defaults(func=cmd_evaluate)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ncm_core.batch import Batch, BatchFailed
 from ncm_core.errors import NcmError
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_output
@@ -46,6 +47,7 @@ class CropOptions:
     max_masked: float = 0.0
     seed: int = 0
     overwrite: bool = False
+    strict: bool = False  # stop at the first frame that fails (default: skip it, record why in failures.csv)
 
     def validate(self) -> CropOptions:
         if self.size < 8:
@@ -54,8 +56,10 @@ class CropOptions:
             raise NcmError(f"crops per frame must be at least 1, got {self.per_frame}")
         if self.seed < 0:
             raise NcmError(f"seed must be a non-negative whole number, got {self.seed}")
+        from ncm_core.data.tilesets import check_fractions
         from ncm_core.data.tiling import check_rows
 
+        check_fractions(self.val_fraction, self.test_fraction)
         check_rows(self.exclude_rows)
         if not 0 <= self.max_masked <= 1:
             raise NcmError(f"the largest masked share of a crop must be between 0 and 1, got {self.max_masked}")
@@ -107,6 +111,10 @@ def build_crops(
     """Cut ``per_frame`` random ``size`` px crops from every frame of ``data/<class>/*`` into a tile set.
 
     Settings: ``options`` or keyword ``overrides`` of :class:`CropOptions` fields (``size=96``, ...).
+    A frame that fails (unreadable, too small for a crop, unlike the others in channels or bit depth) is
+    skipped before the frames are split, so the set equals one built without it; it is listed with its
+    reason in ``failures.csv``, under ``params.failures`` in ``manifest.json`` and in the returned set's
+    ``failures`` (:mod:`ncm_core.batch`). ``strict=True`` stops at the first failure instead.
     """
     from ncm_core.data.datasets import load_image, scan_class_folders  # reads images with dask: loaded on use
     from ncm_core.data.tilesets import TileSetWriter, split_groups
@@ -114,49 +122,60 @@ def build_crops(
     o = merge_options(CropOptions, options, overrides).validate()
     check_output(out, o.overwrite, (data, o.masks))  # before any frame is read
     size, per_frame, val_fraction, test_fraction, seed = o.size, o.per_frame, o.val_fraction, o.test_fraction, o.seed
-    exclude_rows, masks, max_masked = o.exclude_rows, o.masks, o.max_masked
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
-    groups = {str(f.relative_to(ds.root)): y for f, y in zip(ds.files, ds.labels)}
-    splits = split_groups(
-        groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, where=ds.root
-    )
-    mask_root = None if masks is None else Path(masks).expanduser()
+    mask_root = None if o.masks is None else Path(o.masks).expanduser()
     if mask_root is not None and not mask_root.is_dir():
         raise NcmError("mask folder not found", mask_root)
-    writer = TileSetWriter(out, ds.class_names, size, overwrite=o.overwrite)
-    shapes, kinds = set(), set()
-    try:
-        for k, (f, y) in enumerate(zip(ds.files, ds.labels)):
-            check_cancel(cancel)
+    batch = Batch(len(ds.files), strict=o.strict, what="frames")
+    # first pass: where each frame's crops go (reads every frame once); frames that fail are left out
+    plan: dict[str, tuple[Path, int, np.ndarray]] = {}
+    shapes: set[tuple[int, int]] = set()
+    kinds: set[tuple[int, int, str]] = set()
+    for k, (f, y) in enumerate(zip(ds.files, ds.labels)):
+        check_cancel(cancel)
+        with batch.attempt(f):
             rel = str(f.relative_to(ds.root))
-            img = load_image(f)
-            shapes.add(img.shape[:2])
-            kinds.add((img.ndim, img.shape[2] if img.ndim == 3 else 1, img.dtype.str))
-            if len(kinds) > 1:
+            img, pos = _frame_crops(f, rel, ds.class_names[y], mask_root, o)
+            kind = (img.ndim, img.shape[2] if img.ndim == 3 else 1, img.dtype.str)
+            if kinds and kind not in kinds:
                 raise NcmError(
-                    "frames differ in channels or bit depth from the earlier frames "
-                    f"({sorted(kinds)}); convert them to one kind",
+                    f"the frame differs in channels or bit depth from the earlier frames ({kind} vs "
+                    f"{sorted(kinds)[0]}); convert them to one kind",
                     f,
                 )
-            mask = None
-            if mask_root is not None:
-                mf = mask_root / ds.class_names[y] / (f.stem + ".png")
-                mask = load_image(mf) if mf.is_file() else None
-            try:
-                valid = _valid_mask(img.shape[:2], exclude_rows, mask)
-                # one generator per frame, seeded by its name: adding a frame does not move the others' crops
-                rng = np.random.default_rng([seed, *rel.encode()])
-                pos = crop_positions(valid, size, per_frame, rng, max_masked)
-            except NcmError as exc:
-                raise NcmError(str(exc), f) from None
+            kinds.add(kind)
+            shapes.add(img.shape[:2])
+            plan[rel] = (f, y, pos)
+        report(progress, k + 1, 2 * len(ds.files), f.name)
+    batch.check()
+    groups = {rel: y for rel, (_, y, _) in plan.items()}
+    empty = [n for c, n in enumerate(ds.class_names) if c not in groups.values()]
+    try:
+        if empty:
+            raise NcmError(f"no frame of class {empty[0]!r} could be used", ds.root)
+        splits = split_groups(
+            groups, ds.class_names, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, where=ds.root
+        )
+    except NcmError as exc:  # too few frames left in a class: say why they are missing
+        if not batch.failures:
+            raise
+        raise BatchFailed(
+            f"{exc}; {len(batch.failures)} of {batch.total} frames failed, the first: {batch.failures[0].line()}",
+            batch.failures,
+        ) from None
+    writer = TileSetWriter(out, ds.class_names, size, overwrite=o.overwrite)
+    try:
+        for k, (rel, (f, y, pos)) in enumerate(plan.items()):  # second pass: write the crops
+            check_cancel(cancel)
+            img = load_image(f)
             for j, (y0, x0) in enumerate(pos):
                 c = img[y0 : y0 + size, x0 : x0 + size]
                 writer.add(
                     c, splits[rel], ds.class_names[y], rel, rel, (y0, x0, y0 + size, x0 + size), f"{f.stem}_{j:04d}"
                 )
-            report(progress, k + 1, len(ds.files), f.name)
+            report(progress, len(ds.files) + len(batch.failures) + k + 1, 2 * len(ds.files), f.name)
         if len(shapes) > 1:
             warnings.warn(
                 f"{ds.root}: frames have {len(shapes)} different sizes; crops are all {size} px, "
@@ -171,11 +190,35 @@ def build_crops(
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "seed": seed,
-            "exclude_rows": None if exclude_rows is None else list(exclude_rows),
+            "exclude_rows": None if o.exclude_rows is None else list(o.exclude_rows),
             "masks": None if mask_root is None else str(mask_root),
-            "max_masked": max_masked,
+            "max_masked": o.max_masked,
         }
-        return writer.finish(params, splits)
+        if batch.failures:
+            params["failures"] = batch.records()
+            batch.write(writer.tmp)
+        ts = writer.finish(params, splits)
     except BaseException:
         writer.abort()
         raise
+    ts.failures = tuple(batch.failures)
+    batch.warn(ts.root)
+    return ts
+
+
+def _frame_crops(f: Path, rel: str, cls: str, mask_root: Path | None, o: CropOptions) -> tuple[np.ndarray, np.ndarray]:
+    """A frame and the top-left corners of its crops: random, but the same for the same seed and frame name."""
+    from ncm_core.data.datasets import load_image
+
+    img = load_image(f)
+    mask = None
+    if mask_root is not None:
+        mf = mask_root / cls / (f.stem + ".png")
+        mask = load_image(mf) if mf.is_file() else None
+    try:
+        valid = _valid_mask(img.shape[:2], o.exclude_rows, mask)
+        # one generator per frame, seeded by its name: adding a frame does not move the others' crops
+        rng = np.random.default_rng([o.seed, *rel.encode()])
+        return img, crop_positions(valid, o.size, o.per_frame, rng, o.max_masked)
+    except NcmError as exc:
+        raise NcmError(str(exc), f) from None

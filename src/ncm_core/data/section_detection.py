@@ -42,6 +42,7 @@ import numpy as np
 from ncm_core.data.section_geometry import SectionGeometry
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import Mosaic, open_mosaic
+from ncm_core.io.pixels import read_pixels
 from ncm_core.options import merge_options
 from ncm_core.progress import CancelFlag, check_cancel
 
@@ -60,6 +61,7 @@ class SectionOptions:
     margin: int = 4  # pixels left out next to the collector and below the surface
     turn: bool | None = None  # None: find out whether the collector is at the top; True/False force it
     pixel_size: float | None = None  # micrometres per pixel, for a mosaic opened from a path
+    strict: bool = False  # several mosaics: stop at the first that fails (default: skip it, record why)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -111,7 +113,7 @@ def sample_frame(
     shape_out = (h, w) if gray or chans == 1 else (h, w, chans)
     if y1 <= y0 or x1 <= x0:
         return np.zeros(shape_out, np.float32), inside
-    block = np.asarray(mosaic.data[y0:y1, x0:x1])
+    block = read_pixels(mosaic, (slice(y0, y1), slice(x0, x1)))
     if gray:
         block = _gray(block)
     coords = np.stack([pts[..., 0] - y0, pts[..., 1] - x0])
@@ -142,7 +144,7 @@ def _strip_edges(
     profiles = []
     for x0 in starts:
         check_cancel(cancel)
-        g = _gray(mosaic.data[:, x0 : x0 + strip])
+        g = _gray(read_pixels(mosaic, (slice(None), slice(x0, x0 + strip))))
         profiles.append(np.percentile(g, 20, axis=1))
     q = np.stack(profiles)  # (strips, H)
     high, low = float(np.percentile(q, 99.5)), float(np.median(q))

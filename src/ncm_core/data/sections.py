@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.batch import Batch, BatchPath
 from ncm_core.data.section_detection import (  # noqa: F401  (importable from here, as before)
     MODES,
     Collector,
@@ -62,7 +63,7 @@ def extract_sections(
     progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
     **overrides: Any,
-) -> Path:
+) -> BatchPath:
     """Cut the cross-sections of ``mosaics`` into crops under ``out``.
 
     ``out`` gets one PNG (or TIFF for 16-bit/float) per crop, named
@@ -70,51 +71,88 @@ def extract_sections(
     mosaic, crop index, the crop's corners in the mosaic) and ``sections.json``
     with each mosaic's geometry (angle, thickness, rectangle). Written to
     ``<out>.partial`` and renamed when complete.
-    """
-    from ncm_core.data.tilesets import _write_png, _write_tif
 
+    A mosaic that fails (unreadable, or no straight stretch of active layer as wide as a crop) is
+    skipped and listed with its reason in ``failures.csv`` and under ``failures`` in ``sections.json``;
+    the returned path's ``failures`` holds them too (:mod:`ncm_core.batch`). ``strict=True`` stops at
+    the first failure instead; when every mosaic fails, nothing is written.
+    """
     out = Path(out).expanduser()
     if not mosaics:
         raise NcmError("no mosaics given")
     o = merge_options(SectionOptions, options, overrides)
+    batch = Batch(len(mosaics), strict=o.strict, what="mosaics")
+    stems = _stems(mosaics)
     with atomic_output(out, overwrite, inputs=mosaics) as part:  # nothing half-written is left behind
-        rows, summary = [], []
-        stems: dict[str, str] = {}
-        for i, src in enumerate(mosaics):
-            m = src if isinstance(src, Mosaic) else open_mosaic(src, pixel_size=o.pixel_size)
-            stem = m.name if isinstance(src, Mosaic) else image_stem(str(src))
-            if stem in stems:
-                raise NcmError(
-                    f"two mosaics are both named {stem!r} ({stems[stem]} and {m.source}); labels match by name",
-                    m.source,
-                )
-            stems[stem] = str(m.source)
-            geom = detect_section(m, o, cancel=cancel)
-            crops = zip(iter_crops(m, geom, cancel), geom.crops, geom.crop_polygons())
-            for k, (tile, (r0, c0), poly) in enumerate(crops):
-                name = f"{stem}_{k:03d}" + (".png" if tile.dtype == np.uint8 else ".tif")
-                (_write_png if tile.dtype == np.uint8 else _write_tif)(part / name, tile)
-                rows.append(
-                    {
-                        "file": name,
-                        "source": stem,
-                        "mosaic": str(m.source or stem),
-                        "crop": k,
-                        "row": r0,
-                        "column": c0,
-                        "corners_yx": json.dumps(np.round(poly, 2).tolist()),
-                    }
-                )
-            summary.append({"name": stem, **geom.to_dict()})
-            report(progress, i + 1, len(mosaics), f"{stem}: {len(geom.crops)} crops, angle {geom.angle_deg:.2f} deg")
+        rows: list[dict[str, Any]] = []
+        summary: list[dict[str, Any]] = []
+        for i, (src, stem) in enumerate(zip(mosaics, stems)):
+            with batch.attempt(src) as attempt:
+                geom, crop_rows = _cut(src, stem, o, part, cancel)
+                rows += crop_rows
+                summary.append({"name": stem, **geom.to_dict()})
+            done = "failed" if attempt.failed else f"{len(geom.crops)} crops, angle {geom.angle_deg:.2f} deg"
+            report(progress, i + 1, len(mosaics), f"{stem}: {done}")
+        batch.check()  # every mosaic failed: the .partial is removed, nothing written
         with open(part / MANIFEST, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file", "source"])
             w.writeheader()
             w.writerows(rows)
-        (part / SUMMARY).write_text(
-            json.dumps({"format": "ncm-sections", "crop": list(o.crop), "mode": o.mode, "mosaics": summary}, indent=2)
-        )
-    return out
+        info = {"format": "ncm-sections", "crop": list(o.crop), "mode": o.mode, "mosaics": summary}
+        if batch.failures:
+            info["failures"] = batch.records()
+        (part / SUMMARY).write_text(json.dumps(info, indent=2))
+        batch.write(part)
+    batch.warn(out)
+    return BatchPath.of(out, batch.failures)
+
+
+def _stems(mosaics: Sequence[str | Path | Mosaic]) -> list[str]:
+    """Each mosaic's name (a crop's file name starts with it); two mosaics of one name are refused."""
+    seen: dict[str, str] = {}
+    for src in mosaics:
+        stem = src.name if isinstance(src, Mosaic) else image_stem(str(src))
+        where = str(src.source if isinstance(src, Mosaic) else src)
+        if stem in seen:
+            raise NcmError(
+                f"two mosaics are both named {stem!r} ({seen[stem]} and {where}); labels match by name", where
+            )
+        seen[stem] = where
+    return list(seen)
+
+
+def _cut(
+    src: str | Path | Mosaic, stem: str, o: SectionOptions, part: Path, cancel: CancelFlag
+) -> tuple[SectionGeometry, list[dict[str, Any]]]:
+    """One mosaic's crops written into ``part``: its geometry and manifest rows. On an error, the
+    crops it wrote are removed (the batch goes on without them)."""
+    from ncm_core.data.tilesets import _write_png, _write_tif
+
+    m = src if isinstance(src, Mosaic) else open_mosaic(src, pixel_size=o.pixel_size)
+    geom = detect_section(m, o, cancel=cancel)
+    rows, written = [], []
+    try:
+        crops = zip(iter_crops(m, geom, cancel), geom.crops, geom.crop_polygons())
+        for k, (tile, (r0, c0), poly) in enumerate(crops):
+            name = f"{stem}_{k:03d}" + (".png" if tile.dtype == np.uint8 else ".tif")
+            written.append(part / name)
+            (_write_png if tile.dtype == np.uint8 else _write_tif)(part / name, tile)
+            rows.append(
+                {
+                    "file": name,
+                    "source": stem,
+                    "mosaic": str(m.source or stem),
+                    "crop": k,
+                    "row": r0,
+                    "column": c0,
+                    "corners_yx": json.dumps(np.round(poly, 2).tolist()),
+                }
+            )
+    except NcmError:
+        for f in written:
+            f.unlink(missing_ok=True)
+        raise
+    return geom, rows
 
 
 def is_sections_folder(path: str | Path) -> bool:

@@ -75,6 +75,7 @@ class TileSet:
     tile_size: int
     records: list[TileRecord]
     params: dict[str, Any] = field(default_factory=dict)
+    failures: tuple[Any, ...] = ()  # frames that failed while the set was built (ncm_core.batch.Failure)
 
     def split(self, name: str) -> list[TileRecord]:
         return [r for r in self.records if r.split == name]
@@ -155,6 +156,15 @@ def open_tile_set(path: str | Path) -> TileSet:
     return TileSet(root, names, int(meta["tile_size"]), records, dict(meta.get("params") or {}))
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Shares held out for validation and test: each in [0, 1), leaving something to train on."""
+    for name, f in (("validation", val_fraction), ("test", test_fraction)):
+        if not 0 <= f < 1:
+            raise NcmError(f"{name} fraction must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1:
+        raise NcmError(f"validation and test fractions leave nothing to train on ({val_fraction} + {test_fraction})")
+
+
 def split_groups(
     group_classes: dict[str, int],
     class_names: list[str],
@@ -172,11 +182,7 @@ def split_groups(
     otherwise its groups all train and a warning says it is not validated
     (painted regions).
     """
-    for name, f in (("validation", val_fraction), ("test", test_fraction)):
-        if not 0 <= f < 1:
-            raise NcmError(f"{name} fraction must be in [0, 1), got {f}")
-    if val_fraction + test_fraction >= 1:
-        raise NcmError(f"validation and test fractions leave nothing to train on ({val_fraction} + {test_fraction})")
+    check_fractions(val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     out: dict[str, str] = {}
     need = 1 + (val_fraction > 0) + (test_fraction > 0)

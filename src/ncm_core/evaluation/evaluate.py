@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.batch import Batch
 from ncm_core.data.datasets import load_image, scan_class_folders
 from ncm_core.data.tiling import TileGrid, check_rows, extract_tiles
 from ncm_core.errors import NcmError
@@ -233,24 +234,28 @@ def summarize_prediction(
     return rows
 
 
-def _tiles_of_folders(b: ModelBundle, data: Path, exclude_rows: Any, stride: int | None):
-    """Count and iterator of (source name, true class, tiles, records) per image of class folders,
-    each image tiled at the bundle's tile size."""
+def _tiles_of_folders(b: ModelBundle, data: Path, exclude_rows: Any, stride: int | None, strict: bool = False):
+    """The images' batch (:mod:`ncm_core.batch`) and an iterator of (source name, true class, tiles,
+    records) per image of class folders, each image tiled at the bundle's tile size; an image that fails
+    is recorded in the batch and skipped."""
     ds = scan_class_folders(data, class_names=b.class_names)
     if exclude_rows is None and b.config.training.get("exclude_rows"):
         exclude_rows = tuple(b.config.training["exclude_rows"])
-    return len(ds.files), _iter_folders(b, ds, exclude_rows, stride)
+    batch = Batch(len(ds.files), strict=strict, what="images")
+    return batch, _iter_folders(b, ds, exclude_rows, stride, batch)
 
 
-def _iter_folders(b: ModelBundle, ds: Any, exclude_rows: Any, stride: int | None):
+def _iter_folders(b: ModelBundle, ds: Any, exclude_rows: Any, stride: int | None, batch: Batch):
     for f, y in zip(ds.files, ds.labels):
-        img = load_image(f, exclude_rows)
-        try:
-            grid = TileGrid(img.shape[:2], b.config.tile_size, stride, edge="drop")
-        except NcmError as exc:
-            raise NcmError(str(exc), f) from None
-        win = extract_tiles(img, grid, 0, grid.shape[0], 0, grid.shape[1])
-        yield str(f.relative_to(ds.root)), y, win.reshape(-1, *win.shape[2:]), [None] * (grid.size)
+        with batch.attempt(f) as attempt:
+            img = load_image(f, exclude_rows)
+            try:
+                grid = TileGrid(img.shape[:2], b.config.tile_size, stride, edge="drop")
+            except NcmError as exc:
+                raise NcmError(str(exc), f) from None
+            win = extract_tiles(img, grid, 0, grid.shape[0], 0, grid.shape[1])
+        if not attempt.failed:
+            yield str(f.relative_to(ds.root)), y, win.reshape(-1, *win.shape[2:]), [None] * (grid.size)
 
 
 def _tiles_of_set(b: ModelBundle, data: Path, split: str):
@@ -307,6 +312,7 @@ def evaluate(
     exclude_rows: tuple[int | None, int | None] | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    strict: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
 ) -> dict[str, Any]:
@@ -321,7 +327,8 @@ def evaluate(
     With ``out``, writes ``metrics.json``, confusion matrices (CSV and PNG),
     ``per_class.csv``, ``predictions.csv`` (one row per image: mean
     probabilities of all classes, majority vote, confidence, out-of-distribution
-    share) and ``tiles.csv`` (one row per tile).
+    share) and ``tiles.csv`` (one row per tile). An image of class folders that cannot be read or tiled
+    is skipped and listed in ``metrics["failures"]`` (and ``failures.csv``); ``strict`` stops at it.
     """
     from ncm_core.data.tilesets import is_tile_set
     from ncm_core.devices import resolve_device
@@ -338,9 +345,11 @@ def evaluate(
         raise NcmError("this evaluation is for classification bundles", b.path)
     names = b.class_names
     data = Path(data).expanduser()
-    n_items, items = (
-        _tiles_of_set(b, data, split) if is_tile_set(data) else _tiles_of_folders(b, data, exclude_rows, stride)
-    )
+    if is_tile_set(data):
+        batch, (n_items, items) = Batch(0), _tiles_of_set(b, data, split)
+    else:
+        batch, items = _tiles_of_folders(b, data, exclude_rows, stride, strict)
+        n_items = batch.total
     dev = resolve_device(device)
     b.model.to(dev)
     use_ood = has_ood(b)
@@ -371,6 +380,7 @@ def evaluate(
                 tr["ood_ratio"] = float(ood[t])
             tile_rows.append({**tr, **{f"p_{n}": float(p[c]) for c, n in enumerate(names)}})
         report(progress, k, n_items, src)
+    batch.check()  # every image failed: nothing is written
     if not rows:
         raise NcmError("no images to evaluate", data)
     metrics = {
@@ -379,12 +389,15 @@ def evaluate(
         "bundle": str(b.path),
         "data": str(data),
         "split": split if is_tile_set(data) else None,
+        "failures": batch.records(),
     }
     if use_ood:
         flagged = np.array([r["ood_ratio"] > 1 for r in tile_rows])
         metrics["ood_fraction"] = float(flagged.mean())
     if out is not None:
         write_metrics(metrics, out, rows, tile_rows)
+        batch.write(out)
+    batch.warn(out)
     return metrics
 
 

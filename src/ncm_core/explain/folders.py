@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.batch import Batch
 from ncm_core.errors import NcmError
 from ncm_core.explain.methods import Explanation, explain
 from ncm_core.explain.options import ExplainOptions
@@ -47,20 +48,22 @@ def find_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_images(files: Sequence[Path]) -> list[np.ndarray]:
-    """Every image as an array as a mosaic holds it (``(h, w)`` or ``(h, w, C)``)."""
+def read_image(f: Path) -> np.ndarray:
+    """An image as an array as a mosaic holds it (``(h, w)`` or ``(h, w, C)``); one line when unreadable."""
     from ncm_core.io.mosaic import open_mosaic
     from ncm_core.io.pixels import check_finite
 
-    images = []
-    for f in files:
-        try:
-            images.append(check_finite(np.asarray(open_mosaic(f).data.compute()), f))
-        except NcmError:
-            raise
-        except Exception as exc:
-            raise NcmError(f"cannot read image ({type(exc).__name__}: {exc})", f) from None
-    return images
+    try:
+        return check_finite(np.asarray(open_mosaic(f).data.compute()), f)
+    except NcmError:
+        raise
+    except Exception as exc:
+        raise NcmError(f"cannot read image ({type(exc).__name__}: {exc})", f) from None
+
+
+def read_images(files: Sequence[Path]) -> list[np.ndarray]:
+    """Every image as an array as a mosaic holds it (``(h, w)`` or ``(h, w, C)``)."""
+    return [read_image(f) for f in files]
 
 
 def map_name(folder: str | Path, image: Path, method: str) -> str:
@@ -79,20 +82,52 @@ def explain_images(
     maps_dir: Path,
     keep: int,
     *,
+    batch: Batch | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
-) -> tuple[list[dict[str, str]], dict[str, Explanation]]:
+) -> tuple[list[dict[str, str]], dict[str, Explanation], list[int]]:
     """Explain every image with every method, writing each map stack to ``maps_dir`` as TIFF (axes CYX).
 
-    Returns the table rows (one per map) and, per method, the explanations of the first ``keep`` images
-    (concatenated when those images have one size, else empty: the overview and checks need one size).
+    Returns the table rows (one per map), per method the explanations of the first ``keep`` images
+    explained (concatenated when those images have one size, else empty: the overview and checks need
+    one size), and the indices of the images explained. With ``batch``, an image whose explanation fails
+    is recorded there and its maps removed; without, the error is raised.
     """
-    import tifffile
-
-    o = options
+    batch = Batch(1) if batch is None else batch
     rows: list[dict[str, str]] = []
     kept: dict[str, list[Explanation]] = {}
+    done: list[int] = []
     for i, (f, img) in enumerate(zip(files, images)):
+        with batch.attempt(f) as a:
+            r, es = _explain_image(bundle, folder, f, img, methods, options, maps_dir, cancel)
+        if not a.failed:
+            rows += r
+            if len(done) < keep:
+                for m, e in es.items():
+                    kept.setdefault(m, []).append(e)
+            done.append(i)
+        report(progress, i + 1, len(files), "images")
+    same = len({images[i].shape for i in done[:keep]}) == 1
+    return rows, ({m: Explanation.concat(es) for m, es in kept.items()} if same else {}), done
+
+
+def _explain_image(
+    bundle: Any,
+    folder: str | Path,
+    f: Path,
+    img: np.ndarray,
+    methods: Sequence[str],
+    o: ExplainOptions,
+    maps_dir: Path,
+    cancel: CancelFlag,
+) -> tuple[list[dict[str, str]], dict[str, Explanation]]:
+    """One image's maps (written to ``maps_dir``; removed again when a method fails), rows and explanations."""
+    import tifffile
+
+    rows: list[dict[str, str]] = []
+    out: dict[str, Explanation] = {}
+    written: list[Path] = []
+    try:
         for m in methods:
             check_cancel(cancel)
             e = explain(
@@ -108,9 +143,8 @@ def explain_images(
                 device=o.device,
                 cancel=cancel,
             )
-            tifffile.imwrite(
-                maps_dir / map_name(folder, f, m), e.maps[0], metadata={"axes": "CYX", "Labels": e.names[0]}
-            )
+            written.append(maps_dir / map_name(folder, f, m))
+            tifffile.imwrite(written[-1], e.maps[0], metadata={"axes": "CYX", "Labels": e.names[0]})
             for k, name in enumerate(e.names[0]):
                 score = e.scores[0, e.targets[0, k]]
                 rows.append(
@@ -125,11 +159,12 @@ def explain_images(
                         "max": f"{e.maps[0, k].max():.6g}",
                     }
                 )
-            if i < keep:
-                kept.setdefault(m, []).append(e)
-        report(progress, i + 1, len(files), "images")
-    same = len({im.shape for im in images[:keep]}) == 1
-    return rows, ({m: Explanation.concat(es) for m, es in kept.items()} if same else {})
+            out[m] = e
+    except NcmError:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return rows, out
 
 
 def write_table(rows: Sequence[dict[str, str]], path: Path) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ncm_core.batch import FAILURES_FILE, Batch, Failure
 from ncm_core.explain.methods import check_method
 from ncm_core.explain.options import ExplainOptions
 from ncm_core.options import merge_options
@@ -34,6 +35,7 @@ class FolderExplanation:
     overview: bool  # overview.png was written (the first images have one size)
     checks: dict[str, Any] | None = None  # the checks.json report, with ``check``
     files: list[str] = field(default_factory=list)  # names written in the folder, maps/ first
+    failures: tuple[Failure, ...] = ()  # images that could not be read or explained (also failures.csv)
 
     def summary(self) -> str:
         """One line: where, how many images and methods, what files."""
@@ -42,6 +44,7 @@ class FolderExplanation:
             f"explanations.csv"
             + (", overview.png" if self.overview else "")
             + (", checks.json" if self.checks is not None else "")
+            + (f", {FAILURES_FILE} ({len(self.failures)} failed)" if self.failures else "")
         )
 
     def check_lines(self) -> list[str]:
@@ -59,6 +62,7 @@ def explain_folder(
     *,
     methods: str | Sequence[str] | None = None,
     check: bool = False,
+    strict: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
     **overrides: Any,
@@ -68,6 +72,9 @@ def explain_folder(
     ``methods``: names, or one comma-separated string (default: ``options.method``). ``options`` (or its
     field names as keywords: target, layer, batch_size, window, stride, fill, device, overwrite,
     check_images) say how; ``check`` also runs the sanity checks on the first ``check_images`` images.
+    An image that cannot be read or explained is skipped, listed in ``failures.csv`` and in the result's
+    ``failures`` (:mod:`ncm_core.batch`); ``strict`` stops at the first instead. When every image fails,
+    nothing is written.
     """
     import numpy as np
 
@@ -75,7 +82,7 @@ def explain_folder(
         OVERVIEW_IMAGES,
         explain_images,
         find_images,
-        read_images,
+        read_image,
         sanity_checks,
         write_table,
     )
@@ -95,11 +102,19 @@ def explain_folder(
         b = load_bundle(bundle)
         b.model.to(resolve_device(o.device))
         (part / "maps").mkdir()
-        images = read_images(files)
+        batch = Batch(len(files), strict=strict, what="images")
+        read = []
+        for f in files:
+            with batch.attempt(f):
+                read.append((f, read_image(f)))
+        files, images = [f for f, _ in read], [im for _, im in read]
         keep = max(OVERVIEW_IMAGES, o.check_images if check else 0)  # the overview and checks reuse these maps
-        rows, kept = explain_images(
-            b, folder, files, images, names, o, part / "maps", keep, progress=progress, cancel=cancel
+        rows, kept, done = explain_images(
+            b, folder, files, images, names, o, part / "maps", keep, batch=batch, progress=progress, cancel=cancel
         )
+        batch.check()  # every image failed: nothing is written
+        files, images = [files[i] for i in done], [images[i] for i in done]
+        batch.write(part)
         write_table(rows, part / "explanations.csv")
         if kept:
             explanation_figure(
@@ -114,4 +129,5 @@ def explain_folder(
             randomisation_figure(checks["randomisation"], part / "randomisation.png")
             deletion_insertion_figure(curves, part / "deletion_insertion.png")
         written = sorted(str(p.relative_to(part)) for p in part.rglob("*") if p.is_file())
-    return FolderExplanation(Path(out), len(files), names, bool(kept), checks, written)
+    batch.warn(out)
+    return FolderExplanation(Path(out), len(files), names, bool(kept), checks, written, tuple(batch.failures))
