@@ -165,6 +165,18 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
         raise NcmError(f"validation and test fractions leave nothing to train on ({val_fraction} + {test_fraction})")
 
 
+def check_split(split: str, data: str | Path) -> None:
+    """A split name must be one a tile set has; class folders have none (all their frames are scored)."""
+    if split not in SPLITS:
+        raise NcmError(f"unknown split {split!r}; a tile set has the splits {', '.join(SPLITS)} (--split)")
+    if split != "test" and not is_tile_set(Path(data).expanduser()):
+        raise NcmError(
+            f"--split {split} applies to tile sets (ncm crops); class folders have no splits, all their frames "
+            "are scored",
+            data,
+        )
+
+
 def split_groups(
     group_classes: dict[str, int],
     class_names: list[str],

@@ -288,20 +288,6 @@ def _tiles_of_set(b: ModelBundle, data: Path, split: str):
     )
 
 
-def check_split(split: str, data: str | Path) -> None:
-    """A split name must be one a tile set has; class folders have none (all their frames are scored)."""
-    from ncm_core.data.tilesets import SPLITS, is_tile_set
-
-    if split not in SPLITS:
-        raise NcmError(f"unknown split {split!r}; a tile set has the splits {', '.join(SPLITS)} (--split)")
-    if split != "test" and not is_tile_set(Path(data).expanduser()):
-        raise NcmError(
-            f"--split {split} applies to tile sets (ncm crops); class folders have no splits, all their frames "
-            "are scored",
-            data,
-        )
-
-
 def evaluate(
     bundle: str | Path | ModelBundle,
     data: str | Path,
@@ -339,6 +325,8 @@ def evaluate(
         check_inputs(out, (bundle,), inside_ok=True)
         check_inputs(out, (data,))
     check_rows(exclude_rows)
+    from ncm_core.data.tilesets import check_split
+
     check_split(split, data)
     b = load_bundle(bundle)
     if b.config.task != "classify":
