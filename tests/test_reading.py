@@ -2,8 +2,6 @@
 ``allow_incomplete`` (issue 15, item 1 and the second half of item 4)."""
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -145,25 +143,22 @@ def test_explain_leaves_nan_windows_out_instead_of_writing_zeros(tiny_bundle, im
     assert h.attrs["not_computed"] == {NAN: 1}
 
 
-def ncm(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ncm_core.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd
-    )
+def test_cli_exit_status_3_or_allow_incomplete(tiny_bundle, image, tmp_path, capsys):
+    """``main`` in this process (what the ``ncm`` command runs), which saves a PyTorch import per run."""
+    from ncm_core.cli import main
 
-
-def test_cli_exit_status_3_or_allow_incomplete(tiny_bundle, image, tmp_path):
     src = _zarr(tmp_path / "d.zarr", image)
     (src / "c" / "0" / "1").write_bytes(b"\x00garbage")
-    common = ["--backend", "torch", "--quiet"]
-    r = ncm("predict", tiny_bundle, src, tmp_path / "p.zarr", *common)
-    assert r.returncode == 3 and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
+    args = ["predict", str(tiny_bundle), str(src), str(tmp_path / "p.zarr"), "--backend", "torch", "-q"]
+    assert main(args) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ncm: incomplete:") and "d.zarr" in lines[0]
     assert not (tmp_path / "p.zarr").exists() and (tmp_path / "p.zarr.partial").exists()
-    r = ncm("predict", tiny_bundle, src, tmp_path / "p.zarr", "--allow-incomplete", *common)
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert "1 not predicted (unreadable chunk)" in r.stdout
-    assert "ncm: warning:" in r.stderr and "marked as not computed" in r.stderr
+    assert main([*args, "--allow-incomplete"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 not predicted (unreadable chunk)" in out
+    assert "ncm: warning:" in err and "marked as not computed" in err
     shutil.rmtree(tmp_path / "p.zarr")
-    r = ncm("predict", tiny_bundle, src, tmp_path / "p.zarr", "--strict", *common)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "strict mode" in r.stderr
+    assert main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strict mode" in err[0]
