@@ -1,0 +1,58 @@
+"""Input fields the dock widgets share: layer choosers that follow the viewer's layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import ComboBox
+
+
+def layer_choice(
+    viewer: Any, kind: type, label: str, *, nullable: bool = False, tooltip: str | None = None
+) -> ComboBox:
+    """A chooser of the viewer's layers of type ``kind``, kept up to date as layers come and go.
+
+    When exactly one such layer exists and nothing is chosen, it is chosen: a person with one image
+    open should not have to pick it.
+    """
+
+    def choices(_widget: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+    box = ComboBox(choices=choices, label=label, nullable=nullable, tooltip=tooltip)
+
+    reset = box.reset_choices
+
+    def refresh(*_: Any) -> None:
+        reset()
+        layers = [c for c in box.choices if c is not None]
+        if box.value is None and len(layers) == 1:
+            box.value = layers[0]
+
+    viewer.layers.events.inserted.connect(refresh)
+    viewer.layers.events.removed.connect(refresh)
+    box.reset_choices = refresh  # napari calls it when the dock is added; keep the preselection rule
+    refresh()
+    return box
+
+
+def on_click(viewer: Any, callback: Any, tolerance: float = 3.0) -> Any:
+    """Call ``callback(world_position)`` on a mouse click in the canvas: a press and a release with no
+    drag between them (a press that starts a pan or a paint stroke does nothing). Returns the napari
+    drag callback, so that a widget can remove it."""
+    import numpy as np
+
+    def clicked(_viewer: Any, event: Any) -> Any:
+        if event.type != "mouse_press" or getattr(event, "button", 1) != 1:
+            return
+        position, pos0 = tuple(event.position), np.asarray(getattr(event, "pos", (0, 0)), float)
+        moved = False
+        yield
+        while event.type == "mouse_move":
+            moved = moved or float(np.hypot(*(np.asarray(event.pos, float) - pos0))) > tolerance
+            yield
+        if event.type == "mouse_release" and not moved:
+            callback(position)
+
+    viewer.mouse_drag_callbacks.append(clicked)
+    return clicked
