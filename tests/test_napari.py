@@ -114,7 +114,7 @@ def test_predict_widget_adds_aligned_layers(viewer_with_sample, tiny_bundle, tmp
 
     # a class's probability as a layer, on demand from the Tile probabilities dock
     dock = widget.probabilities_dock()
-    assert not dock.canvas.isVisible() and "Click a tile" in dock.info.text()  # a hint, not empty axes
+    assert dock.canvas.isHidden() and "Click a tile" in dock.info.text()  # a hint, not empty axes
     click(viewer, image.data_to_world((10 * 32 + 5, 20 * 32 + 5)))
     name = pred.class_names[1]
     layer = dock.add_probability_layer(name)

@@ -326,6 +326,7 @@ class ExplainWidget(RunsInBackground, Container):
                 face_color="transparent",
                 edge_width=2,
                 name=name,
+                metadata={"ncm_overlay": "explained tile"},
                 **kw,
             )
             self._viewer.layers.selection.active = image

@@ -8,12 +8,14 @@ from magicgui.widgets import ComboBox
 
 
 def layer_choice(
-    viewer: Any, kind: type, label: str, *, nullable: bool = False, tooltip: str | None = None
+    viewer: Any, kind: type, label: str, *, nullable: bool = False, preselect: bool = True, tooltip: str | None = None
 ) -> ComboBox:
     """A chooser of the viewer's layers of type ``kind``, kept up to date as layers come and go.
 
     When exactly one such layer exists and nothing is chosen, it is chosen: a person with one image
-    open should not have to pick it.
+    open should not have to pick it (layers made by the plugin, such as probability or heatmap
+    layers, do not count). ``preselect=False`` for optional inputs (a Shapes layer of training
+    rectangles must never be picked for the user).
     """
 
     def choices(_widget: Any) -> list[tuple[str, Any]]:
@@ -25,15 +27,21 @@ def layer_choice(
 
     def refresh(*_: Any) -> None:
         reset()
-        layers = [c for c in box.choices if c is not None]
-        if box.value is None and len(layers) == 1:
-            box.value = layers[0]
+        sources = [c for c in box.choices if c is not None and not derived(c)]
+        if preselect and box.value is None and len(sources) == 1:
+            box.value = sources[0]
 
     viewer.layers.events.inserted.connect(refresh)
     viewer.layers.events.removed.connect(refresh)
     box.reset_choices = refresh  # napari calls it when the dock is added; keep the preselection rule
     refresh()
     return box
+
+
+def derived(layer: Any) -> bool:
+    """Whether the plugin made ``layer`` from another one (a prediction, probability or heatmap layer)."""
+    meta = getattr(layer, "metadata", None) or {}
+    return any(k in meta for k in ("ncm_prediction", "ncm_heatmap", "ncm_overlay"))
 
 
 def on_click(viewer: Any, callback: Any, tolerance: float = 3.0) -> Any:

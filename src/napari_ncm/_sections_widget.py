@@ -203,7 +203,13 @@ class SectionsWidget(RunsInBackground, Container):
             if f"{name}{suffix}" in self._viewer.layers:
                 self._viewer.layers.remove(f"{name}{suffix}")
         self._viewer.add_shapes(
-            [geom.collector_line()], shape_type="line", edge_color="red", edge_width=3, name=f"{name} collector", **kw
+            [geom.collector_line()],
+            shape_type="line",
+            edge_color="red",
+            edge_width=3,
+            name=f"{name} collector",
+            metadata={"ncm_overlay": "collector"},
+            **kw,
         )
         edge, face = crop_colors(geom.crops, tuple(geom.crop))
         self._viewer.add_shapes(
@@ -214,6 +220,7 @@ class SectionsWidget(RunsInBackground, Container):
             edge_width=2 if len(set(map(tuple, edge))) == 1 else 1,
             name=f"{name} crops",
             features={"crop": list(range(len(geom.crops)))},
+            metadata={"ncm_overlay": "crops"},
             **kw,
         )
 

@@ -157,8 +157,8 @@ class TrainWidget(RunsInBackground, Container):
             mode="d", label="Data folder", tooltip="class folders of frames, or a tile set (ncm crops)"
         )
         self.image = layer_choice(viewer, napari.layers.Image, "Image", nullable=True)
-        self.labels = layer_choice(viewer, napari.layers.Labels, "Painted labels", nullable=True)
-        self.shapes = layer_choice(viewer, napari.layers.Shapes, "Rectangles", nullable=True)
+        self.labels = layer_choice(viewer, napari.layers.Labels, "Painted labels", nullable=True, preselect=False)
+        self.shapes = layer_choice(viewer, napari.layers.Shapes, "Rectangles", nullable=True, preselect=False)
         self.classes = LineEdit(
             value=default_class_names(), label="Classes", tooltip="names of label values 1, 2, ... (comma separated)"
         )
