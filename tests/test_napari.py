@@ -145,13 +145,16 @@ def test_cancel_in_the_worker_adds_nothing(viewer_with_sample, tiny_bundle, qtbo
     assert worker is not None
     widget.cancel()  # may stop the worker before it even starts: wait on the widget, not on the signal
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
-    assert len(viewer.layers) == n and widget.status.value == "Cancelled"
+    assert len(viewer.layers) == n and widget.status.value == widget.cancelled_text
+    assert widget.status.value.startswith("Cancelled") and "resume" in widget.status.value
 
 
-def test_widget_reports_bad_input_in_one_line(viewer_with_sample, tmp_path):
+def test_widget_reports_bad_input_in_one_line(viewer_with_sample, tmp_path, notifications):
     widget = _predict_widget(viewer_with_sample, tmp_path / "no_bundle")
     assert widget.run(sync=True) is None
     assert widget.status.value.startswith("Error:") and "no_bundle" in widget.status.value
+    notifications.expect(r"^error: Predict: .*no_bundle", times=1)  # one notification, one line
+    assert "\n" not in notifications.new()[0].message
 
 
 def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_bundle, tmp_path):
@@ -277,7 +280,8 @@ def test_train_widget_in_a_real_thread_worker(make_napari_viewer, sem_folders, t
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
-def test_train_widget_reports_unaligned_annotations(viewer_with_sample, tmp_path):
+def test_train_widget_reports_unaligned_annotations(viewer_with_sample, tmp_path, notifications):
+    notifications.expect(r"^error: Train: .*not aligned", times=1)
     viewer = viewer_with_sample
     _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
     widget.source.value = "Annotations in this viewer"
@@ -310,7 +314,8 @@ def test_clicking_a_tile_shows_its_class_probabilities(viewer_with_sample, tiny_
         assert pred.class_names[int(expected.argmax())] in dock.info.text()
 
 
-def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path):
+def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path, notifications):
+    notifications.expect(r"^warning: .*look unlike the model's training tiles")
     viewer = viewer_with_sample
     widget = _predict_widget(viewer, tiny_bundle)
     pred = widget.run(sync=True)

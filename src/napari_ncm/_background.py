@@ -24,6 +24,8 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
+from napari_ncm._fields import ScrollingDock
+
 
 class _Events(QObject):
     """Carries ``(run id, kind, payload)`` from the worker thread to the main thread (a queued signal;
@@ -46,7 +48,7 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-class RunsInBackground:
+class RunsInBackground(ScrollingDock):
     """Mixin for a magicgui ``Container`` with ``run_button``, ``cancel_button`` and ``status``.
 
     Call :meth:`_init_runner` in ``__init__``; a widget implements ``_job()`` (gathers the settings

@@ -100,7 +100,7 @@ class ExplainWidget(RunsInBackground, Container):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.canvas.setVisible(False)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.run_button.changed.connect(lambda: self.run())
         self.folder_button.changed.connect(lambda: self.explain_folder())
         self.cancel_button.changed.connect(self.cancel)

@@ -64,3 +64,19 @@ def on_click(viewer: Any, callback: Any, tolerance: float = 3.0) -> Any:
 
     viewer.mouse_drag_callbacks.append(clicked)
     return clicked
+
+
+class ScrollingDock:
+    """Mixin for a ``Container(scrollable=True)`` docked in napari: napari docks a magicgui widget's
+    ``native``, which for a scrollable container is the inner widget, not its scroll area; this hands
+    napari the scroll area, so that a tall dock scrolls instead of growing the window. Add Qt widgets
+    to :attr:`inner`."""
+
+    @property
+    def native(self) -> Any:
+        return self._widget._mgui_get_root_native_widget()
+
+    @property
+    def inner(self) -> Any:
+        """The widget holding the dock's layout (inside the scroll area)."""
+        return self._widget._mgui_get_native_widget()

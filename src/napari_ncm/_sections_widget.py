@@ -111,7 +111,7 @@ class SectionsWidget(RunsInBackground, Container):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.canvas.setVisible(False)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.detect_button.changed.connect(lambda: self.detect())
         self.extract_button.changed.connect(lambda: self.extract())
         self.predict_button.changed.connect(lambda: self.predict())

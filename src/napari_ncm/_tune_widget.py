@@ -80,7 +80,7 @@ class TuneWidget(RunsInBackground, Container):
         self.figure = Figure(figsize=(4.5, 2.4), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
         self.use_best.changed.connect(self.use_best_bundle)
