@@ -182,6 +182,15 @@ def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_
     truth = viewer.layers["truth"]
     assert np.array_equal(np.asarray(truth.data[0]), m.truth + 1)
     assert list(truth.features["class"]) == ["unlabelled", *m.class_names]
+    # the prediction (classes in the bundle's order) takes the truth's label values and colours, by name
+    pred = viewer.layers["p classes"]
+    tv = dict(zip(truth.features["class"], truth.features["index"], strict=True))
+    pv = dict(zip(pred.features["class"], pred.features["index"], strict=True))
+    common = set(tv) & set(pv) - {"unlabelled", "not predicted"}
+    assert len(common) == 3
+    for name in common:
+        assert tv[name] == pv[name]
+        assert np.allclose(truth.colormap.map(np.array([tv[name]])), pred.colormap.map(np.array([pv[name]])))
 
 
 def test_writer_round_trip_keeps_classes_and_transform(viewer_with_sample, tiny_bundle, tmp_path):

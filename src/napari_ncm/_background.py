@@ -211,10 +211,18 @@ class RunsInBackground(ScrollingDock):
                 self._close_pbar()
 
     def _on_warned(self, args: tuple) -> None:
-        """A warning raised in the worker: one warning notification, prefixed with the task."""
+        """A warning raised in the worker: one warning notification, prefixed with the task. Library
+        deprecation notices are for developers: they go to the log, not to a toast."""
+        import logging
+
         from napari.utils.notifications import show_warning
 
-        message = args[0]
+        message, category = args[0], args[1] if len(args) > 1 else UserWarning
+        if isinstance(category, type) and issubclass(
+            category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+        ):
+            logging.getLogger("napari_ncm").info("%s: %s", self.task_name, message)
+            return
         show_warning(f"{self.task_name}: {message}")
 
     def _on_error(self, exc: BaseException) -> None:
