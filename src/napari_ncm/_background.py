@@ -34,6 +34,14 @@ class _Events(QObject):
     event = Signal(object)
 
 
+def wrap_label(label: Any) -> None:
+    """A QLabel whose long lines wrap at the dock's width instead of widening the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+
 def show_task_error(task: str, exc: BaseException) -> None:
     """One error notification ``"task: message"`` (first line), its traceback under "View traceback"."""
     from napari.utils.notifications import ErrorNotification, notification_manager
@@ -72,7 +80,8 @@ class RunsInBackground(ScrollingDock):
         self._close_pending = False
         self._events = _Events()
         self._events.event.connect(self._dispatch)
-        self.status.native.setWordWrap(True)  # long lines wrap instead of widening the dock
+        wrap_label(self.status.native)
+        self._fit_width()
 
     # ------------------------------------------------------------ what the work uses (any thread)
     def post(self, kind: str) -> Callable[[Any], None]:

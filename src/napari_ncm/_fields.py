@@ -80,3 +80,12 @@ class ScrollingDock:
     def inner(self) -> Any:
         """The widget holding the dock's layout (inside the scroll area)."""
         return self._widget._mgui_get_native_widget()
+
+    def _fit_width(self) -> None:
+        """As wide as the fields need (the scroll area scrolls vertically only), at most 480 px; long
+        status lines wrap."""
+        scroll = self.native
+        if scroll is self.inner:
+            return
+        bar = scroll.verticalScrollBar().sizeHint().width()
+        scroll.setMinimumWidth(min(480, self.inner.minimumSizeHint().width() + bar + 4))

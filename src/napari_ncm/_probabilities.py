@@ -27,11 +27,13 @@ class TileProbabilities(QWidget):
         self._viewer = napari_viewer
         self.figure = Figure(figsize=(3.6, 3.4), dpi=90)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
+        self.canvas.setMinimumHeight(270)
         self.canvas.setVisible(False)  # a hint until the first click, not empty axes
         self.ax = self.figure.add_subplot(1, 1, 1)
         self.info = QLabel("Click a tile of a prediction layer to see its class probabilities.")
-        self.info.setWordWrap(True)
+        from napari_ncm._background import wrap_label
+
+        wrap_label(self.info)
         self.class_box = QComboBox()
         self.class_box.setToolTip("a class of the clicked prediction")
         self.layer_button = QPushButton("Show as layer")
