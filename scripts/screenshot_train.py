@@ -19,6 +19,7 @@ def main(out: str = "docs/images/napari-train.png") -> None:
     viewer.open_sample("napari-ncm", "sem_mosaic")
     _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
     widget.image.value = viewer.layers["SEM mosaic"]
+    widget.tile.value = 32  # before the annotation layer: its brush follows the tile size
     layer = widget.new_annotation_layer()
     truth = np.asarray(viewer.layers["truth"].data)
     data = np.array(layer.data)

@@ -129,3 +129,48 @@ def tiny_regressor(section_crops, section_set, tmp_path_factory) -> Path:
         seed=0,
     )
     return out
+
+
+class NotificationRecorder:
+    """napari notifications shown during a test: ``expect(pattern, times)`` declares the ones the test
+    means to cause; any other error or warning notification fails the test (see the ``notifications``
+    fixture), as a person would see it as a toast."""
+
+    def __init__(self, manager) -> None:
+        self.manager, self.start = manager, len(manager.records)
+        self.expected: list[tuple[str, int | None]] = []
+
+    def new(self, severities=("error", "warning")) -> list:
+        return [n for n in self.manager.records[self.start :] if str(n.severity) in severities]
+
+    def expect(self, pattern: str, times: int | None = None) -> None:
+        """Notifications matching ``pattern`` (a regular expression) are expected, exactly ``times`` of
+        them when given (so that a duplicate error fails)."""
+        self.expected.append((pattern, times))
+
+    def unexpected(self) -> list[str]:
+        import re
+
+        msgs = [f"{n.severity}: {n.message}" for n in self.new()]
+        bad = [m for m in msgs if not any(re.search(p, m) for p, _ in self.expected)]
+        for p, times in self.expected:
+            n = sum(bool(re.search(p, m)) for m in msgs)
+            if times is not None and n != times:
+                bad.append(f"{n} notifications match {p!r}, expected {times}")
+        return bad
+
+
+@pytest.fixture(autouse=True)
+def notifications(request):
+    """For GUI tests: record napari's notifications and fail on any error or warning notification the
+    test did not declare with ``notifications.expect``."""
+    if request.node.get_closest_marker("gui") is None:
+        yield None
+        return
+    from napari.utils.notifications import notification_manager
+
+    rec = NotificationRecorder(notification_manager)
+    yield rec
+    bad = rec.unexpected()
+    if bad:
+        pytest.fail("unexpected napari notifications:\n  " + "\n  ".join(bad), pytrace=False)

@@ -210,6 +210,25 @@ def test_class_colours_are_matplotlibs_tables():
     assert class_colors(3) == [tuple(float(v) for v in matplotlib.colormaps["tab10"](k)) for k in range(3)]
 
 
+def test_class_colours_follow_class_names_not_their_order():
+    from ncm_core.data.annotations import Rectangle, class_order
+    from ncm_core.data.synth import CLASS_NAMES
+    from ncm_core.io.colors import class_colors
+
+    names = list(CLASS_NAMES)  # the sample's (truth map's) order; a bundle sorts them
+    assert dict(zip(names, class_colors(names))) == dict(zip(sorted(names), class_colors(sorted(names))))
+    assert class_colors(names) == class_colors(12)  # the 12 NCM classes keep their colours
+    assert len(set(class_colors(names))) == 12
+    user = ["pore", "crack", "binder", "carbon black"]  # other names: stable, distinct, order-free
+    by_name = dict(zip(user, class_colors(user)))
+    assert by_name == dict(zip(sorted(user), class_colors(sorted(user)))) and len(set(by_name.values())) == 4
+    assert class_colors(["pore", *names])[1:] == class_colors(names)  # an extra class changes no NCM colour
+    # annotations keep the user's order: painted values first, then rectangle classes as they appear
+    rects = [Rectangle("zz", 0, 0, 1, 1), Rectangle("aa", 0, 0, 1, 1)]
+    assert class_order({1: "b", 2: "a", 3: "c"}, rects, {"c", "a", "zz", "aa", "b"}) == ["b", "a", "c", "zz", "aa"]
+    assert class_order({1: "b", 2: "a"}, [], {"a"}) == ["a"]
+
+
 def test_class_colours_need_no_matplotlib():
     code = (
         "import sys\n"

@@ -34,6 +34,47 @@ def _predict_widget(viewer, bundle):
     return _dock(viewer, "Predict", bundle)
 
 
+def click(viewer, world, drag=None):
+    """A left click at world position ``world`` through the viewer's mouse callbacks (press, release);
+    with ``drag`` (canvas pixels), the mouse moves that far between them (the start of a pan)."""
+    import inspect
+
+    event = SimpleNamespace(
+        type="mouse_press", position=tuple(world), pos=np.array([100.0, 100.0]), button=1, modifiers=[]
+    )
+    gens = []
+    for callback in list(viewer.mouse_drag_callbacks):
+        g = callback(viewer, event)
+        if inspect.isgenerator(g):
+            try:
+                next(g)
+                gens.append(g)
+            except StopIteration:
+                pass
+    steps = [] if drag is None else [("mouse_move", np.asarray(drag, float))]
+    for kind, shift in [*steps, ("mouse_release", 0)]:
+        event.type, event.pos = kind, event.pos + shift
+        for g in list(gens):
+            try:
+                next(g)
+            except StopIteration:
+                gens.remove(g)
+
+
+def outer_extent(layer):
+    """The world rectangle a 2-D layer's pixels cover (napari's extent runs from pixel centre to centre)."""
+    e = layer.extent.world
+    half = np.asarray(layer.scale[-2:]) / 2
+    return np.array([e[0][-2:] - half, e[1][-2:] + half])
+
+
+def cell_value(layer, pred, i, j):
+    """The value the prediction layer ``layer`` should show over grid cell (i, j): its class's label value."""
+    values = layer.metadata["class_values"]
+    k = int(np.asarray(pred.labels[i, j]))
+    return 0 if k == 0 else values[k - 1]
+
+
 def test_predict_widget_adds_aligned_layers(viewer_with_sample, tiny_bundle, tmp_path):
     viewer = viewer_with_sample
     image = viewer.layers["SEM mosaic"]
@@ -42,27 +83,45 @@ def test_predict_widget_adds_aligned_layers(viewer_with_sample, tiny_bundle, tmp
     widget.output.value = str(tmp_path / "pred.zarr")
     pred = widget.run(sync=True)
     assert pred is not None, widget.status.value
+    assert pred.grid.shape == (35, 47)  # 1100/32, 1500/32 rounded up
     labels = viewer.layers["SEM mosaic classes"]
-    assert labels.data.shape == pred.grid.shape == (35, 47)  # 1100/32, 1500/32 rounded up
-    assert np.array_equal(np.asarray(labels.data), np.asarray(pred.labels))
     assert list(labels.features["class"]) == ["not predicted", *pred.class_names]
-    probs = viewer.layers["SEM mosaic probabilities"]
-    assert probs.data.shape == (3, 35, 47)
+    # the class map covers exactly the image: the padded edge tiles are clipped at the image's border
+    assert np.allclose(outer_extent(labels), outer_extent(image))
+    # a class keeps its value from the truth layer (matched by name)
+    truth = viewer.layers["truth"]
+    truth_value = dict(zip(truth.features["class"], truth.features["index"], strict=True))
+    assert labels.metadata["class_values"] == [truth_value[n] for n in pred.class_names]
+    assert "SEM mosaic probabilities" not in viewer.layers  # per-class probabilities are on demand
 
     # the class of grid cell (i, j) is drawn over the pixels of that tile
     b = load_bundle(tiny_bundle)
     img = np.asarray(image.data)
     g = pred.grid
-    for i, j in [(0, 0), (10, 20), (33, 45)]:
+    f = labels.metadata["cell_factor"]
+    for i, j in [(0, 0), (10, 20), (33, 45), (34, 46)]:
         y0, y1, x0, x1 = g.cell_rect(i, j)
-        direct = classify_tiles(b, img[None, y0:y1, x0:x1])[0]
-        stored = np.asarray(pred.probabilities[:, i, j])
-        assert np.allclose(stored, direct, atol=1e-4)  # the stored values are this tile's
-        expected = int(np.asarray(pred.labels[i, j]))
+        if (i, j) != (34, 46):  # a tile inside the image
+            direct = classify_tiles(b, img[None, y0:y1, x0:x1])[0]
+            stored = np.asarray(pred.probabilities[:, i, j])
+            assert np.allclose(stored, direct, atol=1e-4)  # the stored values are this tile's
+        y1, x1 = min(y1, 1100), min(x1, 1500)  # the edge tile: its part inside the image
+        expected = cell_value(labels, pred, i, j)
         for py, px in [((y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2), (y0 + 0.4, x0 + 0.4), (y1 - 1.4, x1 - 1.4)]:
             world = image.data_to_world((py, px))
             assert labels.get_value(world, world=True) == expected
-            assert np.allclose(np.round(labels.world_to_data(world)), (i, j))
+            assert np.allclose(np.round(labels.world_to_data(world)) // f, (i, j))
+
+    # a class's probability as a layer, on demand from the Tile probabilities dock
+    dock = widget.probabilities_dock()
+    assert dock.canvas.isHidden() and "Click a tile" in dock.info.text()  # a hint, not empty axes
+    click(viewer, image.data_to_world((10 * 32 + 5, 20 * 32 + 5)))
+    name = pred.class_names[1]
+    layer = dock.add_probability_layer(name)
+    assert layer.name == f"SEM mosaic P({name})" and layer.ndim == 2
+    assert np.allclose(outer_extent(layer), outer_extent(image))
+    world = image.data_to_world((10 * 32 + 5, 20 * 32 + 5))
+    assert layer.get_value(world, world=True) == pytest.approx(float(pred.probabilities[1, 10, 20]))
 
 
 def test_predict_widget_in_a_real_thread_worker(viewer_with_sample, tiny_bundle, qtbot):
@@ -86,13 +145,16 @@ def test_cancel_in_the_worker_adds_nothing(viewer_with_sample, tiny_bundle, qtbo
     assert worker is not None
     widget.cancel()  # may stop the worker before it even starts: wait on the widget, not on the signal
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
-    assert len(viewer.layers) == n and widget.status.value == "Cancelled"
+    assert len(viewer.layers) == n and widget.status.value == widget.cancelled_text
+    assert widget.status.value.startswith("Cancelled") and "resume" in widget.status.value
 
 
-def test_widget_reports_bad_input_in_one_line(viewer_with_sample, tmp_path):
+def test_widget_reports_bad_input_in_one_line(viewer_with_sample, tmp_path, notifications):
     widget = _predict_widget(viewer_with_sample, tmp_path / "no_bundle")
     assert widget.run(sync=True) is None
     assert widget.status.value.startswith("Error:") and "no_bundle" in widget.status.value
+    notifications.expect(r"^error: Predict: .*no_bundle", times=1)  # one notification, one line
+    assert "\n" not in notifications.new()[0].message
 
 
 def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_bundle, tmp_path):
@@ -120,6 +182,15 @@ def test_reader_opens_mosaic_with_truth_and_prediction(make_napari_viewer, tiny_
     truth = viewer.layers["truth"]
     assert np.array_equal(np.asarray(truth.data[0]), m.truth + 1)
     assert list(truth.features["class"]) == ["unlabelled", *m.class_names]
+    # the prediction (classes in the bundle's order) takes the truth's label values and colours, by name
+    pred = viewer.layers["p classes"]
+    tv = dict(zip(truth.features["class"], truth.features["index"], strict=True))
+    pv = dict(zip(pred.features["class"], pred.features["index"], strict=True))
+    common = set(tv) & set(pv) - {"unlabelled", "not predicted"}
+    assert len(common) == 3
+    for name in common:
+        assert tv[name] == pv[name]
+        assert np.allclose(truth.colormap.map(np.array([tv[name]])), pred.colormap.map(np.array([pv[name]])))
 
 
 def test_writer_round_trip_keeps_classes_and_transform(viewer_with_sample, tiny_bundle, tmp_path):
@@ -195,7 +266,7 @@ def test_train_widget_from_painted_annotations_adds_a_bundle(viewer_with_sample,
 
     cfg = load_bundle(result.bundle).config
     names = widget.class_names()
-    assert cfg.class_names == sorted([names[0], names[4], names[8]]) and cfg.tile_size == 32
+    assert cfg.class_names == [names[0], names[4], names[8]] and cfg.tile_size == 32  # the user's order
     assert not set(cfg.training["train_groups"]) & set(cfg.training["val_groups"])  # painted regions held out
     assert len(widget.history) == 2 and widget.figure.axes  # live curves were drawn
     assert str(predict.bundle.value) == str(result.bundle)  # the new bundle is ready to predict with
@@ -218,7 +289,8 @@ def test_train_widget_in_a_real_thread_worker(make_napari_viewer, sem_folders, t
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
-def test_train_widget_reports_unaligned_annotations(viewer_with_sample, tmp_path):
+def test_train_widget_reports_unaligned_annotations(viewer_with_sample, tmp_path, notifications):
+    notifications.expect(r"^error: Train: .*not aligned", times=1)
     viewer = viewer_with_sample
     _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
     widget.source.value = "Annotations in this viewer"
@@ -235,14 +307,14 @@ def test_clicking_a_tile_shows_its_class_probabilities(viewer_with_sample, tiny_
     widget.output.value = str(tmp_path / "pred.zarr")
     pred = widget.run(sync=True)
     dock = widget.probabilities_dock()
-    assert dock is not None and dock._on_mouse in viewer.mouse_drag_callbacks
+    assert dock is not None
     image = viewer.layers["SEM mosaic"]
     for i, j in [(3, 4), (20, 30)]:
         y0, y1, x0, x1 = pred.grid.cell_rect(i, j)
         world = image.data_to_world((y0 + 3, x1 - 4))  # a pixel near the tile's corner, not its centre
-        event = SimpleNamespace(type="mouse_press", position=tuple(world))
-        for callback in viewer.mouse_drag_callbacks:
-            callback(viewer, event)
+        click(viewer, world, drag=np.array([40.0, 0.0]))  # a pan, not a click
+        assert dock.shown is None or dock.shown["cell"] != (i, j)
+        click(viewer, world)
         assert dock.shown["cell"] == (i, j)
         expected = np.asarray(pred.probabilities[:, i, j])
         assert np.allclose(dock.shown["probabilities"], expected)
@@ -251,13 +323,15 @@ def test_clicking_a_tile_shows_its_class_probabilities(viewer_with_sample, tiny_
         assert pred.class_names[int(expected.argmax())] in dock.info.text()
 
 
-def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path):
+def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path, notifications):
+    notifications.expect(r"^warning: .*look unlike the model's training tiles")
     viewer = viewer_with_sample
     widget = _predict_widget(viewer, tiny_bundle)
     pred = widget.run(sync=True)
     layer = viewer.layers["SEM mosaic out-of-distribution"]
-    assert layer.data.shape == pred.grid.shape
-    assert np.array_equal(np.asarray(layer.data), (np.asarray(pred.ood) > 1).astype(np.uint8))
+    f = layer.metadata["cell_factor"]
+    flagged = (np.asarray(pred.ood) > 1).astype(np.uint8)
+    assert np.array_equal(np.asarray(layer.data)[::f, ::f], flagged)  # one value per tile, clipped at the border
     assert tuple(layer.scale) == tuple(viewer.layers["SEM mosaic classes"].scale)
     assert "unlike the training tiles" in widget.status.value
 

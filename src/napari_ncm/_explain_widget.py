@@ -18,24 +18,19 @@ Layers are changed only in the callbacks, on the main thread.
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
-from qtpy.QtCore import QObject, Signal
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from napari_ncm._background import RunsInBackground
+from napari_ncm._fields import layer_choice, on_click
 from ncm_core.explain.options import ExplainOptions, Method
 
 if TYPE_CHECKING:
     import napari
 
 METHOD_CHOICES = list(get_args(Method))
-
-
-class _Bridge(QObject):
-    progress = Signal(object)
 
 
 class ExplainWidget(RunsInBackground, Container):
@@ -48,9 +43,9 @@ class ExplainWidget(RunsInBackground, Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self._viewer = viewer = napari_viewer
-        self.image = create_widget(annotation=napari.layers.Image, label="Image")
+        self.image = layer_choice(viewer, napari.layers.Image, "Image")
         self.bundle = FileEdit(mode="d", label="Model bundle")
         self.method = ComboBox(choices=METHOD_CHOICES, value=ExplainOptions.method, label="Method")
         self.target = ComboBox(
@@ -73,7 +68,9 @@ class ExplainWidget(RunsInBackground, Container):
             label="Heatmap factor",
             tooltip="mosaic pixels per heatmap pixel; 0 = automatic (4, or 1 for guided)",
         )
-        self.out = FileEdit(mode="w", label="Save to (.zarr)", tooltip="optional; a temporary folder otherwise")
+        self.out = FileEdit(
+            mode="w", label="Save to (.zarr)", filter="*.zarr", tooltip="optional; a temporary folder otherwise"
+        )
         self.folder = FileEdit(
             mode="d",
             label="Tiles folder",
@@ -103,24 +100,19 @@ class ExplainWidget(RunsInBackground, Container):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.canvas.setVisible(False)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.run_button.changed.connect(lambda: self.run())
         self.folder_button.changed.connect(lambda: self.explain_folder())
         self.cancel_button.changed.connect(self.cancel)
         self.bundle.changed.connect(self._bundle_changed)
-        viewer.layers.events.inserted.connect(self.image.reset_choices)
-        viewer.layers.events.removed.connect(self.image.reset_choices)
-        viewer.mouse_drag_callbacks.append(self._on_click)
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._cancel = threading.Event()
+        on_click(viewer, self._on_click)  # a click, not the press that starts a pan
         self._loaded: Any = None  # (path, ModelBundle): loaded once, reused by clicks
         self.heatmap = None
         self.tile_result = None
         self.result = None
-        self.worker = None
         self._tmp: Any = None
         self._what = "heatmap"
+        self._init_runner()
 
     # ------------------------------------------------------------ settings
     def _bundle_changed(self) -> None:
@@ -171,8 +163,10 @@ class ExplainWidget(RunsInBackground, Container):
         if self._what == "folder":
             return self._folder_job()
         mosaic, bundle = self._mosaic(), self._load()
-        self._cancel = threading.Event()
-        cancel, bridge = self._cancel, self._bridge
+        from napari_ncm._widget import input_note
+
+        self._note = input_note(bundle, self.image.value)
+        cancel, progress = self._cancel, self.progress_fn()
         kw = dict(
             overlap=None if self.overlap.value < 0 else self.overlap.value,
             factor=self.factor.value or None,
@@ -191,7 +185,7 @@ class ExplainWidget(RunsInBackground, Container):
                 target=target,
                 overwrite=True,
                 cancel=cancel,
-                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                progress=progress,
                 **kw,
             )
 
@@ -204,8 +198,7 @@ class ExplainWidget(RunsInBackground, Container):
         if folder in ("", "."):
             raise NcmError("choose a folder of tiles")
         bundle = self._load()
-        self._cancel = threading.Event()
-        cancel, bridge = self._cancel, self._bridge
+        cancel, progress = self._cancel, self.progress_fn()
         method, target = self.method.value, self.target.value
         out = self._out_path(folder=True)
         device = "cpu" if self._on_cpu() else "auto"
@@ -222,7 +215,7 @@ class ExplainWidget(RunsInBackground, Container):
                 device=device,
                 overwrite=True,
                 cancel=cancel,
-                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
+                progress=progress,
             )
 
         return work
@@ -258,6 +251,8 @@ class ExplainWidget(RunsInBackground, Container):
         from ncm_core.errors import NcmError
         from ncm_core.explain.heatmaps import tile_at
 
+        if not self._new_run():
+            return None
         try:
             mosaic, bundle = self._mosaic(), self._load()
             if tile_at(bundle, mosaic, y, x) is None:
@@ -275,13 +270,13 @@ class ExplainWidget(RunsInBackground, Container):
         self.result = None
         return self._run_function(work, sync, "Explain tile", "Explaining the tile...")
 
-    def _on_click(self, viewer: Any, event: Any) -> None:
+    def _on_click(self, position: Any) -> None:
         layer = self.image.value
         if layer is None or self.worker is not None or str(self.bundle.value) in ("", "."):
             return
         if not self.native.isVisible():
             return
-        y, x = layer.world_to_data(event.position)[-2:]
+        y, x = layer.world_to_data(position)[-2:]
         self.explain_tile(y, x)
 
     # ------------------------------------------------------------ callbacks (main thread)
@@ -308,7 +303,7 @@ class ExplainWidget(RunsInBackground, Container):
             self._viewer.add_image(data, **kw)
         self.status.value = (
             f"{hm.method}: {len(hm.names)} map(s), {hm.attrs['n_tiles']} tiles, {hm.attrs['seconds']:.1f} s"
-        )
+        ) + (f"; {self._note}" if getattr(self, "_note", None) else "")
 
     def _show_tile(self, te: Any) -> None:
         import numpy as np
@@ -331,6 +326,7 @@ class ExplainWidget(RunsInBackground, Container):
                 face_color="transparent",
                 edge_width=2,
                 name=name,
+                metadata={"ncm_overlay": "explained tile"},
                 **kw,
             )
             self._viewer.layers.selection.active = image
@@ -341,13 +337,9 @@ class ExplainWidget(RunsInBackground, Container):
         self.canvas.draw_idle()
         self.status.value = te.describe()
 
-    def _has_result(self) -> bool:
-        return self.result is not None
+    def _run_function(self, work: Any, sync: bool, description: str, running_text: str) -> Any:
+        self.folder_button.enabled = sync
+        return super()._run_function(work, sync, description, running_text)
 
-    def _start(self, worker: Any, description: str, running_text: str = "Running...") -> Any:
-        self.folder_button.enabled = False
-        return super()._start(worker, description, running_text)
-
-    def _on_finished(self) -> None:
-        super()._on_finished()
+    def _finished_hook(self) -> None:
         self.folder_button.enabled = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -33,29 +34,141 @@ def label_colormap(colors: dict[int, tuple[float, ...]]):
 
 
 def class_labels_kwargs(
-    class_names: list[str], colors: list[tuple[float, ...]], background: str = "none"
+    class_names: list[str],
+    colors: list[tuple[float, ...]],
+    background: str = "none",
+    values: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Labels-layer colours and features: value k + 1 is class k, 0 is background."""
+    """Labels-layer colours and features: value ``values[k]`` (default k + 1) is class k, 0 is background."""
+    values = list(range(1, len(class_names) + 1)) if values is None else [int(v) for v in values]
     return {
-        "colormap": label_colormap({k + 1: c for k, c in enumerate(colors)}),
-        "features": {"index": list(range(len(class_names) + 1)), "class": [background, *class_names]},
+        "colormap": label_colormap(dict(zip(values, colors, strict=True))),
+        "features": {"index": [0, *values], "class": [background, *class_names]},
     }
 
 
-def prediction_layers(pred: Any, name: str = "prediction") -> list[LayerData]:
-    """Labels (class per tile), confidence and per-class probabilities of a prediction,
-    with the scale and translate that overlay them on the mosaic."""
+def layer_classes(layer: Any) -> dict[str, int]:
+    """``{class name: label value}`` of a class-map Labels layer (its ``index`` and ``class`` features);
+    empty for other layers. The background (value 0) is left out."""
+    feats = getattr(layer, "features", None)
+    if feats is None or "class" not in feats or "index" not in feats:
+        return {}
+    return {str(n): int(v) for v, n in zip(feats["index"], feats["class"], strict=False) if int(v) != 0}
+
+
+def viewer_classes(viewer: Any) -> dict[str, int]:
+    """The viewer's class table, ``{class name: label value}``: from its class-map Labels layers that are
+    not predictions (a truth map, an annotation layer), the first one holding a name deciding its value.
+    A new prediction takes these values, so a class has one value (and one colour) in every layer."""
+    table: dict[str, int] = {}
+    for layer in viewer.layers:
+        if (layer.metadata or {}).get("ncm_prediction"):
+            continue
+        for name, value in layer_classes(layer).items():
+            table.setdefault(name, value)
+    return table
+
+
+def class_values(class_names: list[str], classes: dict[str, int] | None) -> list[int]:
+    """The label value of each class: its value in ``classes`` (matched by name) when that table holds
+    every class with distinct values, else k + 1."""
+    default = list(range(1, len(class_names) + 1))
+    if not classes or any(n not in classes for n in class_names):
+        return default
+    values = [classes[n] for n in class_names]
+    return values if len(set(values)) == len(values) and min(values) > 0 else default
+
+
+def remap_labels(labels: Any, values: list[int]) -> Any:
+    """Labels with value k + 1 replaced by ``values[k]`` (0 stays 0), lazily for a dask array."""
+    if values == list(range(1, len(values) + 1)):
+        return labels
+    lut = np.zeros(len(values) + 1, np.uint16 if max(values) > 255 else np.uint8)
+    lut[1:] = values
+    if hasattr(labels, "map_blocks"):
+        return labels.map_blocks(lambda b: lut[b], dtype=lut.dtype)
+    return lut[np.asarray(labels)]
+
+
+#: the most sub-cells a clipped per-tile layer may have (beyond that, edge tiles are drawn whole)
+MAX_CLIPPED_CELLS = 1 << 26
+
+
+class CellLayout:
+    """How a per-tile array of a prediction is drawn over the mosaic, clipped to the image.
+
+    The grid pads the image to whole tiles, so the last row and column of tiles stick out past the
+    image by up to a tile less one pixel. Drawn one value per tile, they would cover pixels that do
+    not exist; so each tile is drawn as ``factor`` x ``factor`` sub-cells of ``sub`` pixels (``sub``
+    the largest size that divides both the tile and the part of the edge tiles inside the image) and
+    the sub-cells past the image are cut off. This needs ``stride == tile``; with overlapping tiles,
+    or where the clipped array would exceed :data:`MAX_CLIPPED_CELLS`, a tile is one cell (factor 1)
+    and edge tiles are drawn whole.
+    """
+
+    def __init__(self, pred: Any) -> None:
+        g = pred.grid
+        rows, cols = g.shape
+        h, w = (n - o for n, o in zip(g.image_shape, g.offset, strict=True))
+        keep_y, keep_x = h - (rows - 1) * g.stride, w - (cols - 1) * g.stride
+        factor, sub = 1, g.tile
+        if g.stride == g.tile and (keep_y < g.tile or keep_x < g.tile):
+            s = math.gcd(g.tile, keep_y, keep_x)
+            if rows * cols * (g.tile // s) ** 2 <= MAX_CLIPPED_CELLS:
+                factor, sub = g.tile // s, s
+        self.factor = factor
+        self.shape = (h // sub, w // sub) if factor > 1 else (rows, cols)
+        px = pred.pixel_size or 1.0
+        if factor == 1:
+            self.scale, self.translate = pred.world_transform()
+        else:
+            self.scale = (px * sub, px * sub)
+            self.translate = tuple(t + px * (o + (sub - 1) / 2) for t, o in zip(pred.translate, g.offset, strict=True))
+
+    def __call__(self, arr: Any) -> Any:
+        """``arr`` (the grid's last two axes) drawn with this layout (lazily)."""
+        if self.factor == 1:
+            return arr
+        import dask.array as da
+
+        a = arr if isinstance(arr, da.Array) else da.from_array(arr)
+        f = self.factor
+        a = da.repeat(da.repeat(a, f, axis=-2), f, axis=-1)
+        return a[..., : self.shape[0], : self.shape[1]]
+
+    def cell(self, data_index: Any) -> tuple[int, int]:
+        """The grid cell (i, j) of a data position (y, x) of a layer drawn with this layout."""
+        return tuple(int(np.round(v)) // self.factor for v in data_index[-2:])  # type: ignore[return-value]
+
+
+def prediction_layers(pred: Any, name: str = "prediction", classes: dict[str, int] | None = None) -> list[LayerData]:
+    """Labels (class per tile), confidence and out-of-distribution layers of a prediction, with the scale
+    and translate that overlay them on the mosaic.
+
+    A class's colour follows its name (:func:`ncm_core.io.colors.class_colors`); with ``classes``
+    (the viewer's ``{name: label value}``, see :func:`viewer_classes`) the label values follow the
+    names too, so a prediction read in another class order matches the truth or annotation layer.
+    The per-class probabilities are a layer on demand (:func:`probability_layer`).
+    """
     import dask.array as da
 
-    scale, trans = pred.world_transform()
-    meta = {"ncm_prediction": str(pred.path), "class_names": pred.class_names, "grid": pred.grid.to_dict()}
+    cells = CellLayout(pred)
+    scale, trans = cells.scale, cells.translate
+    values = class_values(list(pred.class_names), classes)
+    meta = {
+        "ncm_prediction": str(pred.path),
+        "class_names": pred.class_names,
+        "class_values": values,
+        "grid": pred.grid.to_dict(),
+        "cell_factor": cells.factor,
+    }
     labels_kw = {
         "name": f"{name} classes",
         "scale": scale,
         "translate": trans,
         "opacity": 0.5,
         "metadata": meta,
-        **class_labels_kwargs(pred.class_names, pred.colors, "not predicted"),
+        **class_labels_kwargs(pred.class_names, pred.colors, "not predicted", values),
     }
     probs = pred.probabilities
     conf = da.nanmax(probs, axis=0) if probs.shape[0] else probs[0]
@@ -69,18 +182,7 @@ def prediction_layers(pred: Any, name: str = "prediction") -> list[LayerData]:
         "visible": False,
         "metadata": meta,
     }
-    prob_kw = {
-        "name": f"{name} probabilities",
-        "scale": (1.0, *scale),
-        "translate": (0.0, *trans),
-        "axis_labels": ("class", "y", "x"),
-        "colormap": "viridis",
-        "contrast_limits": (0.0, 1.0),
-        "opacity": 0.6,
-        "visible": False,
-        "metadata": {**meta, "axis_0": "class", "axis_0_names": pred.class_names},
-    }
-    layers = [(pred.labels, labels_kw, "labels"), (conf, conf_kw, "image"), (probs, prob_kw, "image")]
+    layers = [(cells(remap_labels(pred.labels, values)), labels_kw, "labels"), (cells(conf), conf_kw, "image")]
     ood = pred.ood
     if ood is not None:
         flagged = (ood > 1).astype(np.uint8)  # NaN (not predicted) compares False
@@ -95,8 +197,30 @@ def prediction_layers(pred: Any, name: str = "prediction") -> list[LayerData]:
             "features": {"index": [0, 1], "class": ["in distribution", "unlike the training tiles"]},
             "metadata": {**meta, "ood_fraction": frac, "ood": pred.attrs.get("ood")},
         }
-        layers.append((flagged, ood_kw, "labels"))
+        layers.append((cells(flagged), ood_kw, "labels"))
     return layers
+
+
+def probability_layer(pred: Any, class_name: str, name: str = "prediction") -> LayerData:
+    """The probability of one class per tile, as an Image layer over the mosaic (added on demand, so that
+    no hidden 3-D layer adds a class slider to the viewer)."""
+    cells = CellLayout(pred)
+    k = list(pred.class_names).index(class_name)
+    kw = {
+        "name": f"{name} P({class_name})",
+        "scale": cells.scale,
+        "translate": cells.translate,
+        "colormap": "viridis",
+        "contrast_limits": (0.0, 1.0),
+        "opacity": 0.6,
+        "metadata": {
+            "ncm_prediction": str(pred.path),
+            "class_names": pred.class_names,
+            "class": class_name,
+            "cell_factor": cells.factor,
+        },
+    }
+    return cells(pred.probabilities[k]), kw, "image"
 
 
 def heatmap_layers(heatmap: Any, name: str | None = None) -> list[LayerData]:

@@ -70,6 +70,20 @@ def _ngff_labels(path: Path) -> list[LayerData]:
     return out
 
 
+def _open_viewer_classes() -> dict[str, int] | None:
+    """The class table of the viewer a prediction is opened into (its truth or annotation layers), so that
+    a prediction written in another class order takes their label values by name; None without a viewer."""
+    try:
+        import napari
+
+        from napari_ncm._layers import viewer_classes
+
+        viewer = napari.current_viewer()
+        return None if viewer is None else viewer_classes(viewer)
+    except Exception:  # no napari application (the reader called from a script)
+        return None
+
+
 def read(path: str | list[str]) -> list[LayerData]:
     """Open a mosaic or a prediction as layer-data tuples (lazy)."""
     from ncm_core.inference.predict import is_prediction, open_prediction
@@ -79,7 +93,7 @@ def read(path: str | list[str]) -> list[LayerData]:
         return [layer for p in path for layer in read(p)]
     p = Path(path)
     if is_prediction(p):
-        return prediction_layers(open_prediction(p), name=p.name.split(".")[0])
+        return prediction_layers(open_prediction(p), name=p.name.split(".")[0], classes=_open_viewer_classes())
     from ncm_core.explain.heatmaps import is_heatmap, open_heatmap
 
     if is_heatmap(p):

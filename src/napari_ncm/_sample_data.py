@@ -26,7 +26,7 @@ def sem_mosaic() -> list[LayerData]:
         "scale": scale,
         "opacity": 0.35,
         "visible": False,
-        **class_labels_kwargs(names, class_colors(len(names))),
+        **class_labels_kwargs(names, class_colors(names)),
     }
     return [(m.image, img_kw, "image"), (m.truth.astype("uint8") + 1, truth_kw, "labels")]
 

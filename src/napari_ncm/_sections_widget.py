@@ -18,27 +18,40 @@ are added in the callbacks, on the main thread.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
-from qtpy.QtCore import QObject, Signal
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from napari_ncm._background import RunsInBackground
+from napari_ncm._fields import layer_choice
 from ncm_core.data.section_detection import MODES, SectionOptions
 
 if TYPE_CHECKING:
     import napari
 
 
-class _Bridge(QObject):
-    progress = Signal(object)
-
-
 def section_layers_kwargs(image: Any) -> dict[str, Any]:
     """Scale and translate that put Shapes in the image's pixel coordinates over the image."""
     return {"scale": tuple(image.scale[-2:]), "translate": tuple(image.translate[-2:])}
+
+
+def crop_colors(
+    crops: list[tuple[int, int]], crop: tuple[int, int]
+) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
+    """Edge and face colours of the crop outlines: yellow outlines when crops do not overlap; overlapping
+    crops (sliding mode) alternate between four colours by the parity of their row and column, with a
+    faint fill, so that neighbours that overlap never look alike."""
+    yellow = (1.0, 1.0, 0.0, 1.0)
+    rows = {r: k for k, r in enumerate(sorted({r for r, _ in crops}))}
+    cols = {c: k for k, c in enumerate(sorted({c for _, c in crops}))}
+    rs, cs = sorted(rows), sorted(cols)
+    overlap = any(b - a < crop[0] for a, b in zip(rs, rs[1:])) or any(b - a < crop[1] for a, b in zip(cs, cs[1:]))
+    if not overlap:
+        return [yellow] * len(crops), [(0.0, 0.0, 0.0, 0.0)] * len(crops)
+    palette = [yellow, (0.0, 1.0, 1.0, 1.0), (1.0, 0.3, 1.0, 1.0), (0.4, 1.0, 0.4, 1.0)]
+    edge = [palette[2 * (rows[r] % 2) + cols[c] % 2] for r, c in crops]
+    return edge, [(*e[:3], 0.12) for e in edge]
 
 
 class SectionsWidget(RunsInBackground, Container):
@@ -51,9 +64,9 @@ class SectionsWidget(RunsInBackground, Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self._viewer = viewer = napari_viewer
-        self.image = create_widget(annotation=napari.layers.Image, label="Image")
+        self.image = layer_choice(viewer, napari.layers.Image, "Image")
         d = SectionOptions()
         self.crop_h = SpinBox(value=d.crop[0], min=8, max=8192, label="Crop height (px)")
         self.crop_w = SpinBox(value=d.crop[1], min=8, max=16384, label="Crop width (px)")
@@ -71,7 +84,7 @@ class SectionsWidget(RunsInBackground, Container):
             tooltip="pixels left out next to the collector and below the surface",
         )
         self.detect_button = PushButton(text="Detect")
-        self.crops_out = FileEdit(mode="w", label="Crop folder", tooltip="where Extract writes the crops")
+        self.crops_out = FileEdit(mode="d", label="Crop folder", tooltip="where Extract writes the crops")
         self.extract_button = PushButton(text="Extract crops")
         self.bundle = FileEdit(mode="d", label="Regression bundle")
         self.predict_button = PushButton(text="Predict")
@@ -98,21 +111,16 @@ class SectionsWidget(RunsInBackground, Container):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.canvas.setVisible(False)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.detect_button.changed.connect(lambda: self.detect())
         self.extract_button.changed.connect(lambda: self.extract())
         self.predict_button.changed.connect(lambda: self.predict())
         self.cancel_button.changed.connect(self.cancel)
-        viewer.layers.events.inserted.connect(self.image.reset_choices)
-        viewer.layers.events.removed.connect(self.image.reset_choices)
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._cancel = threading.Event()
         self._what = "detect"
         self.geometry = None
         self.prediction = None
         self.result = None
-        self.worker = None
+        self._init_runner()
 
     # ------------------------------------------------------------ jobs
     def _settings(self) -> dict[str, Any]:
@@ -131,9 +139,7 @@ class SectionsWidget(RunsInBackground, Container):
 
         mosaic = self._mosaic()
         kw = self._settings()
-        self._cancel = threading.Event()
-        cancel, bridge = self._cancel, self._bridge
-        progress = lambda d, t, m: bridge.progress.emit((d, t, m))  # noqa: E731
+        cancel, progress = self._cancel, self.progress_fn()
         what = self._what
         if what == "detect":
             from ncm_core.data.sections import detect_section
@@ -197,16 +203,24 @@ class SectionsWidget(RunsInBackground, Container):
             if f"{name}{suffix}" in self._viewer.layers:
                 self._viewer.layers.remove(f"{name}{suffix}")
         self._viewer.add_shapes(
-            [geom.collector_line()], shape_type="line", edge_color="red", edge_width=3, name=f"{name} collector", **kw
+            [geom.collector_line()],
+            shape_type="line",
+            edge_color="red",
+            edge_width=3,
+            name=f"{name} collector",
+            metadata={"ncm_overlay": "collector"},
+            **kw,
         )
+        edge, face = crop_colors(geom.crops, tuple(geom.crop))
         self._viewer.add_shapes(
             geom.crop_polygons(outline=True),
             shape_type="polygon",
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=2,
+            edge_color=edge,
+            face_color=face,
+            edge_width=2 if len(set(map(tuple, edge))) == 1 else 1,
             name=f"{name} crops",
             features={"crop": list(range(len(geom.crops)))},
+            metadata={"ncm_overlay": "crops"},
             **kw,
         )
 
@@ -261,13 +275,9 @@ class SectionsWidget(RunsInBackground, Container):
 
             self.status.value = summary_line(res.summary(), len(res.values))
 
-    def _has_result(self) -> bool:
-        return self.result is not None
+    def _run_function(self, work: Any, sync: bool, description: str, running_text: str) -> Any:
+        self.extract_button.enabled = self.predict_button.enabled = sync
+        return super()._run_function(work, sync, description, running_text)
 
-    def _start(self, worker: Any, description: str, running_text: str = "Running...") -> Any:
-        self.extract_button.enabled = self.predict_button.enabled = False
-        return super()._start(worker, description, running_text)
-
-    def _on_finished(self) -> None:
-        super()._on_finished()
+    def _finished_hook(self) -> None:
         self.extract_button.enabled = self.predict_button.enabled = True

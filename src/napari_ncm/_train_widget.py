@@ -24,7 +24,6 @@ Cross-section widget or ``ncm sections``) with a targets CSV, and the work is
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +37,10 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
     SpinBox,
-    create_widget,
 )
-from qtpy.QtCore import QObject, Signal
 
 from napari_ncm._background import RunsInBackground
+from napari_ncm._fields import layer_choice
 from ncm_core.training.config import LOSSES, RegressConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -77,13 +75,6 @@ def augment_choices(regress: bool) -> list[str]:
     vocab = AUGMENTATIONS["regress" if regress else "classify"]
     some = [",".join(vocab[:-1]), vocab[-1]] if regress else list(vocab)
     return [",".join(vocab), *some, "none"]
-
-
-class _Bridge(QObject):
-    """Carries progress from the worker thread to the main thread (queued Qt signals)."""
-
-    progress = Signal(object)
-    epoch = Signal(object)
 
 
 def default_class_names() -> str:
@@ -138,7 +129,7 @@ class TrainWidget(RunsInBackground, Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self._viewer = viewer = napari_viewer
         self.task = ComboBox(choices=[CLASSIFY, REGRESS], value=CLASSIFY, label="Task")
         self.targets = FileEdit(
@@ -165,9 +156,9 @@ class TrainWidget(RunsInBackground, Container):
         self.data = FileEdit(
             mode="d", label="Data folder", tooltip="class folders of frames, or a tile set (ncm crops)"
         )
-        self.image = create_widget(annotation=napari.layers.Image, label="Image", options={"nullable": True})
-        self.labels = create_widget(annotation=napari.layers.Labels, label="Painted labels", options={"nullable": True})
-        self.shapes = create_widget(annotation=napari.layers.Shapes, label="Rectangles", options={"nullable": True})
+        self.image = layer_choice(viewer, napari.layers.Image, "Image", nullable=True)
+        self.labels = layer_choice(viewer, napari.layers.Labels, "Painted labels", nullable=True, preselect=False)
+        self.shapes = layer_choice(viewer, napari.layers.Shapes, "Rectangles", nullable=True, preselect=False)
         self.classes = LineEdit(
             value=default_class_names(), label="Classes", tooltip="names of label values 1, 2, ... (comma separated)"
         )
@@ -260,30 +251,22 @@ class TrainWidget(RunsInBackground, Container):
         self.figure = Figure(figsize=(4.5, 2.6), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.cm_figure = Figure(figsize=(4.5, 4.2), dpi=80)
         self.cm_canvas = FigureCanvasQTAgg(self.cm_figure)
         self.cm_canvas.setMinimumHeight(300)
         self.cm_canvas.setVisible(False)
-        self.native.layout().addWidget(self.cm_canvas)
+        self.inner.layout().addWidget(self.cm_canvas)
         self.source.changed.connect(self._show_source)
         self.task.changed.connect(self._task_changed)
         self.new_labels.changed.connect(lambda: self.new_annotation_layer())
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
-        for w in (self.image, self.labels, self.shapes):
-            viewer.layers.events.inserted.connect(w.reset_choices)
-            viewer.layers.events.removed.connect(w.reset_choices)
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._bridge.epoch.connect(self._on_epoch)
         self._show_source()
         self.history: list[dict[str, float]] = []
         self.result = None
         self.metrics = None
-        self.worker = None
-        self._cancel = threading.Event()
-        self._pbar = None
+        self._init_runner()
 
     @property
     def regress(self) -> bool:
@@ -320,21 +303,22 @@ class TrainWidget(RunsInBackground, Container):
         return [n.strip() for n in self.classes.value.split(",") if n.strip()]
 
     def new_annotation_layer(self):
-        """A Labels layer over the chosen image, one value per class of *Classes*, with class colours and names."""
+        """A Labels layer over the chosen image, one value per class of *Classes* (colours by class name),
+        in paint mode with a brush wide enough that a stroke covers whole tiles."""
         import numpy as np
-        from napari.utils.notifications import show_error
 
         from napari_ncm._layers import class_labels_kwargs
+        from ncm_core.data.annotations import AnnotationTilesOptions
         from ncm_core.io.colors import class_colors
 
         image = self.image.value
         if image is None:
-            show_error("Train: choose the image to annotate first")
+            self.status.value = "Choose the image to annotate first."
             return None
         names = self.class_names()
         data = image.data[0] if image.multiscale else image.data
         shape = data.shape[:2] if image.rgb else data.shape[-2:]
-        kw = class_labels_kwargs(names, class_colors(len(names)), "unlabelled")
+        kw = class_labels_kwargs(names, class_colors(names), "unlabelled")
         layer = self._viewer.add_labels(
             np.zeros(shape, np.uint8 if len(names) < 255 else np.uint16),
             name=f"{image.name} annotations",
@@ -342,8 +326,17 @@ class TrainWidget(RunsInBackground, Container):
             translate=image.translate[-2:],
             **kw,
         )
+        tile = self.tile.value
+        layer.brush_size = 2 * tile  # a stroke this wide covers a whole row of tiles wherever it runs
+        layer.selected_label = 1
+        layer.mode = "paint"
         self.source.value = ANNOTATIONS
         self.labels.value = layer
+        cover = AnnotationTilesOptions.min_coverage
+        self.status.value = (
+            f"Paint each class with its label value (brush {2 * tile} px): a {tile} px tile is used for "
+            f"training when one class covers {cover:.0%} of it."
+        )
         return layer
 
     # ------------------------------------------------------------ the job
@@ -389,8 +382,7 @@ class TrainWidget(RunsInBackground, Container):
             if str(self.data.value) in ("", "."):
                 raise NcmError("choose a data folder (class folders of frames or a tile set)")
             data = Path(str(self.data.value))
-        self._cancel = threading.Event()
-        cancel, bridge = self._cancel, self._bridge
+        cancel, progress, on_epoch = self._cancel, self.progress_fn(), self.post("epoch")
         tile = self.tile.value
 
         def task():
@@ -402,7 +394,7 @@ class TrainWidget(RunsInBackground, Container):
             if ann is not None:
                 from ncm_core.data.annotations import tiles_from_annotations
 
-                bridge.progress.emit((0, 0, "cutting annotated tiles"))
+                progress(0, 0, "cutting annotated tiles")
                 ts = tiles_from_annotations(
                     ann["image"],
                     tiles_dir,
@@ -421,13 +413,13 @@ class TrainWidget(RunsInBackground, Container):
                 tile_size=None if is_tile_set(src) else tile,
                 exclude_rows=rows,
                 cancel=cancel,
-                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
-                on_epoch=lambda rec: bridge.epoch.emit(dict(rec)),
+                progress=progress,
+                on_epoch=lambda rec: on_epoch(dict(rec)),
                 **kwargs,
             )
             metrics = None
             if is_tile_set(src) and open_tile_set(src).split("test"):
-                bridge.progress.emit((0, 0, "evaluating on the test split"))
+                progress(0, 0, "evaluating on the test split")
                 metrics = evaluate(r.bundle, src, split="test", out=Path(r.bundle) / "evaluation", cancel=cancel)
             return r, metrics
 
@@ -461,17 +453,12 @@ class TrainWidget(RunsInBackground, Container):
         folds = self.folds.value
         if folds == 1:
             raise NcmError("cross-validation needs at least 2 folds (0 trains one model)")
-        self._cancel = threading.Event()
-        cancel, bridge = self._cancel, self._bridge
+        cancel, progress, on_epoch = self._cancel, self.progress_fn(), self.post("epoch")
 
         def task():
             from ncm_core.training.regression import cross_validate, train_regressor
 
-            common = dict(
-                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
-                cancel=cancel,
-                on_epoch=lambda rec: bridge.epoch.emit(dict(rec)),
-            )
+            common = dict(progress=progress, cancel=cancel, on_epoch=lambda rec: on_epoch(dict(rec)))
             if folds:
                 return cross_validate(data, targets, out, folds=folds, **common, **kwargs), None
             return train_regressor(data, targets, out, **common, **kwargs), None
@@ -576,9 +563,6 @@ class TrainWidget(RunsInBackground, Container):
             f"Done: {len(r.folds)}-fold CV, MAPE {m['fold_mean']['mape']:.2f} +- "
             f"{m['fold_std']['mape']:.2f} %, R^2 {m['fold_mean']['r2']:.3f}; reports in {r.out}"
         )
-
-    def _has_result(self) -> bool:
-        return self.result is not None
 
 
 def _kept(r: Any, metric: str, fmt: str) -> str:

@@ -8,23 +8,16 @@ plot; *Use best bundle* hands the best trial's bundle to the Predict widget.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Table
-from qtpy.QtCore import QObject, Signal
 
 from napari_ncm._background import RunsInBackground
 from ncm_core.training.config import TuneConfig
 
 if TYPE_CHECKING:
     import napari
-
-
-class _Bridge(QObject):
-    progress = Signal(object)
-    trial = Signal(object)
 
 
 class TuneWidget(RunsInBackground, Container):
@@ -37,7 +30,7 @@ class TuneWidget(RunsInBackground, Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self._viewer = napari_viewer
         self.data = FileEdit(mode="d", label="Data folder", tooltip="class folders of frames, or a tile set")
         self.space = FileEdit(
@@ -61,7 +54,8 @@ class TuneWidget(RunsInBackground, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.use_best = PushButton(text="Use best bundle in Predict", enabled=False)
         self.status = Label(value="")
-        self.table = Table(value={"data": [], "columns": ["trial", "state", "accuracy", "epochs", "parameters"]})
+        self.table = Table(value=table_value([]))
+        self.table.native.setMinimumHeight(140)
         self.extend(
             [
                 self.data,
@@ -86,18 +80,13 @@ class TuneWidget(RunsInBackground, Container):
         self.figure = Figure(figsize=(4.5, 2.4), dpi=80)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        self.native.layout().addWidget(self.canvas)
+        self.inner.layout().addWidget(self.canvas)
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
         self.use_best.changed.connect(self.use_best_bundle)
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._bridge.trial.connect(self._on_trial)
         self.rows: list[dict[str, Any]] = []
         self.result = None
-        self.worker = None
-        self._cancel = threading.Event()
-        self._pbar = None
+        self._init_runner()
 
     def _job(self):
         from napari_ncm._torch import guard_triton
@@ -133,16 +122,16 @@ class TuneWidget(RunsInBackground, Container):
             train_kwargs=fixed,
         )
         data, out = Path(str(self.data.value)), Path(str(self.output.value))
-        self._cancel = threading.Event()
-        cancel, bridge = self._cancel, self._bridge
+        cancel, progress, on_trial = self._cancel, self.progress_fn(), self.post("trial")
+        self._study = out
 
         def task():
             return tune(
                 data,
                 out,
                 cancel=cancel,
-                progress=lambda d, t, m: bridge.progress.emit((d, t, m)),
-                on_trial=lambda tr: bridge.trial.emit(_row(tr)),
+                progress=progress,
+                on_trial=lambda tr: on_trial(_row(tr)),
                 **kwargs,
             )
 
@@ -154,20 +143,17 @@ class TuneWidget(RunsInBackground, Container):
         if task is None:
             return None
         self.rows, self.result = [], None
-        self.table.value = {"data": [], "columns": ["trial", "state", "accuracy", "epochs", "parameters"]}
+        self.use_best.enabled = False
+        self.table.value = table_value([])
+        self._draw()
         return self._run_function(task, sync, "Tuning", "Tuning...")
 
     # ------------------------------------------------------------ callbacks (main thread)
     def _on_trial(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        self.table.value = {
-            "data": [
-                [r["trial"], r["state"], "" if r["value"] is None else f"{r['value']:.3f}", r["epochs"], r["params"]]
-                for r in self.rows
-            ],
-            "columns": ["trial", "state", "accuracy", "epochs", "parameters"],
-        }
+        self.table.value = table_value(self.rows)
         self._draw()
+        self._update_best()
 
     def _draw(self) -> None:
         from ncm_core.training.tune_plots import draw_trials
@@ -179,21 +165,49 @@ class TuneWidget(RunsInBackground, Container):
         if result is None:
             return
         self.result = result
-        self.use_best.enabled = result.best_bundle is not None
+        self._update_best()
         self.status.value = (
             f"Done: {result.n_complete} complete, {result.n_pruned} pruned; best trial "
             f"{result.best_trial} ({result.best_value:.1%}) -> {result.best_bundle}"
         )
 
+    def best_bundle(self) -> Path | None:
+        """The study's best bundle, if one exists (also after a cancelled or resumed run)."""
+        if self.result is not None and self.result.best_bundle is not None:
+            return Path(self.result.best_bundle)
+        study = getattr(self, "_study", None) or (
+            None if str(self.output.value) in ("", ".") else Path(str(self.output.value))
+        )
+        if study is not None and (Path(study) / "best" / "config.json").is_file():
+            return Path(study) / "best"
+        return None
+
+    def _update_best(self) -> None:
+        self.use_best.enabled = self.best_bundle() is not None
+
+    def _finished_hook(self) -> None:
+        self._update_best()
+
     def use_best_bundle(self) -> None:
         """Hand the best trial's bundle to the Predict widget (opened if needed)."""
         from napari_ncm._widget import hand_bundle_to_predict
 
-        if self.result is not None and self.result.best_bundle is not None:
-            hand_bundle_to_predict(self._viewer, str(self.result.best_bundle), open_if_missing=True)
+        best = self.best_bundle()
+        if best is not None:
+            hand_bundle_to_predict(self._viewer, str(best), open_if_missing=True)
 
-    def _has_result(self) -> bool:
-        return self.result is not None
+
+COLUMNS = ["trial", "state", "accuracy", "epochs", "parameters"]
+
+
+def table_value(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trials table's value in magicgui's split form (its ``index`` key is required, else the
+    columns read "data | columns")."""
+    data = [
+        [r["trial"], r["state"], "" if r["value"] is None else f"{r['value']:.3f}", r["epochs"], r["params"]]
+        for r in rows
+    ]
+    return {"data": data, "index": [str(r["trial"]) for r in rows], "columns": COLUMNS}
 
 
 def _row(trial: Any) -> dict[str, Any]:

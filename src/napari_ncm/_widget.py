@@ -9,13 +9,13 @@ Layers are added on the main thread, from the worker's ``returned`` signal.
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from napari_ncm._background import RunsInBackground
+from napari_ncm._fields import layer_choice
 
 if TYPE_CHECKING:
     import napari
@@ -48,6 +48,25 @@ def layer_to_mosaic(layer: Any):
     )
 
 
+def input_note(bundle: Any, layer: Any) -> str | None:
+    """How the image layer is converted for the bundle's model (None: as it is), shown as a napari info
+    notification now and kept for the status line: an RGB image given to a grayscale model is never
+    converted silently."""
+    from napari.utils.notifications import show_info
+
+    from ncm_core.models.bundle import ModelBundle, config_bundle
+
+    b = bundle if isinstance(bundle, ModelBundle) else config_bundle(bundle)  # config only: light
+    channels = 1
+    if layer.rgb:
+        data = layer.data[0] if layer.multiscale else layer.data
+        channels = int(data.shape[-1])
+    note = b.config.input.channel_note(channels)
+    if note:
+        show_info(f"{layer.name}: {note}")
+    return note
+
+
 def hand_bundle_to_predict(viewer: Any, path: str, open_if_missing: bool = False) -> int:
     """Set ``path`` as the model of the Predict widget(s) docked in ``viewer`` (opening one when asked);
     returns how many received it. The Train and Tune widgets call this with the bundle they made."""
@@ -66,13 +85,14 @@ class PredictWidget(RunsInBackground, Container):
     """Classify the tiles of an image layer with a model bundle; adds class, confidence and probability layers."""
 
     task_name = "Predict"
+    cancelled_text = "Cancelled: the finished blocks are kept; Run again with the same settings to resume"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         import napari.layers
 
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self._viewer = viewer = napari_viewer
-        self.image = create_widget(annotation=napari.layers.Image, label="Image")
+        self.image = layer_choice(viewer, napari.layers.Image, "Image")
         self.bundle = FileEdit(mode="d", label="Model bundle", tooltip="folder with config.json and model.safetensors")
         self.stride = SpinBox(value=0, min=0, max=100000, label="Stride (px)", tooltip="0 = tile size (no overlap)")
         from ncm_core.inference.options import PredictOptions
@@ -113,16 +133,14 @@ class PredictWidget(RunsInBackground, Container):
         )
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
-        viewer.layers.events.inserted.connect(self.image.reset_choices)
-        viewer.layers.events.removed.connect(self.image.reset_choices)
-        self.worker = None
         self.prediction = None
-        self._cancel = threading.Event()
-        self._pbar = None
+        self._tmp_outputs: dict[str, Path] = {}
+        self._init_runner()
 
     # ------------------------------------------------------------ running
     def _job(self):
-        """The generator to run and its description, built from the current settings (main thread)."""
+        """The work (a generator of block progress returning the prediction), from the current settings
+        (main thread)."""
         from napari_ncm._torch import guard_triton
 
         guard_triton()  # before torch is first imported in this napari session
@@ -137,86 +155,63 @@ class PredictWidget(RunsInBackground, Container):
         if str(self.bundle.value) in ("", "."):
             raise NcmError("choose a model bundle folder")
         out_text = str(self.output.value)
-        if out_text in ("", "."):
-            out = Path(tempfile.mkdtemp(prefix="ncm-")) / f"{layer.name}_prediction.zarr"
+        if out_text in ("", "."):  # one temporary output per layer, so that a cancelled run resumes
+            out = self._tmp_outputs.get(layer.name)
+            if out is None:
+                out = self._tmp_outputs[layer.name] = Path(tempfile.mkdtemp(prefix="ncm-")) / (
+                    f"{layer.name}_prediction.zarr"
+                )
         else:
             out = Path(out_text)
         rows = parse_rows(self.exclude_rows.value)
         mosaic = layer_to_mosaic(layer)
-        self._cancel = threading.Event()
-        gen = predict_mosaic_steps(
-            bundle,
-            mosaic,
-            out,
+        self._note = input_note(bundle, layer)
+        self._name = layer.name
+        self._layer = layer
+        kwargs = dict(
             stride=self.stride.value or None,
             batch_size=self.batch_size.value,
             exclude_rows=rows,
             foreground=self.foreground.value,
             dense=self.dense.value,
             overwrite=True,
-            cancel=self._cancel,
         )
-        return gen, layer.name
+        cancel = self._cancel
+
+        def work():
+            steps = predict_mosaic_steps(bundle, mosaic, out, cancel=cancel, **kwargs)
+            while True:
+                try:
+                    done, total = next(steps)
+                except StopIteration as stop:
+                    return stop.value
+                yield done, total, f"{done}/{total} blocks"
+
+        return work
 
     def run(self, sync: bool = False):
-        """Start a prediction. ``sync=True`` runs it in the calling thread (tests, scripts)."""
-        from ncm_core.errors import NcmError
-
-        job = self._prepare()
-        if job is None:
+        """Start a prediction. ``sync=True`` runs it in the calling thread (tests, scripts) and returns it;
+        otherwise returns the thread worker."""
+        work = self._prepare()
+        if work is None:
             return None
-        gen, self._name = job
-        if sync:
-            try:
-                while True:
-                    next(gen)
-            except StopIteration as stop:
-                self._on_done(stop.value)
-            except NcmError as exc:
-                self._on_error(exc)
-            return self.prediction
-        return self._start_worker(gen)
-
-    def _start_worker(self, gen):
-        from napari.qt.threading import create_worker
-
-        def steps():
-            result = yield from gen
-            return result
-
-        worker = create_worker(steps, _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_done)
-        return self._start(worker, f"Predicting {self._name}")
-
-    def cancel(self) -> None:
-        """Stop the running prediction after the current block; nothing partial is kept."""
-        self._cancel.set()
-        if self.worker is not None:
-            self.worker.quit()
-        self.status.value = "Cancelling..."
+        self.result = None
+        return self._run_function(work, sync, f"Predicting {self._name}", f"Predicting {self._name}...")
 
     # ------------------------------------------------------------ callbacks (main thread)
     def use_bundle(self, path: str) -> None:
         """Predict with ``path`` (the Train widget calls this with the bundle it has just written)."""
         self.bundle.value = path
 
-    def _on_progress(self, value: tuple[int, int]) -> None:
-        done, total = value
-        if self._pbar is not None:
-            if self._pbar.total != total:
-                self._pbar.total = total
-            self._pbar.n = done
-            self._pbar.refresh()
-        self.status.value = f"{done}/{total} blocks"
-
     def _on_done(self, prediction: Any) -> None:
-        from napari_ncm._layers import prediction_layers
+        from napari_ncm._layers import prediction_layers, viewer_classes
 
         if prediction is None:
             return
-        self.prediction = prediction
-        for data, kw, kind in prediction_layers(prediction, name=self._name):
+        self.prediction = self.result = prediction
+        for data, kw, kind in prediction_layers(prediction, name=self._name, classes=viewer_classes(self._viewer)):
+            if kw["name"] in self._viewer.layers:  # a second run replaces the first run's layers
+                self._viewer.layers.remove(kw["name"])
             getattr(self._viewer, f"add_{kind}")(data, **kw)
         at = prediction.attrs
         msg = f"Done: {at['n_predicted']} tiles in {at['seconds']:.1f} s ({prediction.grid.tile} px)"
@@ -231,8 +226,13 @@ class PredictWidget(RunsInBackground, Container):
                     f"{at['ood_fraction']:.0%} of the tiles of {self._name!r} look unlike the model's "
                     "training tiles: their classes are unreliable (see the out-of-distribution layer)"
                 )
+        if self._note:
+            msg += f"; {self._note}"
         self.status.value = msg + f" -> {prediction.path.name}"
         self.probabilities_dock()
+
+    def _result(self) -> Any:
+        return self.prediction if self._got_result else None
 
     def probabilities_dock(self):
         """The Tile probabilities dock (opened on first use): click a tile to see its class bars."""
@@ -241,6 +241,3 @@ class PredictWidget(RunsInBackground, Container):
         except Exception:  # a viewer without a window (scripts)
             return None
         return dock
-
-    def _has_result(self) -> bool:
-        return self.prediction is not None

@@ -197,6 +197,13 @@ class AnnotationTilesOptions:
         return self
 
 
+def class_order(names: dict[int, str], rectangles: Any, used: set[str]) -> list[str]:
+    """The annotated classes in the user's order: painted classes by label value, then rectangle
+    classes as they first appear (a class keeps its place from the annotation layer to the bundle)."""
+    order = [names[v] for v in sorted(names)] + [r.cls for r in rectangles or ()]
+    return [n for n in dict.fromkeys(order) if n in used] + sorted(used - set(order))
+
+
 def tiles_from_annotations(
     image: Any,
     out: str | Path,
@@ -247,7 +254,7 @@ def tiles_from_annotations(
         import warnings
 
         warnings.warn(f"{conflicts} tiles are claimed by regions of two classes and are left out", stacklevel=2)
-    class_names = sorted({groups[g][1] for g in cells.values()})
+    class_names = class_order(names, rectangles, {groups[g][1] for g in cells.values()})
     if len(class_names) < 2:
         raise NcmError(f"only one class is annotated ({class_names[0]!r}); a classifier needs at least two")
     used = sorted(set(cells.values()))

@@ -97,7 +97,7 @@ class Prediction:
 
     @property
     def colors(self) -> list[tuple[float, float, float, float]]:
-        return class_colors(len(self.class_names))
+        return class_colors(self.class_names)
 
 
 def open_prediction(path: str | Path) -> Prediction:
@@ -154,7 +154,7 @@ def create_arrays(
     from dask.local import get_sync
 
     n_cls, (rows, cols) = len(names), grid.shape
-    colors = class_colors(n_cls)
+    colors = class_colors(list(names))
     lab_dtype = np.uint8 if n_cls < 255 else np.uint16
     # in this thread; a function, not the name "synchronous", for which dask imports distributed
     with dask.config.set(scheduler=get_sync):

@@ -395,7 +395,7 @@ def write_ome_zarr(
                 if names:
                     from ncm_core.io.colors import class_colors
 
-                    colors = {k + 1: c for k, c in enumerate(class_colors(len(names)))}
+                    colors = {k + 1: c for k, c in enumerate(class_colors(names))}
                     props = {0: {"class": "unlabelled"}, **{k + 1: {"class": n} for k, n in enumerate(names)}}
                 write_label_group(
                     lg,

@@ -32,6 +32,15 @@ class InputSpec:
             "std": None if self.std is None else list(self.std),
         }
 
+    def channel_note(self, channels: int) -> str | None:
+        """What happens to an image of ``channels`` channels (1 = gray) given to this model, in words;
+        None when it needs no conversion. Shown to the user, so that no conversion is silent."""
+        if channels == self.in_chans or channels not in (1, 3, 4):
+            return None
+        if self.in_chans == 1:
+            return "the colour image is averaged to gray: this model was trained on grayscale images"
+        return f"the gray image is repeated to {self.in_chans} channels: this model was trained on colour images"
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         return cls(

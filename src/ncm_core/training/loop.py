@@ -137,9 +137,11 @@ def run_epochs(
     for epoch in range(start, epochs + 1):
         if stopped:
             break
+        check_cancel(cancel)  # the last epoch's checkpoint is saved: stopping here keeps it for resume
         model.train()
         t_epoch = time.monotonic()
         x, y = epoch_data(rng)
+        check_cancel(cancel)
         order = rng.permutation(len(x))
         loss_sum, sums = 0.0, {}
         for k in range(0, len(order), batch_size):

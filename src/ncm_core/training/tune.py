@@ -96,6 +96,7 @@ class TrainObjective:
                 on_epoch=on_epoch,
                 resume=False,
                 ood=False,
+                cancel=self.cancel,  # checked between batches: a Cancel takes effect within seconds
                 **{**self.fixed, **params},
             )
         except optuna.TrialPruned:

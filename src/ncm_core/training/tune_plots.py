@@ -17,12 +17,19 @@ def draw_trials(fig: Any, values: list[float | None], states: list[str]) -> None
     if done:
         ax.plot(*zip(*done), "o", ms=4, label="complete trial")
         best = np.maximum.accumulate([v if v is not None else -np.inf for v in values])
-        ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", label="best so far")
+        best = np.where(np.isfinite(best), best, np.nan)
+        # one step past the last trial, so that the line shows from the first trial on (a single point
+        # of a step line draws nothing)
+        ax.step([*x, x[-1] + 0.5], [*best, best[-1]], where="post", label="best so far")
     pruned = [k for k, s in zip(x, states) if s == "PRUNED"]
     if pruned:
         ax.plot(pruned, [0.0] * len(pruned), "x", color="grey", label="pruned")
+    from matplotlib.ticker import MaxNLocator
+
     ax.set(xlabel="finished trials", ylabel="validation accuracy", ylim=(-0.02, 1.02))
-    ax.legend(fontsize=7, loc="lower right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no empty legend
+        ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
 

@@ -27,7 +27,10 @@ def draw_training_curves(fig: Any, history: list[dict[str, float]], title: str |
         ax2.set(xlabel="epoch", ylabel="MAPE (%)", title="Mean absolute percentage error", yscale="log")
     else:
         ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.25 or 1.5
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
