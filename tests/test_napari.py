@@ -323,6 +323,27 @@ def test_clicking_a_tile_shows_its_class_probabilities(viewer_with_sample, tiny_
         assert pred.class_names[int(expected.argmax())] in dock.info.text()
 
 
+def test_predict_widget_leaves_nan_tiles_out_and_says_so(make_napari_viewer, tiny_bundle, notifications):
+    """A float image with a patch of NaN pixels: those tiles are not predicted, the status says how many and
+    why, and every other tile is predicted (issue 15)."""
+    from ncm_core.data import synth
+
+    notifications.expect(r"not predicted: non-finite")  # the core's warning, where napari shows it
+    viewer = make_napari_viewer()
+    img = synth.sem_mosaic((128, 192), seed=2).image.astype(np.float32) / 255  # floats in [0, 1]
+    img[40:50, 40:50] = np.nan  # tile (1, 1) of 32 px
+    viewer.add_image(img, name="holes")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Predict")
+    assert widget.image.value is viewer.layers["holes"]  # the only image is preselected
+    widget.bundle.value = str(tiny_bundle)
+    widget.allow_incomplete.value = True  # finishes as well when regions cannot be read (none here)
+    pred = widget.run(sync=True)
+    assert pred is not None, widget.status.value
+    assert "1 not predicted (non-finite pixels (NaN or inf))" in widget.status.value
+    lab = np.asarray(pred.labels)
+    assert lab[1, 1] == 0 and (np.delete(lab.ravel(), 7) > 0).all()
+
+
 def test_prediction_has_an_ood_layer(viewer_with_sample, tiny_bundle, tmp_path, notifications):
     notifications.expect(r"^warning: .*look unlike the model's training tiles")
     viewer = viewer_with_sample

@@ -135,7 +135,7 @@ def test_explain_leaves_nan_windows_out_instead_of_writing_zeros(tiny_bundle, im
 
     img = image.astype(np.float32)
     img[40:50, 40:50] = np.nan
-    with pytest.warns(UserWarning, match="tiles not explained: non-finite"):
+    with pytest.warns(UserWarning, match="1 tile not explained: non-finite"):
         h = explain_mosaic(tiny_bundle, img, tmp_path / "h.zarr", "gradcam", overlap=0, factor=4, device="cpu")
     hm = np.asarray(h.data)[0]  # (32, 48) at 4 px per value; tile (1, 1) holds the NaN pixels
     assert np.isnan(hm[8:16, 8:16]).all()

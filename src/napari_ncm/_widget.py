@@ -107,6 +107,12 @@ class PredictWidget(RunsInBackground, Container):
             tooltip="with a stride below the tile: run the network's trunk once per block; "
             "undecided tiles are rechecked exactly",
         )
+        self.allow_incomplete = CheckBox(
+            value=d.allow_incomplete,
+            text="Finish when regions cannot be read",
+            tooltip="tiles whose pixels cannot be read (a damaged or missing chunk) are marked not predicted "
+            "instead of stopping the run; by default the run stops and a second Run retries them",
+        )
         self.output = FileEdit(
             mode="w",
             label="Output (.zarr)",
@@ -125,6 +131,7 @@ class PredictWidget(RunsInBackground, Container):
                 self.exclude_rows,
                 self.foreground,
                 self.dense,
+                self.allow_incomplete,
                 self.output,
                 self.run_button,
                 self.cancel_button,
@@ -174,6 +181,7 @@ class PredictWidget(RunsInBackground, Container):
             exclude_rows=rows,
             foreground=self.foreground.value,
             dense=self.dense.value,
+            allow_incomplete=self.allow_incomplete.value,
             overwrite=True,
         )
         cancel = self._cancel
@@ -215,6 +223,8 @@ class PredictWidget(RunsInBackground, Container):
             getattr(self._viewer, f"add_{kind}")(data, **kw)
         at = prediction.attrs
         msg = f"Done: {at['n_predicted']} tiles in {at['seconds']:.1f} s ({prediction.grid.tile} px)"
+        for why, n in at.get("not_predicted", {}).items():
+            msg += f"; {n} not predicted ({why})"
         if at.get("ood_fraction") is not None:
             msg += f"; {at['ood_fraction']:.0%} unlike the training tiles"
             from ncm_core.inference.options import OOD_WARN_FRACTION

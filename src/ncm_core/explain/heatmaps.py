@@ -333,7 +333,9 @@ def explain_mosaic_steps(
     attrs["not_computed"] = skipped = engine.skipped_counts(root)  # tiles left out, by reason
     if skipped.get(REASONS[NONFINITE]):
         n = skipped[REASONS[NONFINITE]]
-        warnings.warn(f"{mosaic.source}: {n} tiles not explained: {REASONS[NONFINITE]}", stacklevel=2)
+        warnings.warn(
+            f"{mosaic.source}: {n} tile{'s' if n > 1 else ''} not explained: {REASONS[NONFINITE]}", stacklevel=2
+        )
     import zarr
 
     maps = zarr.open_array(str(partial / "maps" / "0"), mode="r")

@@ -210,7 +210,8 @@ def predict_mosaic_steps(
     )
     if unpredicted.get(REASONS[NONFINITE]):  # unreadable regions: settle raised or warned already
         n = unpredicted[REASONS[NONFINITE]]
-        warnings.warn(f"{mosaic.source or 'mosaic'}: {n} tiles not predicted: {REASONS[NONFINITE]}", stacklevel=2)
+        tiles = "tile" if n == 1 else "tiles"
+        warnings.warn(f"{mosaic.source or 'mosaic'}: {n} {tiles} not predicted: {REASONS[NONFINITE]}", stacklevel=2)
     if task.rechecked:
         attrs["n_rechecked"] = int(np.asarray(root["rechecked"][:]).sum())
     if ood:
