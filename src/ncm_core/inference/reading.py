@@ -145,7 +145,7 @@ def _missing(mosaic: Any, rect: Rect, region: np.ndarray, problems: np.ndarray |
     y0, _, x0, _ = rect
     problems = np.zeros(gone.shape, np.uint8) if problems is None else problems
     problems[gone] = MISSING
-    region[gone] = 0
+    region[gone] = 0  # (the caller passes a writable copy)
     failures = []
     for r in chunk_rects(mosaic.missing, rect):
         if gone[r[0] - y0 : r[1] - y0, r[2] - x0 : r[3] - x0].any():
@@ -175,6 +175,8 @@ def read_block(mosaic: Any, pixels: Rect, retries: int = 2, delay: float = 0.5) 
         region, problems, failures = parts
     else:
         region = whole
+    if not region.flags.writeable:  # problem pixels are set to 0 below
+        region = region.copy()
     h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(region).view(np.uint8).reshape(-1).data)
     problems, gone = _missing(mosaic, rect, region, problems)
@@ -184,8 +186,6 @@ def read_block(mosaic: Any, pixels: Rect, retries: int = 2, delay: float = 0.5) 
     if np.issubdtype(region.dtype, np.floating):
         bad = ~np.isfinite(region)
         if bad.any():
-            if not region.flags.writeable:
-                region = region.copy()
             region[bad] = 0
             if bad.ndim == 3:
                 bad = bad.any(axis=2)
