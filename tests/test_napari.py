@@ -447,6 +447,7 @@ def test_train_widget_regression_with_cross_validation(make_napari_viewer, secti
     assert len(r.folds) == 3 and "MAPE" in w.status.value and not w.cm_canvas.isHidden()
     assert {h["fold"] for h in w.history} == {3}  # the curves show the fold being trained
     assert (tmp_path / "cv" / "rate_capability.png").is_file()
+    assert "ranking by MAPE per mosaic: " in w.status.value and "cnn" in w.status.value  # the baselines
     # one model, handed to a docked Cross-section widget
     _, sections = viewer.window.add_plugin_dock_widget("napari-ncm", "Cross-section")
     w.folds.value = 0

@@ -533,10 +533,13 @@ class TrainWidget(RunsInBackground, Container):
 
     def _regress_done(self, r: Any) -> None:
         """Status line; after cross-validation, the rate-capability plot of the held-out predictions."""
+        from ncm_core.evaluation.baselines import ranking_line
         from ncm_core.viz.figures import draw_rate_capability
 
         if not hasattr(r, "metrics"):  # one model
-            self.status.value = f"Done: {r.bundle} ({_kept(r, 'MAPE', '.2f')})"
+            self.status.value = f"Done: {r.bundle} ({_kept(r, 'MAPE', '.2f')})" + (
+                f"; validation mosaics, {ranking_line(r.baselines)}" if r.baselines else ""
+            )
             hand_bundle_to_sections(self._viewer, str(r.bundle))
             return
         from ncm_core.data.targets import parse_c_rates
@@ -562,7 +565,7 @@ class TrainWidget(RunsInBackground, Container):
         self.status.value = (
             f"Done: {len(r.folds)}-fold CV, MAPE {m['fold_mean']['mape']:.2f} +- "
             f"{m['fold_std']['mape']:.2f} %, R^2 {m['fold_mean']['r2']:.3f}; reports in {r.out}"
-        )
+        ) + (f"; {ranking_line(m['baselines'])}" if m.get("baselines") else "")
 
 
 def _kept(r: Any, metric: str, fmt: str) -> str:

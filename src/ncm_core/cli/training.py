@@ -84,6 +84,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def _train_regress(a: argparse.Namespace) -> None:
+    from ncm_core.evaluation.baselines import ranking_line
     from ncm_core.training.regression import cross_validate, train_regressor
 
     if not a.targets:
@@ -116,8 +117,10 @@ def _train_regress(a: argparse.Namespace) -> None:
         )
         for n, t in m["crops"]["targets"].items():
             print(f"  {n}: MAPE {t['mape']:.2f} %  MAE {t['mae']:.3g}  R^2 {t['r2']:.3f}")
+        print(ranking_line(m["baselines"]))
         print(
-            f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, scatter.png, rate_capability.png; "
+            f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, baselines.csv, scatter.png, "
+            "rate_capability.png; "
             f"bundles: {r.out}/fold_1 ... fold_{a.folds}"
         )
         return
@@ -125,6 +128,8 @@ def _train_regress(a: argparse.Namespace) -> None:
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
     print(f"bundle: {r.bundle}  {_kept(r, 'MAPE', '.2f', ' %')}, {r.seconds:.0f} s")
+    if r.baselines:
+        print(f"validation mosaics, {ranking_line(r.baselines)} ({r.bundle / 'baselines.csv'})")
 
 
 def cmd_tune(a: argparse.Namespace) -> None:

@@ -3,7 +3,8 @@
 Per fold, a validation split is taken from the fold's training mosaics for early stopping; the fold's
 bundle predicts its test crops. The report (:func:`ncm_core.evaluation.regression.cv_report`) holds
 per-fold and mean metrics, per-group errors, predicted-vs-measured scatter plots and the
-rate-capability plot.
+rate-capability plot, and the baselines fitted on the same folds (the training mean and descriptor
+models, :mod:`ncm_core.evaluation.baselines`): ``baselines`` in ``metrics.json`` and ``baselines.csv``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.evaluation.baselines import baseline_report, cv_baselines
 from ncm_core.evaluation.regression import cv_report, regression_metrics
 from ncm_core.inference.sections import predict_values
 from ncm_core.options import merge_options
@@ -24,6 +26,7 @@ from ncm_core.outputs import check_inputs
 from ncm_core.progress import CancelFlag, ProgressFn
 from ncm_core.training.config import RegressConfig
 from ncm_core.training.regression_data import (
+    crop_features,
     grouped_kfold,
     grouped_split,
     load_for_config,
@@ -128,6 +131,17 @@ def cross_validate(
         group_columns=list(d.groups),
         c_rates=d.targets.c_rates(),
         settings={"folds": folds, "split_by": split_by or "source", "seed": seed, **_settings(c)},
+    )
+    feats, feat_names = crop_features(d)
+    metrics["baselines"] = baseline_report(
+        d.y,
+        d.sources,
+        cv_baselines(feats, d.y, splits, seed),
+        d.target_names,
+        out,
+        cnn=pred,
+        descriptors=feat_names,
+        what=f"{folds}-fold cross-validation",
     )
     metrics["seconds"] = time.monotonic() - t0
     (out / "metrics.json").write_text(json.dumps({"format": "ncm-cross-validation", **metrics}, indent=2))

@@ -97,7 +97,7 @@ def train_regressor(
         tr, va = grouped_split(d.split_groups(c.split_by), c.val_fraction, c.seed)
     else:
         tr, va = np.arange(len(d.files)), np.zeros(0, np.int64)
-    return fit_regressor(
+    r = fit_regressor(
         d,
         tr,
         va,
@@ -108,3 +108,32 @@ def train_regressor(
         on_epoch=on_epoch,
         extra_training={"split_by": c.split_by or "source", "val_fraction": c.val_fraction},
     )
+    if len(va):
+        r.baselines = _validation_baselines(d, tr, va, r.bundle, c.seed)
+    return r
+
+
+def _validation_baselines(d: RegressionData, tr: np.ndarray, va: np.ndarray, bundle: Path, seed: int) -> dict:
+    """The baselines fitted on the training crops against the CNN on the validation mosaics:
+    ``bundle/baselines.csv`` and ``bundle/baselines.json`` (:mod:`ncm_core.evaluation.baselines`)."""
+    import json
+
+    from ncm_core.evaluation.baselines import baseline_report, fit_predict_baselines
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.training.regression_data import crop_features
+
+    b = load_bundle(bundle)
+    cnn = predict_values(b, standardise(d.x[va], b.config.input), "cpu", 64)
+    feats, names = crop_features(d)
+    rep = baseline_report(
+        d.y[va],
+        [d.sources[i] for i in va],
+        fit_predict_baselines(feats, d.y, tr, va, seed),
+        d.target_names,
+        bundle,
+        cnn=cnn,
+        descriptors=names,
+        what="validation mosaics",
+    )
+    (Path(bundle) / "baselines.json").write_text(json.dumps({"format": "ncm-baselines", **rep}, indent=2))
+    return rep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -23,6 +24,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0  # epochs taken from a checkpoint
+    baselines: dict[str, Any] | None = None  # regressors with a validation split: the baselines' report
 
     @property
     def validated(self) -> bool:
