@@ -9,7 +9,12 @@ well conditioned with few tiles and many features. It is fitted after
 training on the training tiles; the threshold is a high quantile (99 %) of the
 scores of the held-out validation tiles, i.e. about 1 % of in-distribution
 tiles are flagged. Predictions store the score divided by that threshold, so
-values above 1 are flagged.
+values above 1 are flagged. Without enough validation tiles (a model trained
+from a few annotated tiles), the threshold comes from out-of-fold scores of the
+training tiles (each scored by a detector fitted without it): in hundreds of
+feature dimensions a tile the detector was fitted on lies much closer to its
+class mean than any new tile of the same material, so a threshold from the
+fitted tiles themselves would flag nearly every tile of a new image.
 
 The statistics are tensors in the bundle's ``extra.safetensors``; the method
 and threshold are in ``config.json`` under ``ood``.
@@ -76,7 +81,6 @@ def fit_ood(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the detector; returns the config entry and the tensors to store in the bundle."""
     import torch
-    from sklearn.covariance import LedoitWolf
 
     rng = np.random.default_rng(0)
     if len(x_train) > max_tiles:  # the statistics settle long before this; keeps memory bounded
@@ -85,26 +89,62 @@ def fit_ood(
     if len(x_val) > max_tiles // 4:
         x_val = x_val[np.sort(rng.choice(len(x_val), max_tiles // 4, replace=False))]
     f = tile_features(model, x_train, spec, device)
-    present = [c for c in range(n_classes) if (y_train == c).any()]
-    means = np.zeros((n_classes, f.shape[1]))  # rows of absent classes stay unused
-    for c in present:
-        means[c] = f[y_train == c].mean(0)
-    lw = LedoitWolf(assume_centered=True).fit(f - means[y_train])
-    chol = np.linalg.cholesky(lw.precision_)  # P = L L^T
-    t_means = torch.as_tensor(means[present] @ chol, dtype=torch.float32)  # only classes with tiles
-    t_l = torch.as_tensor(chol, dtype=torch.float32)
-    held = x_val if len(x_val) >= 20 else x_train
-    ref = _scores(torch.as_tensor(tile_features(model, held, spec, device), dtype=torch.float32), t_means, t_l)
+    t_means, t_l, shrinkage = _fit(f, y_train, n_classes)
+    if len(x_val) >= MIN_CALIBRATION:
+        ref = _scores(torch.as_tensor(tile_features(model, x_val, spec, device), dtype=torch.float32), t_means, t_l)
+        calibrated_on = "validation tiles"
+    else:
+        ref = _out_of_fold(f, y_train, n_classes)
+        calibrated_on = "training tiles, out of fold"
     threshold = float(np.quantile(ref.numpy(), quantile))
     cfg = {
         "method": METHOD,
         "threshold": threshold,
         "quantile": quantile,
-        "calibrated_on": "validation tiles" if held is x_val else "training tiles",
+        "calibrated_on": calibrated_on,
         "n_fit": int(len(x_train)),
-        "shrinkage": float(lw.shrinkage_),
+        "shrinkage": shrinkage,
     }
     return cfg, {"ood.means": t_means, "ood.transform": t_l}
+
+
+MIN_CALIBRATION = 20  # validation tiles below which the threshold comes from out-of-fold training scores
+
+
+def _fit(f: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[Any, Any, float]:
+    """Class means and the Cholesky factor of the shared precision (Ledoit-Wolf), both mapped for
+    :func:`_scores`, and the shrinkage."""
+    import torch
+    from sklearn.covariance import LedoitWolf
+
+    present = [c for c in range(n_classes) if (y == c).any()]
+    means = np.zeros((n_classes, f.shape[1]))  # rows of absent classes stay unused
+    for c in present:
+        means[c] = f[y == c].mean(0)
+    lw = LedoitWolf(assume_centered=True).fit(f - means[y])
+    chol = np.linalg.cholesky(lw.precision_)  # P = L L^T
+    t_means = torch.as_tensor(means[present] @ chol, dtype=torch.float32)  # only classes with tiles
+    return t_means, torch.as_tensor(chol, dtype=torch.float32), float(lw.shrinkage_)
+
+
+def _out_of_fold(f: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5) -> Any:
+    """Each training tile's score under a detector fitted on the other folds (scikit-learn's
+    StratifiedKFold where every class has enough tiles, else KFold)."""
+    import torch
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    k = max(2, min(folds, len(f)))
+    counts = np.bincount(y, minlength=n_classes)
+    split = (
+        StratifiedKFold(k, shuffle=True, random_state=0)
+        if counts[counts > 0].min() >= k
+        else KFold(k, shuffle=True, random_state=0)
+    )
+    out = torch.zeros(len(f))
+    for fit, held in split.split(f, y):
+        m, t, _ = _fit(f[fit], y[fit], n_classes)
+        out[held] = _scores(torch.as_tensor(f[held], dtype=torch.float32), m, t)
+    return out
 
 
 def has_ood(bundle: Any) -> bool:
