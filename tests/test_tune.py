@@ -271,3 +271,20 @@ def test_tuning_refuses_a_run_without_validation_in_one_line(sem_folders, tmp_pa
     with pytest.raises(NcmError, match="unknown option 'n_trial' for TuneConfig; did you mean 'n_trials'"):
         tune(sem_folders, tmp_path / "t", n_trial=3)
     assert not (tmp_path / "t").exists()
+
+
+def test_study_plots_leave_matplotlibs_style_alone(tmp_path):
+    """optuna's plots switch matplotlib to the ggplot style for the whole process (the napari docks' plots
+    turned grey after a Tune run); plot_study restores the settings."""
+    import matplotlib
+    import optuna
+
+    from ncm_core.training.tune_plots import plot_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=4)
+    before = dict(matplotlib.rcParams)
+    assert plot_study(study, tmp_path)  # the figures are written
+    assert matplotlib.rcParams["axes.facecolor"] == before["axes.facecolor"]
+    assert dict(matplotlib.rcParams) == before

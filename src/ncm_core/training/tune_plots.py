@@ -52,17 +52,20 @@ def plot_study(study: Any, out: Path) -> list[Path]:
         ("intermediate_values", vm.plot_intermediate_values),
         ("param_importances", vm.plot_param_importances),
     ]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # optuna marks these plots experimental
-                ax = fn(study)
-        except Exception:  # e.g. importances need two finished trials with differing parameters
-            continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.set_size_inches(7, 4.5)
-        fig.tight_layout()
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        # optuna's plots call plt.style.use("ggplot"), which would restyle every later figure of the process
+        # (the napari docks' plots too): rc_context restores the settings afterwards
+        with matplotlib.rc_context():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna marks these plots experimental
+                    ax = fn(study)
+            except Exception:  # e.g. importances need two finished trials with differing parameters
+                continue
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(7, 4.5)
+            fig.tight_layout()
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
         figs.append(path)
     return figs
