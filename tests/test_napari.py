@@ -301,6 +301,18 @@ def test_train_widget_reports_unaligned_annotations(viewer_with_sample, tmp_path
     assert widget.status.value.startswith("Error:") and "not aligned" in widget.status.value
 
 
+def test_train_widget_speaks_in_its_own_words(make_napari_viewer, sem_folders, tiny_bundle, notifications):
+    """Into a folder with a finished bundle: the advice names the dock's checkbox, not a CLI option."""
+    notifications.expect(r"^error: Train: .*tick 'Replace a finished bundle there' to replace it$", times=1)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Train")
+    widget.data.value = str(sem_folders)
+    widget.output.value = str(tiny_bundle)
+    assert widget.run(sync=True) is None
+    assert "--overwrite" not in widget.status.value and "API" not in widget.status.value
+    assert (tiny_bundle / "model.safetensors").is_file()  # nothing replaced
+
+
 def test_clicking_a_tile_shows_its_class_probabilities(viewer_with_sample, tiny_bundle, tmp_path):
     viewer = viewer_with_sample
     widget = _predict_widget(viewer, tiny_bundle)

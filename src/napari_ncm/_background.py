@@ -42,12 +42,13 @@ def wrap_label(label: Any) -> None:
     label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
 
-def show_task_error(task: str, exc: BaseException) -> None:
-    """One error notification ``"task: message"`` (first line), its traceback under "View traceback"."""
+def show_task_error(task: str, exc: BaseException, text: str | None = None) -> None:
+    """One error notification ``"task: message"`` (first line, or ``text``), its traceback under "View
+    traceback"."""
     from napari.utils.notifications import ErrorNotification, notification_manager
 
     note = ErrorNotification(exc)
-    note.message = f"{task}: {one_line(exc)}"
+    note.message = f"{task}: {text or one_line(exc)}"
     notification_manager.dispatch(note)
 
 
@@ -65,6 +66,13 @@ class RunsInBackground(ScrollingDock):
 
     task_name = "Task"  # used in notifications
     cancelled_text = "Cancelled"
+    #: the core's advice in command-line words -> the same advice in this dock's words
+    dock_words: dict[str, str] = {}
+
+    def _in_dock_words(self, text: str) -> str:
+        for cli, dock in self.dock_words.items():
+            text = text.replace(cli, dock)
+        return text.replace(" (API: overwrite=True)", "")
 
     worker: Any = None
     _pbar: Any = None
@@ -112,8 +120,8 @@ class RunsInBackground(ScrollingDock):
         try:
             return self._job()
         except NcmError as exc:
-            self.status.value = f"Error: {one_line(exc)}"
-            show_task_error(self.task_name, exc)
+            self.status.value = f"Error: {self._in_dock_words(one_line(exc))}"
+            show_task_error(self.task_name, exc, self._in_dock_words(one_line(exc)))
             return None
 
     def _new_run(self) -> bool:
@@ -132,6 +140,7 @@ class RunsInBackground(ScrollingDock):
         body = self._body(work)
         self._active = self._run_id
         self._got_result = False
+        self.last_progress = (0, 0)  # (done, total) of this run's last progress report
         self.status.value = running_text
         if sync:
             try:
@@ -202,6 +211,7 @@ class RunsInBackground(ScrollingDock):
         done, total, msg = value
         if self._active is None:
             return
+        self.last_progress = (done, total)
         if not self._cancel.is_set():
             self.status.value = msg or f"{done}/{total}"
         pbar = self._pbar
@@ -240,8 +250,9 @@ class RunsInBackground(ScrollingDock):
         if isinstance(exc, Cancelled):
             self.status.value = self.cancelled_text
             return
-        self.status.value = f"Error: {one_line(exc)}"
-        show_task_error(self.task_name, exc)
+        text = self._in_dock_words(one_line(exc))
+        self.status.value = f"Error: {text}"
+        show_task_error(self.task_name, exc, text)
 
     def _close_pbar(self) -> None:
         self._close_pending = False

@@ -123,6 +123,7 @@ class TrainWidget(RunsInBackground, Container):
 
     task_name = "Train"
     cancelled_text = "Cancelled (run again with the same settings and bundle folder to resume)"
+    dock_words = {"pass --overwrite to replace it": "tick 'Replace a finished bundle there' to replace it"}
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         import napari.layers

@@ -85,7 +85,14 @@ class PredictWidget(RunsInBackground, Container):
     """Classify the tiles of an image layer with a model bundle; adds class, confidence and probability layers."""
 
     task_name = "Predict"
-    cancelled_text = "Cancelled: the finished blocks are kept; Run again with the same settings to resume"
+
+    @property
+    def cancelled_text(self) -> str:  # type: ignore[override]
+        """What a Cancel leaves: the finished blocks, if any, for a run with the same settings."""
+        done, total = getattr(self, "last_progress", (0, 0))
+        if done:
+            return f"Cancelled: {done} of {total} blocks are kept; Run again with the same settings to resume"
+        return "Cancelled before a block was finished"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         import napari.layers

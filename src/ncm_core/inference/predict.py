@@ -48,7 +48,7 @@ from ncm_core.models.bundle import ModelBundle, config_bundle, load_bundle
 from ncm_core.models.ood import has_ood
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_output, check_space
-from ncm_core.progress import CancelFlag, ProgressFn, run_steps
+from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, run_steps
 
 __all__ = [
     "predict_mosaic",
@@ -116,6 +116,7 @@ def predict_mosaic_steps(
         from ncm_core.devices import resolve_device
 
         bundle = load_bundle(bundle)
+        check_cancel(cancel)  # loading the model takes seconds: a Cancel meanwhile acts here
         dev = resolve_device(o.device)
         bundle.model.to(dev).eval()
     dense_geometry = None
@@ -175,6 +176,7 @@ def predict_mosaic_steps(
         from ncm_core.inference.runtime import choose_backend
 
         a["memory_format"] = choose_memory_format(bundle, o.batch_size, dev, n_pred, o.memory_format, dense=o.dense)
+        check_cancel(cancel)  # each measurement takes a second or more
         a["backend"] = choose_backend(
             bundle,
             o.batch_size,
@@ -186,6 +188,7 @@ def predict_mosaic_steps(
             ood,
             resize=needs_resize(bundle, grid),
         )
+        check_cancel(cancel)
 
     partial, root, first = engine.start(out, fp, attrs, task, overwrite=o.overwrite, resume=o.resume, on_new=choose)
     if first is not None:  # a resumed run computes the rest exactly as the first part was computed
