@@ -110,3 +110,21 @@ def test_forced_auto_on_a_frame_without_a_bar_is_one_line(frames, tmp_path, caps
     # the default (detect) uses the frame, without a band
     assert main([*args[:2], str(tmp_path / "d"), *args[3:]]) == 0
     assert "no information bar" not in capsys.readouterr().err
+
+
+def test_training_leaves_out_the_bar_and_the_bundle_records_it(sem_folders, tmp_path, capsys):
+    from ncm_core.cli import main
+    from ncm_core.models.bundle import config_bundle
+
+    args = ["train", str(sem_folders), str(tmp_path / "m"), "--arch", "resnet10t", "--tile", "48", "--epochs", "1"]
+    assert main([*args, "--crops", "2", "--batch-size", "8", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("ncm: note: information bar detected and left out in 9 of 9 images") == 1
+    t = config_bundle(tmp_path / "m").config.training
+    assert t["exclude_rows"] == [-16, None] and t["exclude_rows_setting"] == "detect" and len(t["info_bars"]) == 9
+    # an explicit band overrides detection; none disables it
+    from ncm_core.training.classify import train
+
+    r = train(sem_folders, tmp_path / "n", architecture="resnet10t", tile_size=48, epochs=1, exclude_rows="none")
+    t = config_bundle(r.bundle).config.training
+    assert t["exclude_rows"] is None and t["info_bars"] == {}

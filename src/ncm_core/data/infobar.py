@@ -161,6 +161,12 @@ def resolve_band(spec: BandSpec, image: np.ndarray, where: str | Path | None = N
     return band
 
 
+def cut_band(image: np.ndarray, band: Band) -> np.ndarray:
+    """``image`` without the rows of ``band``."""
+    start, stop, _ = slice(*band).indices(image.shape[0])
+    return np.concatenate([image[:start], image[stop:]], axis=0)
+
+
 def widest(bands: list[Band | None]) -> Band | None:
     """One band that covers the bars of several frames (the tallest at the bottom, else at the top), for a
     bundle to remember; None when no frame had one."""
