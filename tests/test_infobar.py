@@ -128,3 +128,28 @@ def test_training_leaves_out_the_bar_and_the_bundle_records_it(sem_folders, tmp_
     r = train(sem_folders, tmp_path / "n", architecture="resnet10t", tile_size=48, epochs=1, exclude_rows="none")
     t = config_bundle(r.bundle).config.training
     assert t["exclude_rows"] is None and t["info_bars"] == {}
+
+
+def test_predict_auto_finds_the_bar_once_and_refuses_a_mosaic_without(sem_folders, tmp_path, capsys):
+    from PIL import Image
+
+    from ncm_core.cli import main
+    from ncm_core.inference.predict import predict_mosaic
+    from ncm_core.training.classify import train
+
+    r = train(sem_folders, tmp_path / "m", architecture="resnet10t", tile_size=48, epochs=1, crops_per_image=2)
+    frame = tmp_path / "frame.png"
+    Image.fromarray(synth.sem_frame("NCM811", "pristine", (240, 192), info_bar=24, seed=3)).save(frame)
+    assert main(["predict", str(r.bundle), str(frame), str(tmp_path / "p.zarr"), "--exclude-rows", "auto", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("ncm: note:") == 1 and "frame.png: information bar detected, rows -24: left out" in err
+    p = predict_mosaic(r.bundle, frame, tmp_path / "q.zarr", exclude_rows="auto")
+    assert p.attrs["exclude_rows"] == [-24, None] and p.attrs["n_masked"] == 4  # the bottom row of tiles
+    bare = tmp_path / "bare.png"
+    Image.fromarray(synth.sem_frame("NCM811", "pristine", (240, 192), info_bar=None, seed=3)).save(bare)
+    assert main(["predict", str(r.bundle), str(bare), str(tmp_path / "b.zarr"), "--exclude-rows", "auto", "-q"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ncm: error: {bare}: no information bar found")
+    assert not (tmp_path / "b.zarr").exists()
+    # no band unless asked: the default for a mosaic stays none
+    assert predict_mosaic(r.bundle, frame, tmp_path / "d.zarr").attrs["exclude_rows"] is None
