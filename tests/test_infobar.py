@@ -153,3 +153,19 @@ def test_predict_auto_finds_the_bar_once_and_refuses_a_mosaic_without(sem_folder
     assert not (tmp_path / "b.zarr").exists()
     # no band unless asked: the default for a mosaic stays none
     assert predict_mosaic(r.bundle, frame, tmp_path / "d.zarr").attrs["exclude_rows"] is None
+
+
+def test_train_with_forced_auto_names_the_frame_without_a_bar(sem_folders, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from ncm_core.training.classify import train
+
+    data = tmp_path / "data"
+    shutil.copytree(sem_folders, data)
+    bare = data / "NCM811_pristine" / "bare.png"
+    Image.fromarray(synth.sem_frame("NCM811", "pristine", (144, 128), info_bar=None, seed=4)).save(bare)
+    with pytest.raises(NcmError, match=rf"^{bare}: no information bar found \(--exclude-rows auto\)"):
+        train(data, tmp_path / "m", architecture="resnet10t", tile_size=48, epochs=1, exclude_rows="auto")
+    assert not (tmp_path / "m").exists()
