@@ -167,7 +167,8 @@ class TrainWidget(RunsInBackground, Container):
         self.exclude_rows = LineEdit(
             value="",
             label="Exclude rows",
-            tooltip="frames: rows no crop may touch, e.g. -32: for a 32-row SEM info bar",
+            tooltip="frames: rows no crop may touch, e.g. -32: for a 32-row SEM info bar; empty: the information "
+            "bar of each frame where one is found; auto: every frame must have one; none: no band",
         )
         self.tile = SpinBox(
             value=96,
@@ -372,10 +373,10 @@ class TrainWidget(RunsInBackground, Container):
             pretrained=None if str(self.pretrained.value) in ("", ".") else str(self.pretrained.value),
             overwrite=self.overwrite.value,
         )
-        from ncm_core.data.tiling import parse_rows
+        from ncm_core.data.infobar import parse_band
 
         ann, data = None, None
-        rows = parse_rows(self.exclude_rows.value)
+        rows = parse_band(self.exclude_rows.value) if self.exclude_rows.value.strip() else None  # None: the default
         if self.source.value == ANNOTATIONS:
             ann = self._annotations()
             tiles_dir = out.with_name(out.name + "_tiles")

@@ -106,7 +106,9 @@ class PredictWidget(RunsInBackground, Container):
 
         d = PredictOptions()  # the one home of the defaults (light: no torch)
         self.batch_size = SpinBox(value=d.batch_size, min=1, max=4096, label="Batch size")
-        self.exclude_rows = LineEdit(value="", label="Exclude rows", tooltip="e.g. -32: skips a 32-row SEM info bar")
+        self.exclude_rows = LineEdit(
+            value="", label="Exclude rows", tooltip="e.g. -32: skips a 32-row SEM info bar; auto: find the bar"
+        )
         self.foreground = CheckBox(value=d.foreground, text="Skip background tiles")
         self.dense = CheckBox(
             value=d.dense,
@@ -158,7 +160,7 @@ class PredictWidget(RunsInBackground, Container):
         from napari_ncm._torch import guard_triton
 
         guard_triton()  # before torch is first imported in this napari session
-        from ncm_core.data.tiling import parse_rows
+        from ncm_core.data.infobar import parse_band
         from ncm_core.errors import NcmError
         from ncm_core.inference.predict import predict_mosaic_steps
 
@@ -177,7 +179,7 @@ class PredictWidget(RunsInBackground, Container):
                 )
         else:
             out = Path(out_text)
-        rows = parse_rows(self.exclude_rows.value)
+        rows = parse_band(self.exclude_rows.value) if self.exclude_rows.value.strip() else None
         mosaic = layer_to_mosaic(layer)
         self._note = input_note(bundle, layer)
         self._name = layer.name

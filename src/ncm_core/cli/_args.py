@@ -30,6 +30,22 @@ def rows(value: str) -> tuple[int | None, int | None] | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def band(value: str):
+    """``--exclude-rows``: ``START:STOP``, ``auto`` (an information bar must be found), ``detect`` or ``none``."""
+    from ncm_core.data.infobar import parse_band
+
+    try:
+        return parse_band(value)
+    except NcmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+BAND_HELP = (
+    "auto (find the SEM information bar; an image without one fails), detect (skip it where found), "
+    "none (or empty: no band), or a band START:STOP, e.g. --exclude-rows=-32: for the bottom 32 rows"
+)
+
+
 def positive(value: str) -> int:
     try:
         v = int(value)

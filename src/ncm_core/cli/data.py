@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from ncm_core.cli._args import common, finish_batch, positive, progress, rows, strict
+from ncm_core.cli._args import BAND_HELP, band, common, finish_batch, positive, progress, strict
 from ncm_core.data.crops import CropOptions
 
 K = CropOptions
@@ -66,6 +67,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 def cmd_crops(a: argparse.Namespace) -> None:
     from ncm_core.batch import FAILURES_FILE
     from ncm_core.data.crops import build_crops
+    from ncm_core.data.infobar import bar_note
 
     opts = CropOptions(
         size=a.size,
@@ -86,6 +88,9 @@ def cmd_crops(a: argparse.Namespace) -> None:
         for s in ("train", "val", "test")
         if s in counts
     )
+    note = bar_note(ts.params.get("info_bars", {}), len({r.source for r in ts.records}))
+    if note:
+        print(f"ncm: note: {note}", file=sys.stderr)
     print(f"tile set: {ts.root}  {len(ts.class_names)} classes; {parts}")
     frames = len({r.source for r in ts.records}) + len(ts.failures)
     finish_batch(ts.failures, frames, Path(ts.root) / FAILURES_FILE)
@@ -151,7 +156,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=K.test_fraction,
         help=f"share of each class's frames for testing (default {K.test_fraction})",
     )
-    c.add_argument("--exclude-rows", type=rows, help="band no crop may touch, e.g. --exclude-rows=-32: (SEM info bar)")
+    c.add_argument(
+        "--exclude-rows",
+        type=band,
+        default=K.exclude_rows,
+        help=f"rows no crop may touch: {BAND_HELP} (default {K.exclude_rows})",
+    )
     c.add_argument("--masks", help="folder like DATA with <class>/<frame stem>.png masks, non-zero = avoid")
     c.add_argument(
         "--max-masked",

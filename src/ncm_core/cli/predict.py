@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from ncm_core.cli._args import common, finish_batch, positive, progress, rows, strict, truth
+from ncm_core.cli._args import band, common, finish_batch, positive, progress, strict, truth
 from ncm_core.errors import NcmError
 from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
 
@@ -27,6 +28,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     p = predict_mosaic(a.bundle, a.mosaic, a.out, scheduler=a.dask_scheduler, **predict_options(a))
     at = p.attrs
+    if at.get("info_bar"):
+        print(f"ncm: note: {a.mosaic}: information bar detected, rows {at['info_bar']} left out", file=sys.stderr)
     print(
         f"prediction: {p.path}  grid {p.grid.shape[0]}x{p.grid.shape[1]} tiles of {p.grid.tile} px, "
         f"{at['n_predicted']} predicted, {at['n_masked']} masked"
@@ -234,7 +237,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--batch-size", type=positive, default=d.batch_size, help=f"tiles per batch (default {d.batch_size})"
     )
-    r.add_argument("--exclude-rows", type=rows, help="band of rows to skip, e.g. --exclude-rows=-32:")
+    r.add_argument(
+        "--exclude-rows",
+        type=band,
+        help="band of rows to skip, e.g. --exclude-rows=-32:; auto: the SEM information bar, found on the "
+        "mosaic's bottom or top edge (a mosaic without one fails)",
+    )
     r.add_argument("--foreground", action="store_true", help="skip empty (flat) background tiles")
     r.add_argument(
         "--dense",

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ncm_core.cli._args import common, list_, positive, progress, rows, size
+from ncm_core.cli._args import BAND_HELP, band, common, list_, positive, progress, rows, size
 from ncm_core.data.augment import AUGMENTATIONS
 from ncm_core.errors import NcmError
 from ncm_core.options import given
@@ -80,7 +80,21 @@ def cmd_train(a: argparse.Namespace) -> None:
     )
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
+    _bar_note(r.bundle)
     print(f"bundle: {r.bundle}  {_kept(r, 'accuracy', '.1%')}, {r.seconds:.0f} s")
+
+
+def _bar_note(bundle: Any) -> None:
+    """``ncm: note:`` the frames whose information bar training detected and left out."""
+    import sys
+
+    from ncm_core.data.infobar import bar_note
+    from ncm_core.models.bundle import config_bundle
+
+    t = config_bundle(bundle).config.training
+    note = bar_note(t.get("info_bars") or {}, len(t.get("train_images", [])) + len(t.get("val_images", [])))
+    if note:
+        print(f"ncm: note: {note}", file=sys.stderr)
 
 
 def _train_regress(a: argparse.Namespace) -> None:
@@ -216,7 +230,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--crops", type=positive, help=f"random crops per image per epoch (default {C.crops_per_image})")
     t.add_argument(
-        "--exclude-rows", type=rows, help="band of rows to ignore, e.g. --exclude-rows=-32: for a 32-row SEM info bar"
+        "--exclude-rows", type=band, help=f"rows of each frame to leave out: {BAND_HELP} (default {C.exclude_rows})"
     )
     t.add_argument(
         "--augment",

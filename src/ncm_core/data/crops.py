@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ncm_core.batch import Batch, BatchFailed
+from ncm_core.data.infobar import BandSpec, band_text, check_band, resolve_band, spec_text, widest
 from ncm_core.errors import NcmError
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_output
@@ -33,7 +34,9 @@ class CropOptions:
 
     ``size`` crop side in px; ``per_frame`` crops per frame; ``val_fraction``, ``test_fraction`` shares
     of each class's frames held out (whole frames, before cropping); ``exclude_rows`` a band of rows no
-    crop may touch, e.g. ``(-32, None)`` for an SEM info bar; ``masks`` an optional folder mirroring the
+    crop may touch, e.g. ``(-32, None)`` for an SEM info bar, ``"detect"`` (default) the information bar
+    of each frame where one is found, ``"auto"`` the same but a frame without one fails, ``"none"`` no
+    band (:mod:`ncm_core.data.infobar`); ``masks`` an optional folder mirroring the
     data, ``masks/<class>/<frame stem>.png``, non-zero where crops must not go; ``max_masked`` the
     largest share of masked pixels a crop may contain.
     """
@@ -42,7 +45,7 @@ class CropOptions:
     per_frame: int = 32
     val_fraction: float = 0.2
     test_fraction: float = 0.2
-    exclude_rows: tuple[int | None, int | None] | None = None
+    exclude_rows: BandSpec = "detect"
     masks: str | Path | None = None
     max_masked: float = 0.0
     seed: int = 0
@@ -57,10 +60,9 @@ class CropOptions:
         if self.seed < 0:
             raise NcmError(f"seed must be a non-negative whole number, got {self.seed}")
         from ncm_core.data.tilesets import check_fractions
-        from ncm_core.data.tiling import check_rows
 
         check_fractions(self.val_fraction, self.test_fraction)
-        check_rows(self.exclude_rows)
+        check_band(self.exclude_rows)
         if not 0 <= self.max_masked <= 1:
             raise NcmError(f"the largest masked share of a crop must be between 0 and 1, got {self.max_masked}")
         return self
@@ -131,13 +133,14 @@ def build_crops(
     batch = Batch(len(ds.files), strict=o.strict, what="frames")
     # first pass: where each frame's crops go (reads every frame once); frames that fail are left out
     plan: dict[str, tuple[Path, int, np.ndarray]] = {}
+    bands: dict[str, tuple[int | None, int | None] | None] = {}
     shapes: set[tuple[int, int]] = set()
     kinds: set[tuple[int, int, str]] = set()
     for k, (f, y) in enumerate(zip(ds.files, ds.labels)):
         check_cancel(cancel)
         with batch.attempt(f):
             rel = str(f.relative_to(ds.root))
-            img, pos = _frame_crops(f, rel, ds.class_names[y], mask_root, o)
+            img, pos, band = _frame_crops(f, rel, ds.class_names[y], mask_root, o)
             kind = (img.ndim, img.shape[2] if img.ndim == 3 else 1, img.dtype.str)
             if kinds and kind not in kinds:
                 raise NcmError(
@@ -148,6 +151,7 @@ def build_crops(
             kinds.add(kind)
             shapes.add(img.shape[:2])
             plan[rel] = (f, y, pos)
+            bands[rel] = band
         report(progress, k + 1, 2 * len(ds.files), f.name)
     batch.check()
     groups = {rel: y for rel, (_, y, _) in plan.items()}
@@ -190,7 +194,11 @@ def build_crops(
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "seed": seed,
-            "exclude_rows": None if o.exclude_rows is None else list(o.exclude_rows),
+            "exclude_rows": _band_param(o.exclude_rows, [bands[r] for r in plan]),
+            "exclude_rows_setting": spec_text(o.exclude_rows),
+            "info_bars": {
+                r: band_text(bands[r]) for r in plan if bands[r] is not None and isinstance(o.exclude_rows, str)
+            },
             "masks": None if mask_root is None else str(mask_root),
             "max_masked": o.max_masked,
         }
@@ -206,8 +214,22 @@ def build_crops(
     return ts
 
 
-def _frame_crops(f: Path, rel: str, cls: str, mask_root: Path | None, o: CropOptions) -> tuple[np.ndarray, np.ndarray]:
-    """A frame and the top-left corners of its crops: random, but the same for the same seed and frame name."""
+def _band_param(spec: BandSpec, bands: list) -> list | None:
+    """The band a tile set records (evaluation and training skip it): the one given, or the widest detected."""
+    band = widest(bands) if isinstance(spec, str) else spec
+    return None if band is None else list(band)
+
+
+def _detected(spec: BandSpec, bands: dict[str, Any]) -> dict[str, str]:
+    """The frames whose bar was detected (not given), with its rows."""
+    return {r: band_text(b) for r, b in bands.items() if b is not None} if isinstance(spec, str) else {}
+
+
+def _frame_crops(
+    f: Path, rel: str, cls: str, mask_root: Path | None, o: CropOptions
+) -> tuple[np.ndarray, np.ndarray, tuple[int | None, int | None] | None]:
+    """A frame, the top-left corners of its crops (random, but the same for the same seed and frame name) and
+    the band of rows they avoid."""
     from ncm_core.data.datasets import load_image
 
     img = load_image(f)
@@ -216,9 +238,10 @@ def _frame_crops(f: Path, rel: str, cls: str, mask_root: Path | None, o: CropOpt
         mf = mask_root / cls / (f.stem + ".png")
         mask = load_image(mf) if mf.is_file() else None
     try:
-        valid = _valid_mask(img.shape[:2], o.exclude_rows, mask)
+        band = resolve_band(o.exclude_rows, img)  # the file is named below
+        valid = _valid_mask(img.shape[:2], band, mask)
         # one generator per frame, seeded by its name: adding a frame does not move the others' crops
         rng = np.random.default_rng([o.seed, *rel.encode()])
-        return img, crop_positions(valid, o.size, o.per_frame, rng, o.max_masked)
+        return img, crop_positions(valid, o.size, o.per_frame, rng, o.max_masked), band
     except NcmError as exc:
         raise NcmError(str(exc), f) from None

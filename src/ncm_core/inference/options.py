@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ncm_core.data.tiling import check_rows
+from ncm_core.data.infobar import BandSpec, check_band
 from ncm_core.errors import NcmError
 from ncm_core.models.ood import OOD_WARN_FRACTION  # one home; re-exported for the CLI and widgets
 
@@ -45,7 +45,8 @@ class PredictOptions:
     offset: tuple[int, int] = (0, 0)  # grid origin
     edge: Edge = "pad"  # "pad": tiles past the border are filled by reflection; "drop": left out
     batch_size: int = 64  # tiles per forward pass
-    exclude_rows: tuple[int | None, int | None] | None = None  # band of rows to skip, e.g. (-32, None)
+    # band of rows to skip, e.g. (-32, None); "auto": the mosaic's information bar (ncm_core.data.infobar)
+    exclude_rows: BandSpec = None
     mask: Any = None  # pixel mask (True = predict; full size or downsampled)
     foreground: bool = False  # skip empty (flat) background tiles
     min_fraction: float = 0.5  # share of a tile that must be kept by the masks
@@ -82,8 +83,7 @@ class PredictOptions:
             raise NcmError(f"missing_chunks must be 'report' or 'fill', got {self.missing_chunks!r}")
         if self.dense_recheck < 0:
             raise NcmError(f"dense_recheck must not be negative, got {self.dense_recheck}")
-        if self.exclude_rows is not None:
-            object.__setattr__(self, "exclude_rows", check_rows(tuple(self.exclude_rows)))
+        object.__setattr__(self, "exclude_rows", check_band(self.exclude_rows))
         if not 0 <= self.min_fraction <= 1:
             raise NcmError(f"min_fraction must be between 0 and 1, got {self.min_fraction}")
         object.__setattr__(self, "offset", tuple(int(v) for v in self.offset))

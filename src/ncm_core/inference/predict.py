@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.data.infobar import band_text
 from ncm_core.errors import NcmError
 from ncm_core.inference import engine
 from ncm_core.inference.classify import classify_tensor, classify_tiles
@@ -42,7 +43,7 @@ from ncm_core.inference.prediction import (
     open_prediction,
 )
 from ncm_core.inference.reading import NONFINITE, REASONS
-from ncm_core.inference.tiles import TileClassTask, keep_cells, plan_grid, tile_size_for
+from ncm_core.inference.tiles import TileClassTask, keep_cells, mosaic_band, plan_grid, tile_size_for
 from ncm_core.io.mosaic import open_mosaic
 from ncm_core.models.bundle import ModelBundle, config_bundle, load_bundle
 from ncm_core.models.ood import has_ood
@@ -92,7 +93,8 @@ def predict_mosaic_steps(
     if o.missing_chunks == "fill":  # the store leaves out empty chunks on purpose: read them as the fill value
         mosaic = replace(mosaic, missing=None)
     grid = plan_grid(bundle, mosaic, tile=o.tile, stride=o.stride, offset=o.offset, edge=o.edge)
-    keep = keep_cells(grid, mosaic, o.exclude_rows, o.mask, o.foreground, o.min_fraction)
+    band = mosaic_band(o.exclude_rows, mosaic)  # "auto": the information bar, found once on the mosaic's edges
+    keep = keep_cells(grid, mosaic, band, o.mask, o.foreground, o.min_fraction)
     out = check_output(out, o.overwrite, (bundle, mosaic, o.mask))
     n_pred = int(keep.sum())
     ood = o.ood and has_ood(bundle)
@@ -147,7 +149,8 @@ def predict_mosaic_steps(
         },
         "world_transform": {"scale": list(scale), "translate": list(trans)},
         "label_values": "0 = not predicted (masked, or see unpredicted), k + 1 = class_names[k]",
-        "exclude_rows": None if o.exclude_rows is None else list(o.exclude_rows),
+        "exclude_rows": None if band is None else list(band),
+        "info_bar": band_text(band) if isinstance(o.exclude_rows, str) and band is not None else None,
         "foreground": o.foreground,
         "dense": o.dense,
         "dense_recheck": o.dense_recheck if o.dense else None,

@@ -59,6 +59,28 @@ def plan_grid(
     return TileGrid(mosaic.shape, t, stride if stride is not None else t, offset, edge)  # type: ignore[arg-type]
 
 
+def mosaic_band(spec: Any, mosaic: Mosaic) -> tuple[int | None, int | None] | None:
+    """The band of rows to skip in ``mosaic``: as given, or for ``"auto"``/``"detect"`` its information bar,
+    looked for once on its bottom and top edges (only those rows are read); ``"auto"`` without one is an
+    error naming the mosaic."""
+    from ncm_core.data.infobar import CONTEXT, detect_info_bar, resolve_band
+    from ncm_core.io.pixels import read_pixels
+
+    if not isinstance(spec, str) or spec == "none":
+        return resolve_band(spec, np.zeros((0, 0)))
+    h = mosaic.shape[0]
+    limit = h // 4
+    span = min(h, limit + CONTEXT + 1)
+    if 2 * span >= h:
+        edges = read_pixels(mosaic)
+    else:
+        edges = np.concatenate([read_pixels(mosaic, slice(0, span)), read_pixels(mosaic, slice(h - span, h))])
+    band = detect_info_bar(edges, limit)
+    if band is None:
+        return resolve_band(spec, edges[:0], mosaic.source)  # "auto": the one line naming the mosaic
+    return band
+
+
 def keep_cells(
     grid: TileGrid, mosaic: Mosaic, exclude_rows: Any, mask: Any, foreground: bool, min_fraction: float
 ) -> np.ndarray:

@@ -32,14 +32,15 @@ from typing import Any
 import numpy as np
 
 from ncm_core.data.augment import parse_augment
-from ncm_core.data.tilesets import is_tile_set, open_tile_set
+from ncm_core.data.infobar import band_text, spec_text
+from ncm_core.data.tilesets import is_tile_set
 from ncm_core.devices import amp_dtype, resolve_device
 from ncm_core.models.bundle import BundleConfig, save_bundle
 from ncm_core.models.preprocess import InputSpec, tiles_to_tensor
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_training_output, remove
 from ncm_core.progress import CancelFlag, ProgressFn, report
-from ncm_core.training.classify_data import ClassifyData, frames_source, normalisation, tile_set_source
+from ncm_core.training.classify_data import ClassifyData, frames_source, normalisation, tile_set_source, trained_band
 from ncm_core.training.config import CLASSIFY_MONITORS, NO_VALIDATION, TrainConfig
 from ncm_core.training.loop import LoopConfig, Task, open_checkpoint, run_epochs
 from ncm_core.training.result import TrainResult
@@ -116,7 +117,9 @@ def train(
         ``lookahead_radam``, ...
     exclude_rows
         For frames: a band of rows ``(start, stop)`` to drop before cropping,
-        e.g. ``(-32, None)`` for a 32-row SEM information bar.
+        e.g. ``(-32, None)`` for a 32-row SEM information bar; ``"detect"`` (default) drops each
+        frame's information bar where one is found, ``"auto"`` requires one, ``"none"`` drops nothing.
+        The bundle remembers the band (the widest detected).
     augment
         ``True`` (flips and 90-degree turns), ``False``, or a selection such as
         ``"flip"`` or ``("rot90",)``.
@@ -174,10 +177,8 @@ def _train(
             c.seed,
             c.holdout,
         )
-    tile_size, exclude_rows, epochs, batch_size = d.tile_size, c.exclude_rows, c.epochs, c.batch_size
-    if d.kind == "tiles" and exclude_rows is None:  # the band the crops avoided: evaluation skips it too
-        band = open_tile_set(src).params.get("exclude_rows")
-        exclude_rows = tuple(band) if band else None
+    tile_size, epochs, batch_size = d.tile_size, c.epochs, c.batch_size
+    exclude_rows = trained_band(c.exclude_rows, d, src)  # the bundle remembers it: evaluation skips it too
     wanted = c.holdout and (d.kind == "tiles" or c.val_fraction > 0)
     if len(d.val_x) == 0 and wanted:
         warnings.warn(
@@ -296,6 +297,10 @@ def _train(
             "train_images" if d.kind == "frames" else "train_groups": d.train_groups,
             "val_images" if d.kind == "frames" else "val_groups": d.val_groups,
             "exclude_rows": None if exclude_rows is None else list(exclude_rows),
+            "exclude_rows_setting": spec_text(c.exclude_rows),
+            "info_bars": {k: band_text(b) for k, b in (d.bands or {}).items() if b is not None}
+            if isinstance(c.exclude_rows, str)
+            else {},
             "history": history,
         },
     )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ncm_core.data.datasets import augment_tiles, load_image, random_crops, scan_class_folders, split_by_image
+from ncm_core.data.infobar import cut_band, resolve_band, widest
 from ncm_core.data.tilesets import open_tile_set
 from ncm_core.errors import NcmError
 from ncm_core.models.preprocess import intensity_scale
@@ -38,6 +39,7 @@ class ClassifyData:
     val_groups: list[str]
     n_train: int  # tiles per epoch
     dtype: Any = np.uint8
+    bands: dict[str, Any] | None = None  # frames: the band of rows left out of each frame
 
 
 def channels(arrays: Iterable[np.ndarray], where: Any) -> int:
@@ -65,7 +67,13 @@ def frames_source(
         train_idx, val_idx = split_by_image(ds, val_fraction, seed)
     else:
         train_idx, val_idx = list(range(len(ds.files))), []
-    images = [load_image(f, exclude_rows) for f in ds.files]
+    bands: dict[str, Any] = {}
+    images = []
+    for f in ds.files:  # each frame without its band (a detected information bar, or the band given)
+        img = load_image(f)
+        band = resolve_band(exclude_rows, img, f)
+        bands[str(f.relative_to(ds.root))] = band
+        images.append(img if band is None else cut_band(img, band))
     for f, img in zip(ds.files, images):
         if min(img.shape[:2]) < tile_size:
             raise NcmError(
@@ -101,7 +109,22 @@ def frames_source(
         val_groups=[rel(i) for i in val_idx],
         n_train=len(train_idx) * crops,
         dtype=images[0].dtype,
+        bands=bands,
     )
+
+
+def trained_band(spec: Any, d: ClassifyData, src: Path) -> tuple[int | None, int | None] | None:
+    """The band of rows a bundle remembers (evaluation and prediction of frames default to it): the band
+    given; for frames with ``"detect"``/``"auto"`` the widest bar detected; for a tile set, unless a band
+    or ``"none"`` is given, the band its crops avoided."""
+    if spec == "none":
+        return None
+    if spec is not None and not isinstance(spec, str):
+        return tuple(spec)
+    if d.kind == "frames":
+        return widest(list((d.bands or {}).values()))
+    band = open_tile_set(src).params.get("exclude_rows")
+    return tuple(band) if band else None
 
 
 def tile_set_source(data: Path, tile_size: int | None, ops: tuple[str, ...], holdout: bool = True) -> ClassifyData:

@@ -12,9 +12,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ncm_core.errors import NcmError
+
+if TYPE_CHECKING:
+    from ncm_core.data.infobar import BandSpec
 
 Amp = Literal["auto", "off", "bf16", "fp16"]
 ClassifyMonitor = Literal["accuracy", "balanced_accuracy", "loss"]
@@ -93,14 +96,14 @@ def check_scheduler(name: str) -> None:
 
 def _check_common(c: TrainConfig | RegressConfig) -> None:
     """Checks both training tasks share: learning rate, optimizer, scheduler, weight decay."""
-    from ncm_core.data.tiling import check_rows
+    from ncm_core.data.infobar import check_band
 
     check_positive("learning rate (--lr)", c.lr)
     if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
         raise NcmError(f"weight decay must be a finite number of at least 0, got {c.weight_decay}")
     check_optimizer(c.optimizer)
     check_scheduler(c.scheduler)
-    check_rows(getattr(c, "exclude_rows", None))
+    check_band(getattr(c, "exclude_rows", None))
     check_positive("pixel size (--pixel-size, micrometres)", getattr(c, "pixel_size", None), allow_none=True)
 
 
@@ -128,7 +131,7 @@ class TrainConfig:
     val_fraction: float = 0.25
     crops_per_image: int = 32
     val_crops_per_image: int = 16
-    exclude_rows: tuple[int | None, int | None] | None = None
+    exclude_rows: BandSpec = "detect"  # frames: "detect" skips an information bar where found (ncm_core.data.infobar)
     augment: bool | str | Iterable[str] = True
     normalize: bool = False
     pretrained: str | Path | None = None
