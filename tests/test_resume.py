@@ -15,23 +15,10 @@ from ncm_core.errors import Cancelled, NcmError
 from ncm_core.inference.predict import predict_mosaic
 from ncm_core.io.mosaic import write_ome_zarr
 
+from .test_predict import KILLED_RUN  # the same command, killed after N blocks (SIGKILL)
+
 # one engine and layout for every run (``auto`` measures per process; see test_predict's SIGKILL test)
 KW = dict(max_block_pixels=64 * 64, backend="torch", memory_format="contiguous")
-
-KILLED_RUN = """
-import os, signal, sys
-from ncm_core.inference.predict import predict_mosaic
-
-def progress(done, total, msg):
-    if not hasattr(progress, "first"):
-        progress.first = done
-        print("first", done, flush=True)
-    if 0 < int(sys.argv[4]) <= done:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-predict_mosaic(sys.argv[1], sys.argv[2], sys.argv[3], progress=progress, max_block_pixels=64 * 64, backend="torch",
-               memory_format="contiguous")
-"""
 
 
 @pytest.fixture
