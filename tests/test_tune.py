@@ -88,6 +88,15 @@ def test_asha_prunes_trials_that_fall_behind(tmp_path):
     assert abs(study.best_params["lr"] - 1e-2) < 0.05
 
 
+def test_a_resumed_study_reports_its_earlier_trials_first(tmp_path):
+    """The Tune dock's table after Cancel and Resume: the earlier trials (the best one too) are listed."""
+    first = [t.number for t in optimize(tmp_path / "s", toy_curves, identity={"toy": 1}, n_trials=3).trials]
+    seen = []
+    optimize(tmp_path / "s", toy_curves, identity={"toy": 1}, n_trials=5, resume=True, on_trial=seen.append)
+    numbers = [t.number for t in seen]
+    assert numbers[:3] == first == [0, 1, 2] and sorted(numbers) == list(range(5))
+
+
 def test_a_study_from_other_data_is_refused(tmp_path):
     optimize(tmp_path / "s", toy_curves, identity={"data": "a"}, n_trials=2)
     with pytest.raises(NcmError, match="a study exists"):

@@ -217,6 +217,11 @@ def optimize(
     study = open_study(out, identity=identity, pruner=pruner, seed=seed, direction=direction, sampler=sampler)
     if resume:
         requeue_interrupted(study)
+        if on_trial is not None:  # a resumed study's listeners (the Tune dock's table) see the earlier trials too
+            from optuna.trial import TrialState
+
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+                on_trial(t)
     if scheduler is not None:
         from ncm_core.inference.distributed import connect
 
