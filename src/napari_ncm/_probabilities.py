@@ -25,6 +25,7 @@ class TileProbabilities(QWidget):
 
         super().__init__()
         self._viewer = napari_viewer
+        self.setMinimumWidth(280)  # with the plot hidden, the hint alone would let the dock shrink to a strip
         self.figure = Figure(figsize=(3.6, 3.4), dpi=90)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(270)
