@@ -259,6 +259,7 @@ def finish_block(
     status, digests, skipped = records
     if isinstance(prepared, NcmError):
         task.fail(block, arrays)
+        digests[block.index] = 0  # no digest: a status rebuilt from the digests retries it
         status[block.index] = FAILED
         return [
             {
@@ -274,6 +275,7 @@ def finish_block(
         row[code] = n
     skipped[block.index] = row
     if prepared.failures:  # partly read: no digest, so a rebuilt status record retries it too
+        digests[block.index] = 0
         status[block.index] = PARTIAL
         return [{"cells": list(block.cells), **f} for f in prepared.failures]
     digests[block.index] = np.frombuffer(prepared.digest, np.uint8)
