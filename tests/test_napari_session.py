@@ -221,7 +221,7 @@ def test_a_whole_session(make_napari_viewer, tiny_bundle, tmp_path, qtbot, notif
         predict.batch_size.value = 8
         predict.output.value = str(tmp_path / "pred-cancelled.zarr")
         latency["Predict"] = cancel_latency(qtbot, predict, after(1.5))
-        assert predict.status.value.startswith("Cancelled") and "resume" in predict.status.value
+        assert predict.status.value == "Cancelled before a block was finished"  # the sample is one block
 
         explain.method.value = "occlusion"
         explain.out.value = str(tmp_path / "occlusion.zarr")
