@@ -135,31 +135,3 @@ def test_single_fit_with_validation_writes_baselines(tiny_regressor):
     assert set(rep["models"]) == {"cnn", "mean", "ridge", "boosting"} and rep["split"] == "validation mosaics"
     assert "porosity" in rep["descriptors"]
     assert (tiny_regressor / "baselines.csv").stat().st_size > 50
-
-
-def test_cross_validation_metrics_hold_the_baselines(section_crops, section_set, tmp_path):
-    from ncm_core.training.regression import cross_validate
-
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        r = cross_validate(
-            section_crops,
-            section_set / "targets.csv",
-            tmp_path / "cv",
-            folds=3,
-            groups=["porosity"],
-            input_size=(32, 96),
-            epochs=2,
-            batch_size=8,
-        )
-    m = json.loads((tmp_path / "cv" / "metrics.json").read_text())
-    b = m["baselines"]
-    assert set(b["models"]) == {"cnn", "mean", "ridge", "boosting"} and len(b["ranking"]) == 4
-    assert b["models"]["cnn"]["crops"]["mape"] == pytest.approx(m["crops"]["mape"])
-    assert b["descriptors"][:4] == list(DESCRIPTORS)
-    mape = {k: round(v["mosaics"]["mape"], 2) for k, v in b["models"].items()}
-    print("cross-validation MAPE per mosaic:", mape)
-    warned = [w for w in rec if "does not beat the descriptor model" in str(w.message)]
-    assert len(warned) == (0 if b["cnn_beats_descriptors"] else 1)
-    assert (tmp_path / "cv" / "baselines.csv").read_text().count("\n") == 5
-    assert r.metrics["baselines"]["ranking"] == b["ranking"]

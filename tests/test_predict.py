@@ -101,11 +101,9 @@ predict_mosaic(sys.argv[1], sys.argv[2], sys.argv[3], progress=progress, max_blo
 """
 
 
-def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_path):
-    """Killed after 5 blocks, the same command again computes only the rest, and the result equals an
-    uninterrupted run's byte for byte. Each run is a fresh process, as a user's would be; one engine and
-    layout for all (`auto` measures them per process: a resumed run keeps the first run's choice, but the
-    uninterrupted reference run measures afresh; tests/test_light_predict.py covers the light path's resume)."""
+def killed_runs(tmp_path, bundle, mosaic):
+    """``run(out, kill_after)``: ``predict_mosaic`` in a fresh process, SIGKILLed once ``kill_after`` blocks
+    are done (0: never); returns the CompletedProcess (``first N`` in stdout: blocks already done at start)."""
     import subprocess
     import sys
 
@@ -113,8 +111,18 @@ def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_pa
     script.write_text(KILLED_RUN)
 
     def run(out, kill_after):
-        cmd = [sys.executable, str(script), str(tiny_bundle), str(mosaic_path), str(tmp_path / out), str(kill_after)]
+        cmd = [sys.executable, str(script), str(bundle), str(mosaic), str(tmp_path / out), str(kill_after)]
         return subprocess.run(cmd, capture_output=True, text=True)
+
+    return run
+
+
+def test_resume_after_sigkill_is_byte_identical(tiny_bundle, mosaic_path, tmp_path):
+    """Killed after 5 blocks, the same command again computes only the rest, and the result equals an
+    uninterrupted run's byte for byte. Each run is a fresh process, as a user's would be; one engine and
+    layout for all (`auto` measures them per process: a resumed run keeps the first run's choice, but the
+    uninterrupted reference run measures afresh; tests/test_light_predict.py covers the light path's resume)."""
+    run = killed_runs(tmp_path, tiny_bundle, mosaic_path)
 
     r = run("p.zarr", 5)
     assert r.returncode == -9, r.stderr  # killed mid-run

@@ -334,21 +334,24 @@ def test_regressor_bundle_keeps_its_best_epoch_and_units(tiny_regressor, section
 
 
 def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp_path):
+    from ncm_core.data.descriptors import DESCRIPTORS
     from ncm_core.models.bundle import load_bundle
     from ncm_core.training.regression import cross_validate
 
-    r = cross_validate(
-        section_crops,
-        section_set / "targets.csv",
-        tmp_path / "cv",
-        folds=3,
-        groups=["porosity"],
-        input_size=(32, 96),
-        epochs=2,
-        batch_size=8,
-        l1=1e-6,
-        adversarial=2.0,
-    )
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        r = cross_validate(
+            section_crops,
+            section_set / "targets.csv",
+            tmp_path / "cv",
+            folds=3,
+            groups=["porosity"],
+            input_size=(32, 96),
+            epochs=2,
+            batch_size=8,
+            l1=1e-6,
+            adversarial=2.0,
+        )
     folds = {}
     for row in r.predictions:
         folds.setdefault(row["source"], set()).add(row["fold"])
@@ -364,6 +367,17 @@ def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp
     assert {g["value"] for g in m["groups"] if g["group"] == "porosity"} == {"0.25", "0.35", "0.45"}
     for f in ("predictions.csv", "per_group.csv", "per_target.csv", "scatter.png", "rate_capability.png"):
         assert (tmp_path / "cv" / f).stat().st_size > 100
+    # the baselines on the same folds (issue 18): training mean and descriptor models, ranked with the CNN
+    b = m["baselines"]
+    assert set(b["models"]) == {"cnn", "mean", "ridge", "boosting"} and len(b["ranking"]) == 4
+    assert b["models"]["cnn"]["crops"]["mape"] == pytest.approx(m["crops"]["mape"])
+    assert b["descriptors"][:4] == list(DESCRIPTORS)
+    mape = {k: round(v["mosaics"]["mape"], 2) for k, v in b["models"].items()}
+    print("cross-validation MAPE per mosaic:", mape)
+    warned = [w for w in rec if "does not beat the descriptor model" in str(w.message)]
+    assert len(warned) == (0 if b["cnn_beats_descriptors"] else 1)
+    assert (tmp_path / "cv" / "baselines.csv").read_text().count("\n") == 5
+    assert r.metrics["baselines"]["ranking"] == b["ranking"]
     # a second run reuses the finished folds
     again = cross_validate(
         section_crops,

@@ -15,7 +15,7 @@ from ncm_core.errors import Cancelled, NcmError
 from ncm_core.inference.predict import predict_mosaic
 from ncm_core.io.mosaic import write_ome_zarr
 
-from .test_predict import KILLED_RUN  # the same command, killed after N blocks (SIGKILL)
+from .test_predict import killed_runs  # the same command in a fresh process, SIGKILLed after N blocks
 
 # one engine and layout for every run (``auto`` measures per process; see test_predict's SIGKILL test)
 KW = dict(max_block_pixels=64 * 64, backend="torch", memory_format="contiguous")
@@ -44,12 +44,7 @@ def test_a_changed_input_resumes_to_a_fresh_runs_result(tiny_bundle, mosaic, tmp
     """Killed after 5 of 15 blocks; the pixels of one finished block (0, 1) and one unfinished block (2, 3)
     change; the same command again recomputes the changed finished block (with a warning that names it)
     and the rest, and equals a fresh run on the changed mosaic byte for byte."""
-    script = tmp_path / "killed.py"
-    script.write_text(KILLED_RUN)
-
-    def run(out, kill_after):
-        cmd = [sys.executable, str(script), str(tiny_bundle), str(mosaic), str(tmp_path / out), str(kill_after)]
-        return subprocess.run(cmd, capture_output=True, text=True)
+    run = killed_runs(tmp_path, tiny_bundle, mosaic)
 
     r = run("p.zarr", 5)
     assert r.returncode == -9, r.stderr

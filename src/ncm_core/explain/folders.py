@@ -49,16 +49,11 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def read_image(f: Path) -> np.ndarray:
-    """An image as an array as a mosaic holds it (``(h, w)`` or ``(h, w, C)``); one line when unreadable."""
-    from ncm_core.io.mosaic import open_mosaic
-    from ncm_core.io.pixels import check_finite
+    """An image as an array as a mosaic holds it (``(h, w)`` or ``(h, w, C)``); one line when unreadable or
+    not finite (the same reader as training frames)."""
+    from ncm_core.data.datasets import load_image
 
-    try:
-        return check_finite(np.asarray(open_mosaic(f).data.compute()), f)
-    except NcmError:
-        raise
-    except Exception as exc:
-        raise NcmError(f"cannot read image ({type(exc).__name__}: {exc})", f) from None
+    return load_image(f)
 
 
 def read_images(files: Sequence[Path]) -> list[np.ndarray]:

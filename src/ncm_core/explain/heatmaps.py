@@ -67,17 +67,7 @@ __all__ = [
     "tile_at",
 ]
 #: options that change how a run goes, not what it writes: left out of the run fingerprint
-RUN_ONLY = (
-    "device",
-    "overwrite",
-    "resume",
-    "retries",
-    "retry_delay",
-    "check_images",
-    "block_pixels",
-    "strict",
-    "allow_incomplete",
-)
+RUN_ONLY = (*engine.RUN_ONLY, "check_images", "block_pixels")
 
 
 @dataclass

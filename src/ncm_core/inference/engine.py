@@ -45,6 +45,8 @@ from ncm_core.progress import CancelFlag, check_cancel
 __all__ = ["Block", "BlockTask", "Context", "RunIncomplete", "read_region", "TODO", "DONE", "FAILED", "PARTIAL"]
 
 READ_AHEAD = 2  # blocks prepared ahead of the one the model runs on
+#: options of every engine run that change how it goes, not what it writes: left out of run fingerprints
+RUN_ONLY = ("device", "overwrite", "resume", "retries", "retry_delay", "strict", "allow_incomplete")
 ENGINE_FORMAT = 2  # enters the fingerprint: a .partial written by another engine format is not resumed
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ncm_core.data.infobar import BandSpec, check_band
 from ncm_core.errors import NcmError
+from ncm_core.inference.engine import RUN_ONLY as ENGINE_RUN_ONLY
 from ncm_core.models.ood import OOD_WARN_FRACTION  # one home; re-exported for the CLI and widgets
 
 __all__ = ["PredictOptions", "Backend", "MemoryFormat", "OOD_WARN_FRACTION", "RUN_ONLY"]
@@ -19,18 +20,7 @@ MissingChunks = Literal["report", "fill"]
 
 #: options that change how a run goes, not what it writes: left out of the run fingerprint
 #: (memory_format and backend are measured once and kept by a resumed run; the mask enters as tile cells)
-RUN_ONLY = (
-    "device",
-    "overwrite",
-    "resume",
-    "retries",
-    "retry_delay",
-    "memory_format",
-    "backend",
-    "mask",
-    "strict",
-    "allow_incomplete",
-)
+RUN_ONLY = (*ENGINE_RUN_ONLY, "memory_format", "backend", "mask")
 
 
 @dataclass(frozen=True)
