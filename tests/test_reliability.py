@@ -94,6 +94,14 @@ CATALOGUE = [
     (["train", "{w}/frames", "{w}/b", "--pixel-size", "nan", "-q"], ["pixel size", "nan"]),
     (["sections", "{w}/m.zarr", "--out", "{w}/c", "--pixel-size", "-1", "-q"], ["pixel size", "-1"]),
     (["predict", "{w}/bundle", "{w}/neg.zarr", "{w}/p.zarr"], ["neg.zarr", "pixel size is -1", "--pixel-size"]),
+    # options added with issue 15's items 1 and 4
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/p.zarr", "--missing-chunks", "zero"], ["--missing-chunks", "'zero'"]),
+    (["explain", "{w}/bundle", "{w}/m.zarr", "{w}/h.zarr", "--missing-chunks", "zero"], ["--missing-chunks", "'zero'"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/neg.zarr", "{w}/notes.txt"], ["notes.txt", "output is a folder"]),
+    (
+        ["predict", "{w}/bundle", "{w}/m.zarr", "{w}/neg.zarr", "{w}/preds", "--regions", "{w}/m.zarr/labels/truth"],
+        ["--regions is a map of one mosaic"],
+    ),
     (
         [
             "train",
