@@ -126,7 +126,7 @@ def test_our_own_images_store_every_chunk(tmp_path):
     img = np.zeros((128, 128), np.uint8)
     img[:32] = 9
     write_ome_zarr(tmp_path / "z.ome.zarr", img, chunks=64)
-    assert open_mosaic(tmp_path / "z.ome.zarr").missing is None
+    assert open_mosaic(tmp_path / "z.ome.zarr").absent_chunks() is None
     assert len(list((tmp_path / "z.ome.zarr" / "0" / "c").rglob("*"))) == 2 + 4  # 2 row folders, 4 chunks
 
 

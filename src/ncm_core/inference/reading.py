@@ -8,7 +8,7 @@ leave out exactly the tiles or windows whose pixels are not real data, and predi
 - ``UNREADABLE``: a chunk whose bytes cannot be decoded (a damaged file, a codec error) after retries.
   Only that chunk is lost, not the block: when the whole block cannot be read, it is read again chunk by
   chunk and the readable chunks are kept;
-- ``MISSING``: a chunk that is absent from a zarr store (:attr:`ncm_core.io.mosaic.Mosaic.missing`):
+- ``MISSING``: a chunk that is absent from a zarr store (:meth:`ncm_core.io.mosaic.Mosaic.absent_chunks`):
   zarr would silently read it as the fill value. Stores written sparsely on purpose (empty chunks
   left out) are read as written with ``missing_chunks="fill"``.
 
@@ -136,10 +136,11 @@ def _by_chunk(mosaic: Any, rect: Rect, retries: int, delay: float) -> tuple[np.n
 
 
 def _missing(mosaic: Any, rect: Rect, region: np.ndarray, problems: np.ndarray | None) -> tuple[Any, list[Any]]:
-    """Mark the pixels of chunks absent from the store (``mosaic.missing``) as ``MISSING``."""
-    if getattr(mosaic, "missing", None) is None:
+    """Mark the pixels of chunks absent from the store (``mosaic.absent_chunks()``) as ``MISSING``."""
+    absent = mosaic.absent_chunks()
+    if absent is None:
         return problems, []
-    gone = _compute(mosaic.missing, rect)
+    gone = _compute(absent, rect)
     if not gone.any():
         return problems, []
     y0, _, x0, _ = rect
@@ -147,7 +148,7 @@ def _missing(mosaic: Any, rect: Rect, region: np.ndarray, problems: np.ndarray |
     problems[gone] = MISSING
     region[gone] = 0  # (the caller passes a writable copy)
     failures = []
-    for r in chunk_rects(mosaic.missing, rect):
+    for r in chunk_rects(absent, rect):
         if gone[r[0] - y0 : r[1] - y0, r[2] - x0 : r[3] - x0].any():
             where = f"y {r[0]}:{r[1]}, x {r[2]}:{r[3]}"
             failures.append(

@@ -54,11 +54,20 @@ class Mosaic:
     source: str | None = None
     levels: list[da.Array] = field(default_factory=list)
     name: str = "mosaic"
-    missing: da.Array | None = None  # yx, True where a zarr chunk is absent from the store (ncm_core.io.presence)
+    # chunks absent from a zarr store (ncm_core.io.presence): None, or a function that finds them when first
+    # asked (one listing of the store, not at every open); see absent_chunks()
+    missing: Any = None
 
     def __post_init__(self) -> None:
         if not self.levels:
             self.levels = [self.data]
+
+    def absent_chunks(self) -> da.Array | None:
+        """Lazy ``yx`` booleans, True where a zarr chunk is absent from the store; None when every chunk is
+        stored or the source is not zarr. The store is listed on the first call only."""
+        if callable(self.missing):
+            self.missing = self.missing()
+        return self.missing
 
     @property
     def axes(self) -> str:
@@ -145,10 +154,17 @@ def _finish(levels: list[da.Array], axes: str | None, where: str, missing: Any =
     if 0 in data.shape:
         raise NcmError(f"image is empty (shape {tuple(data.shape)})", where)
     _check_dtype(data.dtype, where)
-    if missing is not None:  # the same axes as the pixels, a chunk's channels together
-        missing = _to_yxc(missing, axes, where)
-        missing = missing.any(axis=2) if missing.ndim == 3 else missing
-    return Mosaic(data=data, levels=levels, source=where, missing=missing, **kw)
+    absent = None
+    if missing is not None:  # ``missing``: the zarr array of level 0, listed when first asked
+
+        def absent() -> da.Array | None:
+            m = missing_map(missing)
+            if m is None:
+                return None
+            m = _to_yxc(m, axes, where)  # the same axes as the pixels, a chunk's channels together
+            return m.any(axis=2) if m.ndim == 3 else m
+
+    return Mosaic(data=data, levels=levels, source=where, missing=absent, **kw)
 
 
 def _open_ngff(group: Any, where: str) -> Mosaic:
@@ -168,7 +184,7 @@ def _open_ngff(group: Any, where: str) -> Mosaic:
             raise NcmError(f"OME-Zarr lists dataset {ds['path']!r} but it is missing", where) from None
         levels.append(da.from_zarr(arr))
         if k == 0:
-            missing = missing_map(arr)
+            missing = arr
             for t in ds.get("coordinateTransformations", []):
                 if t.get("type") == "scale":
                     scale0 = t["scale"]
@@ -202,14 +218,14 @@ def _open_zarr(path: Path, where: str) -> Mosaic:
         raise NcmError(f"not a readable zarr store ({type(exc).__name__}: {exc})", where) from None
     try:
         if isinstance(node, zarr.Array):
-            return _finish([da.from_zarr(node)], None, where, missing=missing_map(node), name=path.stem)
+            return _finish([da.from_zarr(node)], None, where, missing=node, name=path.stem)
         attrs = dict(node.attrs)
         if "multiscales" in attrs or "multiscales" in attrs.get("ome", {}):
             return _open_ngff(node, where)
         arrays = [name for name, _ in node.arrays()]
         if len(arrays) == 1 or "0" in arrays:
             arr = node[arrays[0] if len(arrays) == 1 else "0"]
-            return _finish([da.from_zarr(arr)], None, where, missing=missing_map(arr), name=path.stem)
+            return _finish([da.from_zarr(arr)], None, where, missing=arr, name=path.stem)
         raise NcmError(
             "zarr group holds no single image: expected an OME-Zarr multiscale image or one array, "
             f"found arrays {arrays or 'none'}",
