@@ -99,9 +99,7 @@ def baseline_report(
             }
         )
     rows.sort(key=lambda r: (np.nan_to_num(r["mosaic_mape"], nan=np.inf), r["model"]))
-    for k, r in enumerate(rows, start=1):
-        r["rank"] = k
-    rows = [{"rank": r.pop("rank"), **r} for r in rows]
+    rows = [{"rank": k, **r} for k, r in enumerate(rows, start=1)]
     report: dict[str, Any] = {
         "split": what,
         "ranked_by": "MAPE per mosaic",
