@@ -120,13 +120,11 @@ def split_by_image(ds: FolderDataset, val_fraction: float, seed: int = 0) -> tup
 
 def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = None) -> np.ndarray:
     """Read a whole (frame-sized) image to memory, dropping a band of rows (e.g. an SEM info bar)."""
+    from ncm_core.data.infobar import cut_band
     from ncm_core.io.pixels import read_pixels
 
     img = check_finite(read_pixels(open_mosaic(path)), path)
-    if exclude_rows is not None:
-        start, stop, _ = slice(*exclude_rows).indices(img.shape[0])
-        img = np.concatenate([img[:start], img[stop:]], axis=0)
-    return img
+    return img if exclude_rows is None else cut_band(img, exclude_rows)
 
 
 def _augment(c: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
