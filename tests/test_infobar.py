@@ -151,8 +151,10 @@ def test_predict_auto_finds_the_bar_once_and_refuses_a_mosaic_without(sem_folder
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ncm: error: {bare}: no information bar found")
     assert not (tmp_path / "b.zarr").exists()
-    # no band unless asked: the default for a mosaic stays none
-    assert predict_mosaic(r.bundle, frame, tmp_path / "d.zarr").attrs["exclude_rows"] is None
+    # by default a bar is left out where one is found, and a frame without one is predicted whole
+    assert predict_mosaic(r.bundle, frame, tmp_path / "d.zarr").attrs["exclude_rows"] == [-24, None]
+    assert predict_mosaic(r.bundle, bare, tmp_path / "e.zarr").attrs["exclude_rows"] is None
+    assert predict_mosaic(r.bundle, frame, tmp_path / "f.zarr", exclude_rows="none").attrs["exclude_rows"] is None
 
 
 def test_train_with_forced_auto_names_the_frame_without_a_bar(sem_folders, tmp_path):
@@ -195,3 +197,11 @@ def test_jpeg_frames_bars_are_found_and_bare_frames_give_none():
         bare, _ = session_frame(name, 1, 1, (256, 256), info_bar=0)
         assert detect_info_bar(decoded(bare, 35)) is None, name
     assert found / total >= 0.9, f"{found} of {total}"
+
+
+def test_a_black_chunk_at_the_edge_is_not_a_bar():
+    """A chunk read as zeros at the bottom edge (lost from a zarr store) is flat, with the micrograph's
+    bright particles beside it, but it has no plain margin rows across the frame: no bar."""
+    img = synth.sem_mosaic((128, 192), seed=7).image.copy()
+    img[96:128, 160:192] = 0
+    assert detect_info_bar(img) is None

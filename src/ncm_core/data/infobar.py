@@ -106,7 +106,7 @@ def _gray(img: np.ndarray) -> np.ndarray:
 def _row_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: its background level (the mode), the share of pixels within TOLERANCE of it, and the share
     of stroke pixels (at least CONTRAST from it)."""
-    q = np.clip(np.rint(rows), 0, 255).astype(np.int64)
+    q = np.clip(np.rint(rows), 0, 255).astype(np.uint8)
     modes = np.array([np.bincount(r, minlength=256).argmax() for r in q], np.float32)
     d = np.abs(rows - modes[:, None])
     return modes, (d <= TOLERANCE).mean(1), (d >= CONTRAST).mean(1)
@@ -144,7 +144,7 @@ def _block_stats(rows: np.ndarray, first: int, step: int) -> tuple[np.ndarray, n
     (on the image's own 8 px grid) with a pixel more than MARK from the row's level is left out, and
     the bar's background is flat in the blocks that remain, while a micrograph is noisy everywhere.
     """
-    q = np.clip(np.rint(rows), 0, 255).astype(np.int64)
+    q = np.clip(np.rint(rows), 0, 255).astype(np.uint8)
     modes = np.array([np.bincount(r, minlength=256).argmax() for r in q], np.float32)
     d = np.abs(rows - modes[:, None])
     h, w = d.shape
@@ -179,8 +179,10 @@ def _jpeg_band(g: np.ndarray, max_rows: int, first: int, step: int) -> int:
     k = 0
     while k < n and bar_like[k]:
         k += 1
-    if k < MIN_ROWS or k > max_rows or n - k < CONTEXT or flat[:k].sum() < MIN_ROWS // 2:
+    if k < MIN_ROWS or k > max_rows or n - k < CONTEXT:
         return 0
+    if (flat & (quiet >= 0.8))[:k].sum() < MIN_ROWS // 2:
+        return 0  # a bar has margins of plain background above and below its text
     if flat[k : k + CONTEXT].mean() > 0.25 or np.median(uniform[k : k + CONTEXT]) >= JPEG_UNIFORM:
         return 0  # the rows beyond it look like a bar too (a flat region)
     band_ink = ink[:k]
@@ -192,22 +194,27 @@ def _jpeg_band(g: np.ndarray, max_rows: int, first: int, step: int) -> int:
     return k
 
 
-def detect_info_bar(image: np.ndarray, max_rows: int | None = None) -> Band | None:
+def detect_info_bar(
+    image: np.ndarray, max_rows: int | None = None, edges: Literal["both", "bottom", "top"] = "both"
+) -> Band | None:
     """The band of an SEM information bar in ``image`` (2-D, or 3-D with channels last), or None.
 
     A bottom bar of ``k`` rows is ``(-k, None)``, a top bar ``(None, k)`` (the conventions of
     :func:`ncm_core.data.tiling.parse_rows`). ``max_rows`` is the tallest band taken for a bar (default:
-    a quarter of the image).
+    a quarter of the image). ``edges`` says where to look (a strip cut from a mosaic's edge: that edge).
     """
     img = np.asarray(image)
     if img.ndim not in (2, 3) or img.shape[0] < 4 * MIN_ROWS or min(img.shape[:2]) < 8:
         return None
     limit = img.shape[0] // 4 if max_rows is None else int(max_rows)
     span = min(img.shape[0], limit + CONTEXT + 1)
-    g = _gray(img[-span:])
-    bottom = _bottom_band(g, limit) or _jpeg_band(g[::-1], limit, img.shape[0] - 1, -1)
-    if bottom:
-        return (-bottom, None)
+    if edges != "top":
+        g = _gray(img[-span:])
+        bottom = _bottom_band(g, limit) or _jpeg_band(g[::-1], limit, img.shape[0] - 1, -1)
+        if bottom:
+            return (-bottom, None)
+    if edges == "bottom":
+        return None
     g = _gray(img[:span][::-1])
     top = _bottom_band(g, limit) or _jpeg_band(g[::-1], limit, 0, 1)
     return (None, top) if top else None
