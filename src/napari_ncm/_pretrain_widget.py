@@ -125,9 +125,7 @@ class PretrainWidget(RunsInBackground, Container):
     def _on_epoch(self, rec: dict[str, float]) -> None:
         self.history.append(rec)
         knn = f", k-NN {rec['knn_accuracy']:.1%}" if "knn_accuracy" in rec else ""
-        lines = [
-            f"epoch {r['epoch']}: loss {r['loss']:.3f}{knn if r is rec else ''}" for r in self.history[-8:]
-        ]
+        lines = [f"epoch {r['epoch']}: loss {r['loss']:.3f}{knn if r is rec else ''}" for r in self.history[-8:]]
         self.log.value = "\n".join(lines)
 
     def _on_done(self, result: Any) -> None:
