@@ -149,7 +149,7 @@ def _png(path, array):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("few", r"1 image give 8 crops per epoch, fewer than the batch size 16"),
+        ("few", r"1 image gives 8 crops per epoch, fewer than the batch size 16"),
         ("channels", r"b\.png: images of mixed channel counts: this one has 3, a\.png has 1"),
         ("depths", r"b\.png: images of mixed bit depths: this one is uint16, a\.png is uint8"),
     ],

@@ -29,7 +29,10 @@ class PretrainWidget(RunsInBackground, Container):
 
     task_name = "Pretrain"
     cancelled_text = "Cancelled: the last finished epoch is kept (Pretrain again to resume)"
-    dock_words = {"pass --overwrite": "tick 'Replace a finished backbone there'", "--batch-size": "Batch size"}
+    dock_words = {
+        "pass --overwrite": "tick 'Replace a finished backbone there'",
+        "lower the batch size (--batch-size) or raise --crops": "lower Batch size or raise Crops / image / epoch",
+    }
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True, scrollable=True)

@@ -158,8 +158,8 @@ def pretrain_source(
     d = PretrainData(frames, mosaics, names, in_chans, dtype, crop_size, crops_per_image, tiles_per_mosaic, bands)
     if d.per_epoch < batch_size:
         raise NcmError(
-            f"{len(files)} image{'s' if len(files) > 1 else ''} give {d.per_epoch} crops per epoch, fewer than the "
-            f"batch size {batch_size}; add images, or lower the batch size (--batch-size) or raise --crops",
+            f"{len(files)} image{'s give' if len(files) > 1 else ' gives'} {d.per_epoch} crops per epoch, fewer "
+            f"than the batch size {batch_size}; add images, or lower the batch size (--batch-size) or raise --crops",
             paths[0],
         )
     return d
