@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -93,7 +94,8 @@ def main() -> None:
 
 Written by `make bench-pretrain` (`benchmarks/pretraining.py`) on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
-- Machine: {machine()}; device {a.device}
+- Machine: {machine()}; device {a.device}; load average at the start {os.getloadavg()[0]:.1f} (other
+  work on a shared machine lowers every rate alike: compare the rates with each other)
 - Data: synthetic SEM frames, {len(classes)} classes x {a.frames} frames of {shape[1]}x{shape[0]} px (info bar
   detected and left out), {a.crops} crops of {a.crop} px per frame and epoch, given to {a.arch} at {a.input} px,
   batch {a.batch}, {a.epochs} epochs; k-NN probe: {len(classes)} classes x 3 other frames, 8 crops each,
