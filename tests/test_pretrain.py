@@ -41,6 +41,7 @@ def pretrained(sem_folders, tmp_path_factory):
     return pretrain(sem_folders, out, probe=sem_folders, **SSL)
 
 
+@pytest.mark.slow  # the module's pretraining run: about 25 s on 2 idle cores
 def test_pretraining_beats_a_random_backbone_on_a_knn_probe(pretrained):
     r = pretrained
     assert r.resumed_from == 2 and [h["epoch"] for h in r.history] == [1, 2, 3, 4, 5]
@@ -52,6 +53,7 @@ def test_pretraining_beats_a_random_backbone_on_a_knn_probe(pretrained):
     assert not (r.out / "checkpoint").exists() and r.images_per_second > 0
 
 
+@pytest.mark.slow  # the module's pretraining run: about 25 s on 2 idle cores
 def test_the_backbone_starts_a_classifier(pretrained, sem_folders, tmp_path):
     from safetensors.torch import load_file
 
@@ -78,6 +80,7 @@ def test_the_backbone_starts_a_classifier(pretrained, sem_folders, tmp_path):
     assert load_bundle(r.bundle).config.training["pretrained"] == str(pretrained.backbone)
 
 
+@pytest.mark.slow  # the module's pretraining run: about 25 s on 2 idle cores
 def test_the_backbone_loads_into_a_segmentation_encoder(pretrained):
     smp = pytest.importorskip("segmentation_models_pytorch")
     import torch
@@ -93,6 +96,7 @@ def test_the_backbone_loads_into_a_segmentation_encoder(pretrained):
     assert net.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
 
 
+@pytest.mark.slow  # the module's pretraining run: about 25 s on 2 idle cores
 def test_weights_of_another_architecture_are_refused_naming_both(pretrained):
     smp = pytest.importorskip("segmentation_models_pytorch")
 
