@@ -197,3 +197,18 @@ def test_cli_prints_the_knn_score_of_each_epoch(sem_folders, tmp_path, capsys):
     assert json.loads((out / "backbone.json").read_text())["method"] == "byol"
     assert main([*args, "-q"]) == 2  # a finished backbone is not replaced without --overwrite
     assert "holds a finished pretrained backbone" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # three short runs
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(sem_folders, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(SSL, method="byol", epochs=2, batch_size=8, crop_size=32, input_size=24, crops_per_image=2)
+    whole = pretrain(sem_folders, tmp_path / "whole", **kw)
+    stop = threading.Event()
+    with pytest.raises(Cancelled):
+        pretrain(sem_folders, tmp_path / "cut", cancel=stop, on_epoch=lambda r: stop.set(), **kw)
+    resumed = pretrain(sem_folders, tmp_path / "cut", **kw)
+    assert resumed.resumed_from == 1
+    a, b = load_file(str(whole.backbone)), load_file(str(resumed.backbone))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
