@@ -106,6 +106,8 @@ def test_weights_of_another_architecture_are_refused_naming_both(pretrained):
     with pytest.raises(NcmError, match=r"resnet10t.*resnet18|resnet18.*resnet10t") as e:
         build_model("resnet18", 3, in_chans=1, pretrained=pretrained.backbone)
     assert "\n" not in str(e.value)
+    with pytest.raises(NcmError, match="pretrained on 1-channel images, the model takes 3"):
+        build_model("resnet10t", 3, in_chans=3, pretrained=pretrained.backbone)
     net = smp.Unet(encoder_name="tu-resnet18", encoder_weights=None, in_channels=1, classes=2)
     with pytest.raises(NcmError, match=r"resnet18.*resnet10t"):
         load_encoder_weights(net, pretrained.backbone)
