@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain
+.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain
 
 setup:
 	@bash scripts/setup.sh
@@ -10,7 +10,7 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain
+bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
@@ -29,3 +29,6 @@ bench-rate: setup
 
 bench-explain: setup
 	.venv/bin/python benchmarks/explanations.py
+
+bench-pretrain: setup
+	.venv/bin/python benchmarks/pretraining.py
