@@ -130,7 +130,8 @@ def test_the_bundle_stores_the_ema_weights(generalised):
     assert ema.updates > 0 and set(stored) == set(averaged)
     for k, v in averaged.items():
         assert np.array_equal(stored[k].numpy(), v.cpu().numpy()), k
-    moved = [k for k, v in ema.raw.items() if v.dtype.is_floating_point and not np.allclose(v.numpy(), stored[k].numpy())]
+    raw = {k: v.numpy() for k, v in ema.raw.items() if v.dtype.is_floating_point}
+    moved = [k for k, v in raw.items() if not np.allclose(v, stored[k].numpy())]
     assert moved, "the stored weights are the last raw weights, not their average"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["ema"] and cfg["training"]["recipe"] == "generalise"
@@ -148,7 +149,7 @@ def test_standardisation_is_applied_at_predict_time(generalised, tmp_path):
     m = synth.sem_mosaic((96, 128), grid=(1, 2), seed=4, classes=CLASSES[:2]).image
     dim = (m.astype(np.float32) / 255 * 0.4 + 0.3).astype(np.float32)
     paths = [write_ome_zarr(tmp_path / f"{n}.ome.zarr", img) for n, img in (("m", m), ("dim", dim))]
-    p = [predict_mosaic(out, path, tmp_path / f"p{k}.zarr", ood=False).read("probabilities") for k, path in enumerate(paths)]
+    p = [predict_mosaic(out, q, tmp_path / f"p{k}.zarr", ood=False).read("probabilities") for k, q in enumerate(paths)]
     assert np.isfinite(p[0]).all()
     assert np.allclose(p[0], p[1], atol=2e-3)
 

@@ -96,10 +96,7 @@ def resize_tile(tile: np.ndarray, size: int) -> np.ndarray:
     if t.shape[0] == size and t.shape[1] == size:
         return t
     chans = [t] if t.ndim == 2 else [t[..., k] for k in range(t.shape[2])]
-    out = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.BILINEAR))
-        for c in chans
-    ]
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.BILINEAR)) for c in chans]
     return out[0] if t.ndim == 2 else np.stack(out, -1)
 
 
