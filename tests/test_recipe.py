@@ -229,3 +229,23 @@ def test_context_in_micrometres_sets_the_crop_size(sem_folders, tmp_path):
     assert ts.tile_size == 40 and ts.params["context_um"] == 4.0
     with pytest.raises(NcmError, match="needs the pixel size"):
         build_crops(sem_folders, tmp_path / "set2", context_um=4.0, per_frame=2)
+
+
+def test_train_and_evaluate_from_the_command_line_report_recall_and_spread(sem_folders, tmp_path):
+    from .test_cli import ncm
+
+    args = ["--arch", "resnet10t", "--tile", 32, "--epochs", 3, "--crops", 4, "--batch-size", 8, "--no-ood", "-q"]
+    r = ncm("train", sem_folders, tmp_path / "b", *args, "--recipe", "basic", "--ema", "--label-smoothing", 0.05)
+    assert r.returncode == 0, r.stderr
+    assert "held-out frames: accuracy" in r.stdout and "frame recall per class:" in r.stdout
+    assert "validation accuracy over epochs 1-3:" in r.stdout
+    assert r.stderr.count("ncm: warning: validation accuracy moved") <= 1
+    assert (tmp_path / "b" / "report" / "validation_frames_confusion.png").is_file()
+    t = json.loads((tmp_path / "b" / "config.json").read_text())["training"]
+    assert t["recipe"] == "basic" and t["ema"] and not t["standardize"] and t["label_smoothing"] == 0.05
+    assert set(t["validation_report"]["per_class_recall"]) <= set(CLASSES)
+    e = ncm("evaluate", tmp_path / "b", sem_folders, "--tta", "--out", tmp_path / "ev", "-q")
+    assert e.returncode == 0, e.stderr
+    assert "image recall per class:" in e.stdout
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["tta"] is True and m["validation"]["epochs"] == [1, 2, 3]

@@ -3,7 +3,7 @@
 * classification (tiles): ``flip`` (left-right mirror) and ``rot90`` (quarter turns); ``scale`` (zoom by
   up to 1.25x either way); the looks of a microscope session: ``intensity`` (brightness, contrast,
   gamma), ``blur`` (focus), ``noise`` and ``jpeg`` (compression quality), applied to each tile by
-  :func:`augment_tile` (through :func:`ncm_core.data.datasets.augment_tiles` and ``random_crops``), all
+  :func:`augment_tiles` (and ``ncm_core.data.datasets.random_crops``), all
   drawn from the generator given, so the same seed gives the same tiles;
 * regression (cross-section crops): ``shift``, ``rotate`` (small angles) and ``hflip``, applied to
   a batch tensor by :func:`augment_batch`, with mirror fill at the edges.
@@ -35,7 +35,7 @@ CONTRAST = 1.4  # factor about the tile's mean in [1/1.4, 1.4]
 GAMMA = 1.5  # exponent in [1/1.5, 1.5]
 BLUR_SIGMA = 1.2  # Gaussian sigma in [0, 1.2] px
 NOISE_STD = 0.04  # Gaussian noise, standard deviation in [0, 0.04] of the intensity range
-JPEG_QUALITY = (30, 95)  # quality in this range
+JPEG_QUALITY = (30, 95)  # quality in this range, for half of the tiles (the others are left uncompressed)
 
 
 def parse_augment(value: bool | str | Iterable[str] | None, task: AugmentTask = "classify") -> tuple[str, ...]:
@@ -130,36 +130,43 @@ def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buf), dtype=np.float32) / 255.0
 
 
-def change_look(tile: np.ndarray, rng: np.random.Generator, ops: Sequence[str]) -> np.ndarray:
-    """A tile with a random session look: the ``ops`` of :data:`LOOKS` that are selected, in that order
-    (brightness/contrast/gamma, focus blur, noise, JPEG), on intensities scaled to [0, 1]; returned in
-    the tile's own pixel type."""
+def change_looks(tiles: np.ndarray, rng: np.random.Generator, ops: Sequence[str]) -> np.ndarray:
+    """Tiles ``(N, h, w[, C])`` each with a random session look: the ``ops`` of :data:`LOOKS` that are
+    selected, in that order (brightness/contrast/gamma, focus blur, noise, JPEG), on intensities scaled
+    to [0, 1]; returned in the tiles' own pixel type. The parameters are drawn for all tiles at once."""
     from scipy.ndimage import gaussian_filter
 
-    dtype = tile.dtype
+    n = len(tiles)
+    if n == 0 or not any(o in ops for o in LOOKS):
+        return tiles
+    dtype = tiles.dtype
     scale = _range(dtype)
-    x = tile.astype(np.float32) / np.float32(scale)
+    x = tiles.astype(np.float32) / np.float32(scale)
+    per_tile = (n,) + (1,) * (x.ndim - 1)
     if "intensity" in ops:
-        gamma, contrast = _log_uniform(rng, GAMMA), _log_uniform(rng, CONTRAST)
-        offset = rng.uniform(-BRIGHTNESS, BRIGHTNESS)
-        x = np.clip(x, 0, 1) ** np.float32(gamma)
-        m = x.mean()
-        x = (x - m) * np.float32(contrast) + m + np.float32(offset)
+        gamma = np.exp(rng.uniform(-np.log(GAMMA), np.log(GAMMA), n)).astype(np.float32).reshape(per_tile)
+        contrast = np.exp(rng.uniform(-np.log(CONTRAST), np.log(CONTRAST), n)).astype(np.float32).reshape(per_tile)
+        offset = rng.uniform(-BRIGHTNESS, BRIGHTNESS, n).astype(np.float32).reshape(per_tile)
+        x = np.clip(x, 0, 1) ** gamma
+        m = x.reshape(n, -1).mean(1).reshape(per_tile)
+        x = (x - m) * contrast + m + offset
     if "blur" in ops:
-        sigma = rng.uniform(0, BLUR_SIGMA)
-        x = gaussian_filter(x, sigma=(sigma, sigma) + (0,) * (x.ndim - 2))
+        sigma = rng.uniform(0, BLUR_SIGMA, n)
+        x = np.stack([gaussian_filter(t, sigma=(s, s) + (0,) * (t.ndim - 2)) for t, s in zip(x, sigma)])
     if "noise" in ops:
-        x = x + rng.normal(0, rng.uniform(0, NOISE_STD), x.shape).astype(np.float32)
+        std = rng.uniform(0, NOISE_STD, n).astype(np.float32).reshape(per_tile)
+        x = x + rng.standard_normal(x.shape, dtype=np.float32) * std
     if "jpeg" in ops:
-        x = _jpeg(x, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+        quality = rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, n)
+        chosen = rng.random(n) < 0.5
+        x = np.stack([_jpeg(t, int(q)) if c else t for t, q, c in zip(x, quality, chosen)])
     if np.issubdtype(dtype, np.integer):
         return np.round(np.clip(x, 0, 1) * scale).astype(dtype)
     return (x * np.float32(scale)).astype(dtype)
 
 
-def augment_tile(tile: np.ndarray, rng: np.random.Generator, ops: Sequence[str]) -> np.ndarray:
-    """One square tile with the selected classification augmentations (``ops`` of
-    ``AUGMENTATIONS["classify"]``): quarter turn, mirror, zoom, then the session look."""
+def turn_and_zoom(tile: np.ndarray, rng: np.random.Generator, ops: Sequence[str]) -> np.ndarray:
+    """One square tile with the selected geometric augmentations: quarter turn, mirror, zoom."""
     if "rot90" in ops:
         tile = np.rot90(tile, rng.integers(4))
     if "flip" in ops and rng.random() < 0.5:
@@ -167,6 +174,13 @@ def augment_tile(tile: np.ndarray, rng: np.random.Generator, ops: Sequence[str])
     if "scale" in ops:
         z = zoom_tile(tile, rng)
         tile = np.round(z).astype(tile.dtype) if np.issubdtype(tile.dtype, np.integer) else z.astype(tile.dtype)
-    if any(o in ops for o in LOOKS):
-        tile = change_look(tile, rng, ops)
-    return tile
+    return np.ascontiguousarray(tile)
+
+
+def augment_tiles(tiles: np.ndarray, rng: np.random.Generator, ops: Sequence[str]) -> np.ndarray:
+    """Square tiles ``(N, t, t[, C])`` with the selected classification augmentations (``ops`` of
+    ``AUGMENTATIONS["classify"]``): quarter turn, mirror and zoom of each tile, then the session looks."""
+    if not ops:
+        return tiles
+    out = np.stack([turn_and_zoom(t, rng, ops) for t in tiles])
+    return change_looks(out, rng, ops)

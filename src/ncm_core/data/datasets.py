@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ncm_core.data.augment import augment_tile, parse_augment
+from ncm_core.data.augment import augment_tiles, change_looks, parse_augment, turn_and_zoom  # noqa: F401 (re-export)
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import PIL_SUFFIXES, TIFF_SUFFIXES, open_mosaic
 from ncm_core.io.pixels import check_finite
@@ -127,14 +127,6 @@ def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = 
     return img if exclude_rows is None else cut_band(img, exclude_rows)
 
 
-def augment_tiles(tiles: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
-    """A randomly augmented copy of square tiles ``(N, t, t[, C])``: flips, 90-degree turns, zoom and
-    session looks as selected (:func:`ncm_core.data.augment.augment_tile`)."""
-    if not ops:
-        return tiles
-    return np.stack([np.ascontiguousarray(augment_tile(t, rng, ops)) for t in tiles])
-
-
 def random_crops(
     images: list[np.ndarray],
     labels: list[int],
@@ -144,7 +136,7 @@ def random_crops(
     augment: bool | tuple[str, ...] = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``per_image`` random ``size`` x ``size`` crops of every image, with flips and 90-degree turns (and the
-    other augmentations selected, :func:`ncm_core.data.augment.augment_tile`). With ``scale``, the crop is
+    other augmentations selected, :func:`ncm_core.data.augment.augment_tiles`). With ``scale``, the crop is
     cut from a window of 0.8 to 1.25 times ``size`` (within the image) resized to ``size``. ``per_image``
     may be a list: crops of each image."""
     from ncm_core.data.augment import SCALE_RANGE, resize_tile
@@ -167,9 +159,9 @@ def random_crops(
             if s != size:
                 r = resize_tile(c, size)
                 c = np.round(r).astype(img.dtype) if np.issubdtype(img.dtype, np.integer) else r.astype(img.dtype)
-            crops.append(np.ascontiguousarray(augment_tile(c, rng, tile_ops)))
+            crops.append(turn_and_zoom(c, rng, tile_ops))
             ys.append(y)
-    return np.stack(crops), np.asarray(ys)
+    return change_looks(np.stack(crops), rng, ops), np.asarray(ys)
 
 
 def natural_key(value: Any) -> tuple[int, Any]:
