@@ -231,6 +231,7 @@ def test_context_in_micrometres_sets_the_crop_size(sem_folders, tmp_path):
         build_crops(sem_folders, tmp_path / "set2", context_um=4.0, per_frame=2)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_from_the_command_line_report_recall_and_spread(sem_folders, tmp_path):
     from .test_cli import ncm
 
