@@ -9,9 +9,11 @@ Two sources feed the same loop:
   :mod:`ncm_core.data.tilesets`): its ``train`` and ``val`` splits, already
   separated by source frame or painted region.
 
-Tiles are resized to the model input, optionally flipped and turned by 90
-degrees, and optionally standardised (off by default: the SEM study found it
-hurt). Models, optimisers (Adam, AdamW, SGD, Lookahead-RAdam, ...) and
+Tiles are augmented and prepared as the training recipe says
+(:mod:`ncm_core.training.recipe`: per-tile standardisation, session looks,
+balanced classes, label smoothing and a weight average with ``"generalise"``,
+the default; flips and quarter turns only with ``"basic"``), then resized to
+the model input. Models, optimisers (Adam, AdamW, SGD, Lookahead-RAdam, ...) and
 schedules come from timm's factories; validation metrics from scikit-learn.
 The best epoch by the validation metric (not the training accuracy) is what
 the bundle keeps, with early stopping. Every epoch writes a checkpoint
@@ -141,8 +143,13 @@ def train(
         frame's information bar where one is found, ``"auto"`` requires one, ``"none"`` drops nothing.
         The bundle remembers the band (the widest detected).
     augment
-        ``True`` (flips and 90-degree turns), ``False``, or a selection such as
-        ``"flip"`` or ``("rot90",)``.
+        ``True`` (the recipe's selection), ``False``, or a selection of ``flip``, ``rot90``, ``scale``,
+        ``intensity``, ``blur``, ``noise``, ``jpeg`` such as ``"flip,rot90,jpeg"``.
+    recipe
+        ``"generalise"`` (default: per-tile standardisation, session-look augmentation, class-balanced
+        sampling, label smoothing, weight average, test-time augmentation; see
+        :mod:`ncm_core.training.recipe`) or ``"basic"``; ``standardize``, ``balanced``,
+        ``label_smoothing``, ``ema``, ``tta`` override single parts.
     val_fraction
         Share of each class's frames held out for validation; 0 holds none out
         (the last epoch is kept and the bundle records so).
