@@ -154,6 +154,27 @@ def test_standardisation_is_applied_at_predict_time(generalised, tmp_path):
     assert np.allclose(p[0], p[1], atol=2e-3)
 
 
+def test_predict_with_tta_averages_the_views_and_dense_mode_refuses_standardised_tiles(generalised, tmp_path):
+    from ncm_core.inference.classify import classify_tensor
+    from ncm_core.inference.predict import predict_mosaic
+    from ncm_core.io.mosaic import write_ome_zarr
+    from ncm_core.models.bundle import load_bundle
+    from ncm_core.models.preprocess import tiles_to_tensor
+
+    out, _ = generalised
+    m = synth.sem_mosaic((64, 96), grid=(1, 2), seed=5, classes=CLASSES[:2]).image
+    path = write_ome_zarr(tmp_path / "m.ome.zarr", m)
+    pred = predict_mosaic(out, path, tmp_path / "p.zarr", ood=False, tta=True, backend="torch")
+    got = np.moveaxis(pred.read("probabilities"), 0, -1).reshape(-1, 3)
+    b = load_bundle(out)
+    tiles = np.stack([m[y : y + 32, x : x + 32] for y in range(0, 64, 32) for x in range(0, 96, 32)])
+    want = classify_tensor(b, tiles_to_tensor(tiles, b.config.input), tta=True)
+    assert np.allclose(got, want, atol=1e-4)
+    assert not np.allclose(want, classify_tensor(b, tiles_to_tensor(tiles, b.config.input)), atol=1e-4)
+    with pytest.raises(NcmError, match="standardises each tile"):
+        predict_mosaic(out, path, tmp_path / "d.zarr", stride=16, dense=True)
+
+
 def test_test_time_augmentation_averages_the_views(generalised):
     import torch
 
