@@ -275,7 +275,8 @@ def test_train_widget_from_painted_annotations_adds_a_bundle(viewer_with_sample,
     assert not set(cfg.training["train_groups"]) & set(cfg.training["val_groups"])  # painted regions held out
     assert len(widget.history) == 2 and widget.figure.axes  # live curves were drawn
     assert str(predict.bundle.value) == str(result.bundle)  # the new bundle is ready to predict with
-    assert widget.status.value.startswith("Done")
+    assert widget.status.value.startswith("Done") and "held-out frames" in widget.status.value
+    assert widget.cm_canvas.isVisible() or widget.cm_figure.axes  # the held-out confusion matrix is drawn
 
 
 def test_train_widget_in_a_real_thread_worker(make_napari_viewer, sem_folders, tmp_path, qtbot):

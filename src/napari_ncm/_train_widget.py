@@ -544,10 +544,30 @@ class TrainWidget(RunsInBackground, Container):
             )
             self.cm_canvas.setVisible(True)
             self.cm_canvas.draw_idle()
+        else:
+            msg += self._held_out_note(r.bundle)
         self.status.value = msg
         from napari_ncm._widget import hand_bundle_to_predict
 
         hand_bundle_to_predict(self._viewer, str(r.bundle))
+
+    def _held_out_note(self, bundle: Any) -> str:
+        """The held-out frames' accuracy (their confusion matrix drawn below the curves) and the
+        validation-spread warning, from the bundle's training record; '' without held-out frames."""
+        from ncm_core.models.bundle import read_bundle_config
+        from ncm_core.viz.figures import draw_confusion_matrix
+
+        t = read_bundle_config(bundle).training
+        rep, spread = t.get("validation_report"), t.get("validation_spread") or {}
+        if not rep:
+            return ""
+        f = rep["frames"]
+        title = f"Held-out frames: accuracy {f['accuracy']:.1%} (n = {f['n']})"
+        draw_confusion_matrix(self.cm_figure, f["confusion_matrix"], f["class_names"], title=title)
+        self.cm_canvas.setVisible(True)
+        self.cm_canvas.draw_idle()
+        note = f"; held-out frames {f['accuracy']:.1%}"
+        return note + (f". Warning: {spread['warning']}" if spread.get("warning") else "")
 
     def _regress_done(self, r: Any) -> None:
         """Status line; after cross-validation, the rate-capability plot of the held-out predictions."""
