@@ -3,7 +3,8 @@
 It owns what both tasks need to get right in the same way: mixed precision
 with loss scaling, per-step scheduling, cancellation and progress, the best
 epoch by a validation score with early stopping (the best weights are what the
-caller gets back), and a checkpoint after every epoch (safetensors + JSON, see
+caller gets back; with a weight average, ``Task.ema``, its averaged weights),
+and a checkpoint after every epoch (safetensors + JSON, see
 :mod:`ncm_core.models.checkpoint`) from which the same call resumes to the same
 result. The task supplies the loss of a batch, running training statistics,
 validation and the score.
