@@ -69,6 +69,7 @@ def tiny_bundle(sem_folders, tmp_path_factory) -> Path:
         lr=3e-3,
         exclude_rows=(-16, None),
         seed=0,
+        recipe="basic",  # the plain recipe: three epochs give outputs that differ from tile to tile
     )
     return out
 

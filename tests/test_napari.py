@@ -261,6 +261,7 @@ def test_train_widget_from_painted_annotations_adds_a_bundle(viewer_with_sample,
     widget.arch.value = "resnet10t"
     widget.tile.value = 32
     widget.epochs.value = 2
+    widget.recipe.value = "basic"  # the recipe choice reaches the bundle
     widget.output.value = str(tmp_path / "bundle")
     result = widget.run(sync=True)
     assert result is not None, widget.status.value
@@ -270,10 +271,12 @@ def test_train_widget_from_painted_annotations_adds_a_bundle(viewer_with_sample,
     cfg = load_bundle(result.bundle).config
     names = widget.class_names()
     assert cfg.class_names == [names[0], names[4], names[8]] and cfg.tile_size == 32  # the user's order
+    assert cfg.training["recipe"] == "basic" and cfg.training["augment"] == ["flip", "rot90"]
     assert not set(cfg.training["train_groups"]) & set(cfg.training["val_groups"])  # painted regions held out
     assert len(widget.history) == 2 and widget.figure.axes  # live curves were drawn
     assert str(predict.bundle.value) == str(result.bundle)  # the new bundle is ready to predict with
-    assert widget.status.value.startswith("Done")
+    assert widget.status.value.startswith("Done") and "held-out frames" in widget.status.value
+    assert widget.cm_canvas.isVisible() or widget.cm_figure.axes  # the held-out confusion matrix is drawn
 
 
 def test_train_widget_in_a_real_thread_worker(make_napari_viewer, sem_folders, tmp_path, qtbot):

@@ -68,13 +68,19 @@ def task_defaults(regress: bool) -> dict[str, Any]:
     return out
 
 
+#: the Augment choice that leaves the selection to the training recipe (augment=True)
+AS_RECIPE = "as the recipe"
+
+
 def augment_choices(regress: bool) -> list[str]:
-    """All of the task's augmentations, each alone (classification) or all but one, and none."""
+    """Classification: the recipe's selection, flips and turns only, all, and none; regression: all of
+    its augmentations, all but one, one alone, and none."""
     from ncm_core.data.augment import AUGMENTATIONS
 
     vocab = AUGMENTATIONS["regress" if regress else "classify"]
-    some = [",".join(vocab[:-1]), vocab[-1]] if regress else list(vocab)
-    return [",".join(vocab), *some, "none"]
+    if not regress:
+        return [AS_RECIPE, "flip,rot90", ",".join(vocab), "none"]
+    return [",".join(vocab), ",".join(vocab[:-1]), vocab[-1], "none"]
 
 
 def default_class_names() -> str:
@@ -194,6 +200,14 @@ class TrainWidget(RunsInBackground, Container):
         )
         choices = augment_choices(regress=False)
         self.augment = ComboBox(choices=choices, value=choices[0], label="Augment")
+        self.recipe = ComboBox(
+            choices=["generalise", "basic"],
+            value=TrainConfig.recipe,
+            label="Recipe",
+            tooltip="generalise: per-tile standardisation, session-look augmentation, class-balanced sampling, "
+            "label smoothing, weight averaging and test-time augmentation (for frames from several microscope "
+            "sessions); basic: none of them",
+        )
         self.normalize = CheckBox(value=TrainConfig.normalize, text="Normalise by dataset mean/std")
         self.patience = SpinBox(
             value=init["patience"], min=0, max=1000, label="Early stop", tooltip="epochs without improvement; 0 = off"
@@ -239,6 +253,7 @@ class TrainWidget(RunsInBackground, Container):
                 self.batch_size,
                 self.lr,
                 self.optimizer,
+                self.recipe,
                 self.augment,
                 self.normalize,
                 self.patience,
@@ -290,7 +305,7 @@ class TrainWidget(RunsInBackground, Container):
         self.source.visible = not reg
         self.data.visible = not ann
         self.exclude_rows.visible = not ann and not reg
-        self.tile.visible = self.input_size.visible = not reg
+        self.tile.visible = self.input_size.visible = self.recipe.visible = not reg
         self.data.tooltip = (
             "crops from the Cross-section widget or 'ncm sections'"
             if reg
@@ -366,7 +381,8 @@ class TrainWidget(RunsInBackground, Container):
             batch_size=self.batch_size.value,
             lr=lr,
             optimizer=self.optimizer.value,
-            augment=self.augment.value,
+            recipe=self.recipe.value,
+            augment=True if self.augment.value == AS_RECIPE else self.augment.value,
             normalize=self.normalize.value,
             patience=self.patience.value,
             val_fraction=self.val_fraction.value,
@@ -528,10 +544,30 @@ class TrainWidget(RunsInBackground, Container):
             )
             self.cm_canvas.setVisible(True)
             self.cm_canvas.draw_idle()
+        else:
+            msg += self._held_out_note(r.bundle)
         self.status.value = msg
         from napari_ncm._widget import hand_bundle_to_predict
 
         hand_bundle_to_predict(self._viewer, str(r.bundle))
+
+    def _held_out_note(self, bundle: Any) -> str:
+        """The held-out frames' accuracy (their confusion matrix drawn below the curves) and the
+        validation-spread warning, from the bundle's training record; '' without held-out frames."""
+        from ncm_core.models.bundle import read_bundle_config
+        from ncm_core.viz.figures import draw_confusion_matrix
+
+        t = read_bundle_config(bundle).training
+        rep, spread = t.get("validation_report"), t.get("validation_spread") or {}
+        if not rep:
+            return ""
+        f = rep["frames"]
+        title = f"Held-out frames: accuracy {f['accuracy']:.1%} (n = {f['n']})"
+        draw_confusion_matrix(self.cm_figure, f["confusion_matrix"], f["class_names"], title=title)
+        self.cm_canvas.setVisible(True)
+        self.cm_canvas.draw_idle()
+        note = f"; held-out frames {f['accuracy']:.1%}"
+        return note + (f". Warning: {spread['warning']}" if spread.get("warning") else "")
 
     def _regress_done(self, r: Any) -> None:
         """Status line; after cross-validation, the rate-capability plot of the held-out predictions."""

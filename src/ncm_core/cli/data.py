@@ -89,6 +89,8 @@ def cmd_crops(a: argparse.Namespace) -> None:
         seed=a.seed,
         overwrite=a.overwrite,
         strict=a.strict,
+        context_um=a.context_um,
+        pixel_size=a.pixel_size,
     )
     ts = build_crops(a.data, a.out, opts, progress=progress("crops", a.quiet))
     counts = ts.counts()
@@ -155,6 +157,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("data", help="folder with one sub-folder of frames per class")
     c.add_argument("out", help="tile-set folder to write (train/, val/, test/, manifest.csv, manifest.json)")
     c.add_argument("--size", type=positive, default=K.size, help=f"crop size in pixels (default {K.size})")
+    c.add_argument(
+        "--context-um",
+        type=float,
+        help="crop width in micrometres instead of --size: CONTEXT / pixel size px (ncm train resizes them "
+        "to its --input-size)",
+    )
+    c.add_argument("--pixel-size", type=float, help="micrometres per pixel (default: the frames' metadata)")
     c.add_argument("--per-frame", type=positive, default=K.per_frame, help=f"crops per frame (default {K.per_frame})")
     c.add_argument(
         "--val-fraction",

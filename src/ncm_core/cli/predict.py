@@ -64,6 +64,21 @@ def cmd_predict(a: argparse.Namespace) -> None:
         print(f"summary written to {a.summary}")
 
 
+def print_report(per_class: dict, spread: dict | None, what: str) -> None:
+    """Per-class recall (lowest first), the validation spread, and its warning line (on stderr)."""
+    import sys
+
+    from ncm_core.evaluation.report import recall_text, spread_text
+
+    recall = {n: v["recall"] for n, v in per_class.items() if v.get("support")}
+    if recall:
+        print(f"{what} recall per class: {recall_text(recall)}")
+    if spread_text(spread):
+        print(spread_text(spread))
+    if spread and spread.get("warning"):
+        print(f"ncm: warning: {spread['warning']}", file=sys.stderr)
+
+
 def predict_options(a: argparse.Namespace) -> dict[str, object]:
     """The PredictOptions fields and progress of ``ncm predict``'s arguments (None, an option not given,
     keeps the default), the same for one mosaic and for several."""
@@ -78,6 +93,7 @@ def predict_options(a: argparse.Namespace) -> dict[str, object]:
         resume=not a.restart,
         dense=a.dense,
         dense_recheck=a.dense_recheck,
+        tta=a.tta,
         backend=a.backend,
         ood=not a.no_ood,
         pixel_size=a.pixel_size,
@@ -199,12 +215,14 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             split=a.split,
             device=a.device,
             strict=a.strict,
+            tta=a.tta,
             progress=progress("evaluate", a.quiet),
         )
         for level in ("images", "tiles"):
             mm = m[level]
             extra = "".join(f", {f} {mm[f + '_accuracy']:.1%}" for f in mm.get("marginals", {}))
             print(f"{level[:-1]} accuracy {mm['accuracy']:.1%} ({mm['n']} {level}){extra}")
+        print_report(m["images"]["per_class"], m.get("validation"), "image")
         if "ood_fraction" in m:
             print(f"out-of-distribution tiles: {m['ood_fraction']:.1%}")
     if a.out:
@@ -249,6 +267,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="overlapping tiles (stride < tile): run the trunk once per "
         "block and pool each tile's features (faster, approximate near tile borders)",
+    )
+    r.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each tile's probabilities over flips and a quarter turn (4x slower)",
     )
     r.add_argument(
         "--backend",
@@ -324,6 +347,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--truth", help="per-pixel class map (e.g. mosaic.ome.zarr/labels/truth)")
     e.add_argument("--split", default="test", help="split of a tile set to evaluate (default test)")
     e.add_argument("--out", help="folder for metrics.json, confusion matrices (CSV, PNG) and per-image/tile CSVs")
+    e.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average each tile's probabilities over flips and a quarter turn (default: as the bundle was trained)",
+    )
     strict(e, "image of the class folders")
     common(e)
     e.set_defaults(func=cmd_evaluate)

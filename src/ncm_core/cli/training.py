@@ -76,12 +76,40 @@ def cmd_train(a: argparse.Namespace) -> None:
         exclude_rows=a.exclude_rows,
         pixel_size=a.pixel_size,
         progress=progress("train", a.quiet),
+        **given(
+            recipe=a.recipe,
+            standardize=a.standardize,
+            balanced=a.balanced,
+            label_smoothing=a.label_smoothing,
+            ema=a.ema,
+            ema_decay=a.ema_decay,
+            tta=a.tta,
+            context_um=a.context_um,
+        ),
         **_common_train(a),
     )
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
     _bar_note(r.bundle)
     print(f"bundle: {r.bundle}  {_kept(r, 'accuracy', '.1%')}, {r.seconds:.0f} s")
+    _training_report(r.bundle)
+
+
+def _training_report(bundle: Any) -> None:
+    """The held-out frames' accuracy and per-class recall, the validation spread (and its warning), and
+    the report's figures in BUNDLE/report."""
+    from ncm_core.cli.predict import print_report
+    from ncm_core.models.bundle import read_bundle_config
+    from ncm_core.training.classify import write_training_report
+
+    t = read_bundle_config(bundle).training
+    rep = t.get("validation_report")
+    if rep:
+        f = rep["frames"]
+        print(f"held-out frames: accuracy {f['accuracy']:.1%} ({f['n']} frames), crops {rep['crop_accuracy']:.1%}")
+    print_report(rep["frames"]["per_class"] if rep else {}, t.get("validation_spread"), "frame")
+    files = write_training_report(bundle, bundle / "report")
+    print(f"report: {', '.join(str(f) for f in files)}")
 
 
 def _bar_note(bundle: Any) -> None:
@@ -234,7 +262,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument(
         "--augment",
-        help=f"classify: {', '.join(AUGMENTATIONS['classify'])} (default: all) or none; "
+        help=f"classify: {', '.join(AUGMENTATIONS['classify'])} (default: the recipe's, all for generalise, "
+        "flip,rot90 for basic) or none; "
         f"regress: {', '.join(AUGMENTATIONS['regress'])} (default: all) or none",
     )
     t.add_argument("--no-augment", action="store_true", help="same as --augment none")
@@ -288,6 +317,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-shift", type=float, default=R.max_shift, help="largest random shift, share of the crop size")
     g.add_argument("--max-rotate", type=float, default=R.max_rotate, help="largest random rotation in degrees")
     t.add_argument("--pixel-size", type=float, help="micrometres per pixel of the training images")
+    g = t.add_argument_group("training recipe (classify; see docs/sem-classification.md)")
+    g.add_argument(
+        "--recipe",
+        choices=["generalise", "basic"],
+        help=f"generalise: per-tile standardisation, session-look augmentation, class-balanced sampling, "
+        f"label smoothing, weight averaging (EMA) and test-time augmentation; basic: none of them "
+        f"(default {C.recipe}); the options below override single parts",
+    )
+    on_off = argparse.BooleanOptionalAction
+    g.add_argument("--standardize", action=on_off, help="map each tile by its own 1st/99th percentiles")
+    g.add_argument("--balanced", action=on_off, help="draw every class equally often per epoch")
+    g.add_argument("--label-smoothing", type=float, help="share of the target spread over other classes (0.1)")
+    g.add_argument("--ema", action=on_off, help="validate and keep an exponential moving average of the weights")
+    g.add_argument("--ema-decay", type=float, help="EMA decay per step (default: an average over about one epoch)")
+    g.add_argument("--tta", action=on_off, help="evaluation averages tiles over flips and a quarter turn")
+    g.add_argument(
+        "--context-um",
+        type=float,
+        help="crop width in micrometres (frames): cut at CONTEXT/pixel size px, resized to --input-size; "
+        "the pixel size from --pixel-size or the frames' metadata",
+    )
     t.add_argument("--seed", type=int, default=C.seed)
     common(t)
     t.set_defaults(func=cmd_train)

@@ -38,7 +38,9 @@ class CropOptions:
     of each frame where one is found, ``"auto"`` the same but a frame without one fails, ``"none"`` no
     band (:mod:`ncm_core.data.infobar`); ``masks`` an optional folder mirroring the
     data, ``masks/<class>/<frame stem>.png``, non-zero where crops must not go; ``max_masked`` the
-    largest share of masked pixels a crop may contain.
+    largest share of masked pixels a crop may contain. ``context_um`` (micrometres) replaces ``size``:
+    crops ``context_um / pixel_size`` px wide, the pixel size given or from the frames' metadata
+    (training resizes them to the model input).
     """
 
     size: int = 224
@@ -51,8 +53,13 @@ class CropOptions:
     seed: int = 0
     overwrite: bool = False
     strict: bool = False  # stop at the first frame that fails (default: skip it, record why in failures.csv)
+    context_um: float | None = None
+    pixel_size: float | None = None
 
     def validate(self) -> CropOptions:
+        for name, v in (("context (--context-um, micrometres)", self.context_um), ("pixel size", self.pixel_size)):
+            if v is not None and not (np.isfinite(v) and v > 0):
+                raise NcmError(f"{name} must be a finite number above 0, got {v!r}")
         if self.size < 8:
             raise NcmError(f"crop size must be at least 8 px, got {self.size}")
         if self.per_frame < 1:
@@ -127,6 +134,9 @@ def build_crops(
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
+    if o.context_um is not None:
+        o = _context_size(o, ds.files[0])
+        size = o.size
     mask_root = None if o.masks is None else Path(o.masks).expanduser()
     if mask_root is not None and not mask_root.is_dir():
         raise NcmError("mask folder not found", mask_root)
@@ -201,6 +211,8 @@ def build_crops(
             },
             "masks": None if mask_root is None else str(mask_root),
             "max_masked": o.max_masked,
+            "context_um": o.context_um,
+            "pixel_size": o.pixel_size,
         }
         if batch.failures:
             params["failures"] = batch.records()
@@ -212,6 +224,26 @@ def build_crops(
     ts.failures = tuple(batch.failures)
     batch.warn(ts.root)
     return ts
+
+
+def _context_size(o: CropOptions, first: Path) -> CropOptions:
+    """``o`` with ``size`` covering ``context_um`` (and the pixel size used), the pixel size given or read from
+    the metadata of the first frame."""
+    from dataclasses import replace
+
+    from ncm_core.io.mosaic import open_mosaic
+
+    ps = o.pixel_size or open_mosaic(first).pixel_size
+    if not ps:
+        raise NcmError(
+            "--context-um needs the pixel size: the frames' metadata does not give it; give --pixel-size "
+            "(micrometres per pixel)",
+            first,
+        )
+    size = round(o.context_um / ps)  # type: ignore[operator]
+    if size < 8:
+        raise NcmError(f"a context of {o.context_um:g} um is only {size} px at {ps:g} um per pixel", first)
+    return replace(o, size=size, pixel_size=ps)
 
 
 def _band_param(spec: BandSpec, bands: list) -> list | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ncm_core.data.augment import parse_augment
+from ncm_core.data.augment import augment_tiles, change_looks, parse_augment, turn_and_zoom  # noqa: F401 (re-export)
 from ncm_core.errors import NcmError
 from ncm_core.io.mosaic import PIL_SUFFIXES, TIFF_SUFFIXES, open_mosaic
 from ncm_core.io.pixels import check_finite
@@ -127,42 +127,41 @@ def load_image(path: Path, exclude_rows: tuple[int | None, int | None] | None = 
     return img if exclude_rows is None else cut_band(img, exclude_rows)
 
 
-def _augment(c: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
-    if "rot90" in ops:
-        c = np.rot90(c, rng.integers(4))
-    if "flip" in ops and rng.random() < 0.5:
-        c = c[:, ::-1]
-    return c
-
-
-def augment_tiles(tiles: np.ndarray, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
-    """A randomly flipped / 90-degree-turned copy of square tiles ``(N, t, t[, C])``."""
-    if not ops:
-        return tiles
-    return np.stack([np.ascontiguousarray(_augment(t, rng, ops)) for t in tiles])
-
-
 def random_crops(
     images: list[np.ndarray],
     labels: list[int],
     size: int,
-    per_image: int,
+    per_image: int | list[int],
     rng: np.random.Generator,
     augment: bool | tuple[str, ...] = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``per_image`` random ``size`` x ``size`` crops of every image, with flips and 90-degree turns."""
+    """``per_image`` random ``size`` x ``size`` crops of every image, with flips and 90-degree turns (and the
+    other augmentations selected, :func:`ncm_core.data.augment.augment_tiles`). With ``scale``, the crop is
+    cut from a window of 0.8 to 1.25 times ``size`` (within the image) resized to ``size``. ``per_image``
+    may be a list: crops of each image."""
+    from ncm_core.data.augment import SCALE_RANGE, resize_tile
+
     ops = parse_augment(augment, "classify")
+    counts = [per_image] * len(images) if isinstance(per_image, int) else list(per_image)
     crops, ys = [], []
-    for img, y in zip(images, labels):
+    tile_ops = tuple(o for o in ops if o != "scale")
+    for img, y, n in zip(images, labels, counts):
         h, w = img.shape[:2]
         if h < size or w < size:
             raise NcmError(f"crop size {size} px is larger than an image ({h}x{w} px)")
-        for _ in range(per_image):
-            y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-            c = _augment(img[y0 : y0 + size, x0 : x0 + size], rng, ops)
-            crops.append(np.ascontiguousarray(c))
+        for _ in range(n):
+            s = size
+            if "scale" in ops:
+                f = float(np.exp(rng.uniform(-np.log(SCALE_RANGE), np.log(SCALE_RANGE))))
+                s = int(min(h, w, max(2, round(size * f))))
+            y0, x0 = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            c = img[y0 : y0 + s, x0 : x0 + s]
+            if s != size:
+                r = resize_tile(c, size)
+                c = np.round(r).astype(img.dtype) if np.issubdtype(img.dtype, np.integer) else r.astype(img.dtype)
+            crops.append(turn_and_zoom(c, rng, tile_ops))
             ys.append(y)
-    return np.stack(crops), np.asarray(ys)
+    return change_looks(np.stack(crops), rng, ops), np.asarray(ys)
 
 
 def natural_key(value: Any) -> tuple[int, Any]:

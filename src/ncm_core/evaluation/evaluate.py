@@ -299,11 +299,15 @@ def evaluate(
     batch_size: int = 64,
     device: str = "auto",
     strict: bool = False,
+    tta: bool | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
 ) -> dict[str, Any]:
     """Evaluate a classifier on class folders of frames or on one split of a tile set.
 
+    ``tta`` averages each tile's probabilities over flips and a quarter turn (None: as the bundle was
+    trained, its recipe's choice). ``metrics["validation"]`` is the bundle's validation spread
+    (:mod:`ncm_core.evaluation.report`).
     Frames are tiled at the bundle's tile size (excluding ``exclude_rows``, by
     default the band excluded in training); a tile set's ``split`` (default
     ``test``) is used as it is. Returns tile- and image-level metrics (an
@@ -340,16 +344,16 @@ def evaluate(
         n_items = batch.total
     dev = resolve_device(device)
     b.model.to(dev)
-    use_ood = has_ood(b)
+    use_ood, tta = has_ood(b), bool(b.config.training.get("tta", False) if tta is None else tta)
     tile_true, tile_pred, img_true, img_pred, rows, tile_rows = [], [], [], [], [], []
     k = 0
     for k, (src, y, tiles, recs) in enumerate(items, start=1):
         check_cancel(cancel)
         x = tiles_to_tensor(tiles, b.config.input, "cpu")
         if use_ood:
-            probs, ood = classify_tensor(b, x, dev, batch_size, ood=True)
+            probs, ood = classify_tensor(b, x, dev, batch_size, ood=True, tta=tta)
         else:
-            probs, ood = classify_tensor(b, x, dev, batch_size), None
+            probs, ood = classify_tensor(b, x, dev, batch_size, tta=tta), None
         agg = aggregate_probabilities(probs, names, ood)
         tile_true += [y] * len(probs)
         tile_pred += probs.argmax(1).tolist()
@@ -378,6 +382,8 @@ def evaluate(
         "data": str(data),
         "split": split if is_tile_set(data) else None,
         "failures": batch.records(),
+        "tta": tta,
+        "validation": b.config.training.get("validation_spread"),
     }
     if use_ood:
         flagged = np.array([r["ood_ratio"] > 1 for r in tile_rows])

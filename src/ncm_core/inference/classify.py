@@ -12,6 +12,14 @@ from ncm_core.models.preprocess import tiles_to_tensor
 from ncm_core.progress import check_cancel
 
 
+def tta_views(x: Any) -> list[Any]:
+    """Test-time augmentation views of a batch ``(N, C, H, W)`` (tensor or array): itself, mirrored left-right,
+    upside down, and transposed (a quarter turn and a mirror)."""
+    if hasattr(x, "flip"):
+        return [x, x.flip(-1), x.flip(-2), x.transpose(-2, -1)]
+    return [np.ascontiguousarray(v) for v in (x, x[..., ::-1], x[..., ::-1, :], x.swapaxes(-2, -1))]
+
+
 def classify_tensor(
     bundle: ModelBundle,
     x: Any,
@@ -21,14 +29,24 @@ def classify_tensor(
     ood: bool = False,
     backend: str = "torch",
     cancel: Any = None,
+    tta: bool = False,
 ) -> Any:
     """Class probabilities ``(N, classes)`` for a prepared input tensor ``(N, C, H, W)`` (on any device;
     batches are moved to ``device`` asynchronously when ``x`` is in pinned memory).
 
     With ``ood`` (the bundle must have a detector), returns ``(probabilities, ood_ratio)``.
     ``backend="onnxruntime"`` runs the batches with ONNX Runtime (:mod:`ncm_core.inference.runtime`, CPU only).
-    ``cancel`` is checked between batches.
+    ``cancel`` is checked between batches. ``tta`` averages the probabilities of the :func:`tta_views`
+    (the out-of-distribution score is the plain view's).
     """
+    if tta:
+        views = tta_views(x)
+        first = classify_tensor(bundle, views[0], device, batch_size, channels_last, ood, backend, cancel)
+        probs = first[0] if ood else first
+        for v in views[1:]:
+            probs = probs + classify_tensor(bundle, v, device, batch_size, channels_last, False, backend, cancel)
+        probs = probs / len(views)
+        return (probs, first[1]) if ood else probs
     if backend == "onnxruntime":
         return classify_array(bundle, x.numpy() if hasattr(x, "numpy") else x, batch_size, ood, cancel)
     import torch

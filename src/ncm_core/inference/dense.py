@@ -83,6 +83,12 @@ def check_dense(bundle: Any, grid: TileGrid, recheck: float = 0.0) -> DenseGeome
     spec = bundle.config.input
     if spec.input_size[0] != spec.input_size[1]:
         raise NcmError("dense mode needs a square model input")
+    if spec.standardize is not None:
+        raise NcmError(
+            "dense mode shares pixels between tiles, but this model standardises each tile on its own "
+            "(trained with the 'generalise' recipe): predict without dense mode",
+            bundle.path,
+        )
     if not (hasattr(bundle.model, "forward_features") and hasattr(bundle.model, "forward_head")):
         raise NcmError("dense mode needs a network with forward_features and forward_head (timm's interface)")
     if grid.stride >= grid.tile:

@@ -56,6 +56,7 @@ class PredictOptions:
     strict: bool = False  # NaN/inf pixels or an unreadable or missing chunk stop the run (else: tiles left out)
     allow_incomplete: bool = False  # finish with unreadable regions marked as not predicted (else: RunIncomplete)
     missing_chunks: MissingChunks = "report"  # absent zarr chunks: "report" (not predicted), "fill" (fill value)
+    tta: bool = False  # average each tile's probabilities over flips and a quarter turn (4x the model's work)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

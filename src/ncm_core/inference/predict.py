@@ -125,6 +125,8 @@ def predict_mosaic_steps(
     if o.dense:
         from ncm_core.inference.dense import check_dense
 
+        if o.tta:
+            raise NcmError("test-time augmentation (--tta) is not available in dense mode; use one or the other")
         dense_geometry = check_dense(bundle, grid, o.dense_recheck)
     scale, trans = grid.world_transform(mosaic.pixel_size or 1.0, mosaic.translate)
     unit = mosaic.unit if mosaic.pixel_size else None
@@ -170,6 +172,7 @@ def predict_mosaic_steps(
         ood=ood,
         names=tuple(bundle.class_names),
         world=(scale, trans, unit),
+        tta=o.tta,
     )
 
     def choose(a: dict[str, Any]) -> None:  # measured for a new run only; a resumed run keeps the first choice

@@ -121,6 +121,7 @@ class TileClassTask(BlockTask):
     ood: bool = False  # also write out-of-distribution ratios
     names: tuple[str, ...] = ()
     world: tuple[Any, Any, str | None] = ((1.0, 1.0), (0.0, 0.0), None)  # scale, translate, unit of the arrays
+    tta: bool = False  # test-time augmentation (inference.classify.tta_views)
 
     def status_shape(self) -> tuple[int, int]:
         rows, cols = self.grid.shape
@@ -231,10 +232,18 @@ class TileClassTask(BlockTask):
                 ood=True,
                 backend=self.backend,
                 cancel=ctx.cancel,
+                tta=self.tta,
             )
         else:
             probs[kb] = classify_tensor(
-                bundle, prepared, device, self.batch_size, self.channels_last, backend=self.backend, cancel=ctx.cancel
+                bundle,
+                prepared,
+                device,
+                self.batch_size,
+                self.channels_last,
+                backend=self.backend,
+                cancel=ctx.cancel,
+                tta=self.tta,
             )
         larr[r0:r1, c0:c1] = np.where(kb, np.nan_to_num(probs, nan=-1).argmax(-1) + 1, 0).astype(larr.dtype)
         parr[:, r0:r1, c0:c1] = np.moveaxis(probs, -1, 0)

@@ -17,12 +17,17 @@ class InputSpec:
     (gray is repeated to RGB; RGB is averaged to gray), resized to
     ``input_size`` when the tile differs, then normalised by ``mean``/``std``
     only when given (the SEM study found normalisation hurt; it is off by default).
+
+    ``standardize`` (low, high percentiles, e.g. ``(1, 99)``): each tile on its own is mapped so that its
+    low percentile becomes 0 and its high one 1, before ``mean``/``std``. The brightness and contrast of
+    a microscope session then no longer tell the classes apart (:mod:`ncm_core.training.recipe`).
     """
 
     in_chans: int = 1
     input_size: tuple[int, int] = (224, 224)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    standardize: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +35,7 @@ class InputSpec:
             "input_size": list(self.input_size),
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
+            "standardize": None if self.standardize is None else list(self.standardize),
         }
 
     def channel_note(self, channels: int) -> str | None:
@@ -48,6 +54,7 @@ class InputSpec:
             tuple(d["input_size"]),
             None if d.get("mean") is None else tuple(d["mean"]),
             None if d.get("std") is None else tuple(d["std"]),
+            None if d.get("standardize") is None else tuple(float(v) for v in d["standardize"]),
         )
 
 
@@ -61,6 +68,22 @@ def intensity_scale(dtype: np.dtype) -> float:
     if np.issubdtype(dtype, np.integer):
         return float(np.iinfo(dtype).max)
     return 1.0
+
+
+#: the percentiles of per-tile standardisation (InputSpec.standardize) the training recipe uses
+STANDARD_PERCENTILES: tuple[float, float] = (1.0, 99.0)
+
+
+def standardize_tiles(x: np.ndarray, percentiles: tuple[float, float] = STANDARD_PERCENTILES) -> np.ndarray:
+    """Float tiles ``(N, h, w, C)`` each mapped so that its ``percentiles`` (over all its pixels and
+    channels) become 0 and 1; a flat tile becomes 0."""
+    n = len(x)
+    if n == 0:
+        return x
+    lo, hi = np.percentile(x.reshape(n, -1), list(percentiles), axis=1).astype(np.float32)
+    span = hi - lo
+    scale = np.where(span > 1e-6, 1.0 / np.maximum(span, 1e-6), 0.0).astype(np.float32)
+    return (x - lo[:, None, None, None]) * scale[:, None, None, None]
 
 
 def tiles_to_array(tiles: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -79,6 +102,8 @@ def tiles_to_array(tiles: np.ndarray, spec: InputSpec) -> np.ndarray:
     c = x.shape[-1]
     if c != spec.in_chans:
         x = x.mean(axis=-1, keepdims=True) if spec.in_chans == 1 else np.repeat(x, 3, axis=-1) if c == 1 else x[..., :3]
+    if spec.standardize is not None:
+        x = standardize_tiles(x, spec.standardize)
     if spec.mean is not None and spec.std is not None:
         x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -9,9 +9,11 @@ Two sources feed the same loop:
   :mod:`ncm_core.data.tilesets`): its ``train`` and ``val`` splits, already
   separated by source frame or painted region.
 
-Tiles are resized to the model input, optionally flipped and turned by 90
-degrees, and optionally standardised (off by default: the SEM study found it
-hurt). Models, optimisers (Adam, AdamW, SGD, Lookahead-RAdam, ...) and
+Tiles are augmented and prepared as the training recipe says
+(:mod:`ncm_core.training.recipe`: per-tile standardisation, session looks,
+balanced classes, label smoothing and a weight average with ``"generalise"``,
+the default; flips and quarter turns only with ``"basic"``), then resized to
+the model input. Models, optimisers (Adam, AdamW, SGD, Lookahead-RAdam, ...) and
 schedules come from timm's factories; validation metrics from scikit-learn.
 The best epoch by the validation metric (not the training accuracy) is what
 the bundle keeps, with early stopping. Every epoch writes a checkpoint
@@ -33,27 +35,47 @@ import numpy as np
 
 from ncm_core.data.augment import parse_augment
 from ncm_core.data.infobar import band_text, spec_text
-from ncm_core.data.tilesets import is_tile_set
+from ncm_core.data.tilesets import is_tile_set, open_tile_set
 from ncm_core.devices import amp_dtype, resolve_device
+from ncm_core.errors import NcmError
+from ncm_core.evaluation.report import frame_report, spread_text, validation_spread
 from ncm_core.models.bundle import BundleConfig, save_bundle
-from ncm_core.models.preprocess import InputSpec, tiles_to_tensor
+from ncm_core.models.preprocess import STANDARD_PERCENTILES, InputSpec, tiles_to_tensor
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_training_output, remove
 from ncm_core.progress import CancelFlag, ProgressFn, report
-from ncm_core.training.classify_data import ClassifyData, frames_source, normalisation, tile_set_source, trained_band
+from ncm_core.training.classify_data import (
+    ClassifyData,
+    frames_pixel_size,
+    frames_source,
+    normalisation,
+    tile_set_source,
+    trained_band,
+)
 from ncm_core.training.config import CLASSIFY_MONITORS, NO_VALIDATION, TrainConfig
 from ncm_core.training.loop import LoopConfig, Task, open_checkpoint, run_epochs
+from ncm_core.training.recipe import WeightAverage, ema_decay, recipe_settings
 from ncm_core.training.result import TrainResult
 
 MONITORS = CLASSIFY_MONITORS
-__all__ = ["MONITORS", "TrainConfig", "TrainResult", "amp_dtype", "resolve_device", "train", "validate"]
+__all__ = [
+    "MONITORS",
+    "TrainConfig",
+    "TrainResult",
+    "amp_dtype",
+    "resolve_device",
+    "train",
+    "validate",
+    "write_training_report",
+]
 
 
 # ---------------------------------------------------------------------------------------- loop parts
 def validate(
     model: Any, x: np.ndarray, y: np.ndarray, spec: InputSpec, device: Any, batch: int, class_names: list[str]
 ) -> dict[str, float]:
-    """Validation loss, accuracy and balanced accuracy (scikit-learn) of ``model`` on tiles ``x``."""
+    """Validation loss, accuracy and balanced accuracy (scikit-learn) of ``model`` on tiles ``x`` (plain
+    cross-entropy, whatever the training loss's label smoothing)."""
     import torch
     import torch.nn.functional as F
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
@@ -121,8 +143,13 @@ def train(
         frame's information bar where one is found, ``"auto"`` requires one, ``"none"`` drops nothing.
         The bundle remembers the band (the widest detected).
     augment
-        ``True`` (flips and 90-degree turns), ``False``, or a selection such as
-        ``"flip"`` or ``("rot90",)``.
+        ``True`` (the recipe's selection), ``False``, or a selection of ``flip``, ``rot90``, ``scale``,
+        ``intensity``, ``blur``, ``noise``, ``jpeg`` such as ``"flip,rot90,jpeg"``.
+    recipe
+        ``"generalise"`` (default: per-tile standardisation, session-look augmentation, class-balanced
+        sampling, label smoothing, weight average, test-time augmentation; see
+        :mod:`ncm_core.training.recipe`) or ``"basic"``; ``standardize``, ``balanced``,
+        ``label_smoothing``, ``ema``, ``tta`` override single parts.
     val_fraction
         Share of each class's frames held out for validation; 0 holds none out
         (the last epoch is kept and the bundle records so).
@@ -162,13 +189,15 @@ def _train(
 
     t0 = time.monotonic()
     check_architecture(c.architecture)
-    ops = parse_augment(c.augment, "classify")
+    r = recipe_settings(c)
+    ops = parse_augment(r["augment"], "classify")
+    pixel_size, context_px = context_tile(src, c)
     if is_tile_set(src):
-        d = tile_set_source(src, c.tile_size, ops, c.holdout)
+        d = tile_set_source(src, c.tile_size, ops, c.holdout, r["balanced"])
     else:
         d = frames_source(
             src,
-            c.tile_size or 96,
+            context_px or c.tile_size or 96,
             c.val_fraction,
             c.crops_per_image,
             c.val_crops_per_image,
@@ -176,6 +205,7 @@ def _train(
             ops,
             c.seed,
             c.holdout,
+            r["balanced"],
         )
     tile_size, epochs, batch_size = d.tile_size, c.epochs, c.batch_size
     exclude_rows = trained_band(c.exclude_rows, d, src)  # the bundle remembers it: evaluation skips it too
@@ -211,6 +241,14 @@ def _train(
         "seed": c.seed,
         "data": d.kind,
         "holdout": c.holdout,
+        "recipe": c.recipe,
+        "standardize": bool(r["standardize"]),
+        "balanced": bool(r["balanced"]),
+        "label_smoothing": float(r["label_smoothing"]),
+        "ema": bool(r["ema"]),
+        "ema_decay": c.ema_decay,
+        "tta": bool(r["tta"]),
+        "context_um": c.context_um,
     }
     fp = _fingerprint(settings, d)
     ckpt_dir = out / "checkpoint"
@@ -219,9 +257,10 @@ def _train(
     rng = np.random.default_rng(c.seed)
     torch.manual_seed(c.seed)
     mean = std = None
+    standardize = STANDARD_PERCENTILES if r["standardize"] else None
     if c.normalize:
-        mean, std = normalisation(d, rng)
-    spec = InputSpec(in_chans=d.in_chans, input_size=(input_size,) * 2, mean=mean, std=std)
+        mean, std = normalisation(d, rng, standardize)
+    spec = InputSpec(in_chans=d.in_chans, input_size=(input_size,) * 2, mean=mean, std=std, standardize=standardize)
     model = build_model(c.architecture, len(d.class_names), in_chans=d.in_chans, pretrained=c.pretrained).to(dev)
     opt_kw = {"momentum": c.momentum} if c.optimizer.lower().endswith(("sgd", "momentum", "nesterov")) else {}
     opt = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay, **opt_kw)
@@ -236,20 +275,24 @@ def _train(
         updates_per_epoch=steps_per_epoch,
     )
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    smoothing = float(r["label_smoothing"])
+    ema = WeightAverage(model, ema_decay(c.ema_decay, steps_per_epoch)) if r["ema"] else None
+    judged = model if ema is None else ema.module  # what validation sees (and the bundle keeps)
 
     def step(xb: Any, yb: Any, _rng: np.random.Generator) -> tuple[Any, Any]:
         with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(xb)
-        return F.cross_entropy(logits.float(), yb), logits
+        return F.cross_entropy(logits.float(), yb, label_smoothing=smoothing), logits
 
     validated = len(d.val_x) > 0
     task = Task(
         step=step,
         stats=lambda logits, yb: {"train_accuracy": (logits.argmax(1) == yb).sum().item()},
-        validate=lambda: validate(model, d.val_x, d.val_y, spec, dev, batch_size * 2, d.class_names),
+        validate=lambda: validate(judged, d.val_x, d.val_y, spec, dev, batch_size * 2, d.class_names),
         score=lambda rec: _score(rec, c.monitor),
         has_validation=validated,
         progress_key="val_accuracy",
+        ema=ema,
     )
     loop = LoopConfig(
         epochs=epochs,
@@ -285,7 +328,7 @@ def _train(
         class_names=d.class_names,
         input=spec,
         tile_size=tile_size,
-        pixel_size=c.pixel_size,
+        pixel_size=pixel_size,
         training={
             **settings,
             "data": str(d.root),
@@ -302,8 +345,12 @@ def _train(
             if isinstance(c.exclude_rows, str)
             else {},
             "history": history,
+            "validation_spread": validation_spread(history),
         },
     )
+    if validated and d.val_sources:
+        report(progress, total, total, "scoring the held-out frames")
+        cfg.training["validation_report"] = held_out_report(model, d, spec, dev, batch_size * 2, r["tta"])
     extra = None
     if c.ood:
         from ncm_core.models.ood import fit_ood
@@ -322,3 +369,71 @@ def _train(
         time.monotonic() - t0,
         st.resumed_from,
     )
+
+
+def context_tile(src: Path, c: TrainConfig) -> tuple[float | None, int | None]:
+    """The pixel size the bundle records and, with ``context_um``, the crop side in px that covers it
+    (the pixel size from the config or the frames' metadata)."""
+    if c.context_um is None:
+        if c.pixel_size is None and is_tile_set(src):  # crops cut by ncm crops --context-um know it
+            return open_tile_set(src).params.get("pixel_size"), None
+        return c.pixel_size, None
+    if is_tile_set(src):
+        raise NcmError(
+            "--context-um applies to class folders of frames; a tile set's crops were cut already "
+            "(cut them with ncm crops --context-um)",
+            src,
+        )
+    ps = c.pixel_size or frames_pixel_size(src)
+    if not ps:
+        raise NcmError(
+            "--context-um needs the pixel size: the frames' metadata does not give it; "
+            "give --pixel-size (micrometres per pixel)",
+            src,
+        )
+    px = round(c.context_um / ps)
+    if px < 8:
+        raise NcmError(f"a context of {c.context_um:g} um is only {px} px at {ps:g} um per pixel", src)
+    return ps, px
+
+
+def held_out_report(model: Any, d: ClassifyData, spec: InputSpec, dev: Any, batch: int, tta: bool) -> dict[str, Any]:
+    """Crop and frame metrics of the validation tiles with the kept weights (:func:`frame_report`)."""
+    import torch
+
+    from ncm_core.inference.classify import tta_views
+
+    model.eval()
+    probs = []
+    with torch.inference_mode():
+        for k in range(0, len(d.val_x), batch):
+            xb = tiles_to_tensor(d.val_x[k : k + batch], spec, dev)
+            views = tta_views(xb) if tta else [xb]
+            probs.append(sum(torch.softmax(model(v).float(), 1) for v in views).cpu().numpy() / len(views))
+    return frame_report(np.concatenate(probs), d.val_y, list(d.val_sources or []), d.class_names)
+
+
+def write_training_report(bundle: str | Path, out: str | Path) -> list[Path]:
+    """The training report of a bundle as figures in folder ``out``: ``training_curves.png`` (titled with
+    the validation spread) and, with held-out frames, ``validation_frames_confusion.png`` (the frame-level
+    confusion matrix). Returns the files written."""
+    from ncm_core.models.bundle import read_bundle_config
+    from ncm_core.viz.prediction import confusion_matrix_figure
+    from ncm_core.viz.training import training_curves_figure
+
+    t = read_bundle_config(bundle).training
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [training_curves_figure(t["history"], out / "training_curves.png", spread_text(t.get("validation_spread")))]
+    rep = t.get("validation_report")
+    if rep:
+        f = rep["frames"]
+        files.append(
+            confusion_matrix_figure(
+                f["confusion_matrix"],
+                f["class_names"],
+                out / "validation_frames_confusion.png",
+                title=f"Held-out frames: accuracy {f['accuracy']:.1%} (n = {f['n']})",
+            )
+        )
+    return files

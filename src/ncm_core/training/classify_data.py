@@ -19,7 +19,7 @@ from ncm_core.data.datasets import augment_tiles, load_image, random_crops, scan
 from ncm_core.data.infobar import cut_band, resolve_band, widest
 from ncm_core.data.tilesets import open_tile_set
 from ncm_core.errors import NcmError
-from ncm_core.models.preprocess import intensity_scale
+from ncm_core.models.preprocess import intensity_scale, standardize_tiles
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ClassifyData:
     n_train: int  # tiles per epoch
     dtype: Any = np.uint8
     bands: dict[str, Any] | None = None  # frames: the band of rows left out of each frame
+    val_sources: list[str] | None = None  # the frame (or group) of each validation tile
 
 
 def channels(arrays: Iterable[np.ndarray], where: Any) -> int:
@@ -47,6 +48,30 @@ def channels(arrays: Iterable[np.ndarray], where: Any) -> int:
     if len(chans) > 1:
         raise NcmError("dataset mixes grayscale and colour images; convert them to one kind", where)
     return 1 if chans == {1} else 3
+
+
+def bit_depths(images: list[np.ndarray], where: Any) -> np.dtype:
+    """The one pixel type of a training folder's images; images of several is one error line."""
+    kinds = sorted({str(a.dtype) for a in images})
+    if len(kinds) > 1:
+        raise NcmError(f"dataset mixes images of different bit depths ({', '.join(kinds)}); convert them to one", where)
+    return images[0].dtype
+
+
+def balanced_weights(labels: Any) -> np.ndarray:
+    """Sampling probabilities that draw every class equally often (each item 1 / its class's count)."""
+    y = np.asarray(labels)
+    counts = np.bincount(y)
+    w = 1.0 / counts[y]
+    return w / w.sum()
+
+
+def frames_pixel_size(data: Path) -> float | None:
+    """The pixel size (micrometres) of the first frame of class folders, from its metadata; None if unknown."""
+    from ncm_core.io.mosaic import open_mosaic
+
+    ds = scan_class_folders(data)
+    return open_mosaic(ds.files[0]).pixel_size
 
 
 def frames_source(
@@ -59,7 +84,10 @@ def frames_source(
     ops: tuple[str, ...],
     seed: int,
     holdout: bool = True,
+    balanced: bool = False,
 ) -> ClassifyData:
+    """Class folders of frames as a :class:`ClassifyData`; ``balanced`` draws each epoch's crops from
+    frames chosen so that every class gets the same share (frames of rare classes are cropped more)."""
     ds = scan_class_folders(data)
     if len(ds.class_names) < 2:
         raise NcmError(f"found only one class ({ds.class_names[0]!r}); a classifier needs at least two", ds.root)
@@ -82,7 +110,16 @@ def frames_source(
                 f,
             )
     in_chans = channels(images, ds.root)
+    bit_depths(images, ds.root)
     tr_img, tr_lab = [images[i] for i in train_idx], [ds.labels[i] for i in train_idx]
+    n_train = len(train_idx) * crops
+
+    def per_frame(rng: np.random.Generator) -> int | list[int]:
+        if not balanced:
+            return crops
+        picks = rng.choice(len(tr_img), n_train, p=balanced_weights(tr_lab))
+        return np.bincount(picks, minlength=len(tr_img)).tolist()
+
     if val_idx:
         val_x, val_y = random_crops(
             [images[i] for i in val_idx],
@@ -103,13 +140,14 @@ def frames_source(
         tile_size,
         val_x,
         val_y,
-        epoch=lambda rng: random_crops(tr_img, tr_lab, tile_size, crops, rng, ops),
+        epoch=lambda rng: random_crops(tr_img, tr_lab, tile_size, per_frame(rng), rng, ops),
         sample=lambda rng: random_crops(tr_img, [0] * len(tr_img), tile_size, 4, rng, False)[0],
         train_groups=[rel(i) for i in train_idx],
         val_groups=[rel(i) for i in val_idx],
-        n_train=len(train_idx) * crops,
+        n_train=n_train,
         dtype=images[0].dtype,
         bands=bands,
+        val_sources=[rel(i) for i in val_idx for _ in range(val_crops)],
     )
 
 
@@ -127,7 +165,11 @@ def trained_band(spec: Any, d: ClassifyData, src: Path) -> tuple[int | None, int
     return tuple(band) if band else None
 
 
-def tile_set_source(data: Path, tile_size: int | None, ops: tuple[str, ...], holdout: bool = True) -> ClassifyData:
+def tile_set_source(
+    data: Path, tile_size: int | None, ops: tuple[str, ...], holdout: bool = True, balanced: bool = False
+) -> ClassifyData:
+    """A tile set's splits as a :class:`ClassifyData`; ``balanced`` draws each epoch's tiles (with
+    replacement) so that every class is drawn equally often."""
     ts = open_tile_set(data)
     if tile_size is not None and tile_size != ts.tile_size:
         raise NcmError(
@@ -148,6 +190,13 @@ def tile_set_source(data: Path, tile_size: int | None, ops: tuple[str, ...], hol
     in_chans = channels([x[0]] + ([vx[0]] if len(vx) else []), data)
     if len(vx) and vx.shape[1:] != x.shape[1:]:
         raise NcmError(f"validation tiles are {vx.shape[1:]} but training tiles {x.shape[1:]}", data)
+
+    def epoch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not balanced:
+            return augment_tiles(x, rng, ops), y
+        idx = rng.choice(len(x), len(x), p=balanced_weights(y))
+        return augment_tiles(x[idx], rng, ops), y[idx]
+
     return ClassifyData(
         ts.root,
         "tiles",
@@ -156,17 +205,24 @@ def tile_set_source(data: Path, tile_size: int | None, ops: tuple[str, ...], hol
         ts.tile_size,
         vx,
         vy,
-        epoch=lambda rng: (augment_tiles(x, rng, ops), y),
+        epoch=epoch,
         sample=lambda rng: x[rng.permutation(len(x))[:512]],
         train_groups=sorted(set(groups)),
         val_groups=sorted(set(vgroups)),
         n_train=len(x),
         dtype=x.dtype,
+        val_sources=list(vgroups),
     )
 
 
-def normalisation(data: ClassifyData, rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalisation(
+    data: ClassifyData, rng: np.random.Generator, standardize: tuple[float, float] | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and standard deviation per channel of a sample of training tiles (after per-tile
+    ``standardize``, when given)."""
     s = data.sample(rng).astype(np.float64) / intensity_scale(data.dtype)
+    if standardize is not None:
+        s = standardize_tiles(s if s.ndim == 4 else s[..., None], standardize)
     axes = tuple(range(3))
     m, sd = np.atleast_1d(s.mean(axis=axes)), np.atleast_1d(s.std(axis=axes)) + 1e-6
     if data.in_chans == 3 and len(m) == 1:

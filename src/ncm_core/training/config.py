@@ -24,6 +24,7 @@ ClassifyMonitor = Literal["accuracy", "balanced_accuracy", "loss"]
 RegressMonitor = Literal["mape", "loss"]
 Loss = Literal["mape", "mae", "mse", "huber"]
 Pruner = Literal["asha", "hyperband", "none"]
+RecipeName = Literal["generalise", "basic"]
 
 CLASSIFY_MONITORS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "loss")
 REGRESS_MONITORS: tuple[str, ...] = ("mape", "loss")
@@ -115,6 +116,12 @@ class TrainConfig:
     ``val_fraction`` is the share of each class's frames held out (0: no validation, the last epoch is
     kept); a tile set brings its own ``val`` split. ``patience`` None or 0: no early stopping.
     ``holdout`` False trains on everything (frames, or a tile set's train + val) for ``epochs`` epochs.
+
+    ``recipe`` ``"generalise"`` (default) or ``"basic"`` (:mod:`ncm_core.training.recipe`); ``standardize``,
+    ``balanced``, ``label_smoothing``, ``ema`` and ``tta`` None take the recipe's choice, a value overrides
+    it; ``augment=True`` is the recipe's selection. ``ema_decay`` None: an average over about one epoch.
+    ``context_um`` (micrometres, frames): crops cover this width, cut at ``context_um / pixel_size`` px
+    (the pixel size from ``pixel_size`` or the frames' metadata) and resized to ``input_size``.
     """
 
     architecture: str = "efficientnet_b0"
@@ -145,11 +152,29 @@ class TrainConfig:
     device: str = "auto"
     pixel_size: float | None = None
     overwrite: bool = False
+    recipe: RecipeName = "generalise"
+    standardize: bool | None = None
+    balanced: bool | None = None
+    label_smoothing: float | None = None
+    ema: bool | None = None
+    ema_decay: float | None = None
+    tta: bool | None = None
+    context_um: float | None = None
 
     #: what an explicit None keyword stands for (see ncm_core.options.merge_options): no augmentation
     NONE_MEANS: ClassVar[dict[str, Any]] = {"augment": "none"}
 
     def validate(self) -> TrainConfig:
+        from ncm_core.training.recipe import RECIPES
+
+        _check_choice("recipe (--recipe)", self.recipe, tuple(RECIPES))
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise NcmError(f"label smoothing must be at least 0 and below 1, got {self.label_smoothing}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise NcmError(f"EMA decay must be above 0 and below 1, got {self.ema_decay}")
+        check_positive("context (--context-um, micrometres)", self.context_um, allow_none=True)
+        if self.context_um is not None and self.tile_size is not None:
+            raise NcmError("give the crop context either in micrometres (--context-um) or in pixels (--tile), not both")
         if self.epochs < 1 or self.batch_size < 1:
             raise NcmError(f"epochs and batch size must be positive (got {self.epochs}, {self.batch_size})")
         _check_choice("monitor", self.monitor, CLASSIFY_MONITORS)

@@ -3,7 +3,8 @@
 It owns what both tasks need to get right in the same way: mixed precision
 with loss scaling, per-step scheduling, cancellation and progress, the best
 epoch by a validation score with early stopping (the best weights are what the
-caller gets back), and a checkpoint after every epoch (safetensors + JSON, see
+caller gets back; with a weight average, ``Task.ema``, its averaged weights),
+and a checkpoint after every epoch (safetensors + JSON, see
 :mod:`ncm_core.models.checkpoint`) from which the same call resumes to the same
 result. The task supplies the loss of a batch, running training statistics,
 validation and the score.
@@ -43,6 +44,7 @@ class Task:
     has_validation: bool
     progress_key: str | None = None  # validation metric shown in progress messages
     min_batch: int = 1  # smaller last batches are skipped (BatchNorm1d cannot train on one sample)
+    ema: Any = None  # a training.recipe.WeightAverage: updated after each step; its weights are the ones kept
 
 
 def open_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool) -> dict[str, Any] | None:
@@ -126,6 +128,8 @@ def run_epochs(
         )
         best_score = tuple(ckpt["best_score"]) if ckpt["best_score"] is not None else None
         st.best_state = ckpt["best_model"]
+        if task.ema is not None:
+            task.ema.load(ckpt["ema"])
         start = ckpt["epoch"] + 1
         for rec in st.history:
             if on_epoch is not None:
@@ -157,6 +161,8 @@ def run_epochs(
             scaler.update()
             step += 1
             sched.step_update(num_updates=step)
+            if task.ema is not None:
+                task.ema.update(model)
             loss_sum += loss.item() * len(b)
             with torch.no_grad():
                 for key, v in task.stats(outputs, yb).items():
@@ -187,7 +193,8 @@ def run_epochs(
         score = task.score(rec) if task.has_validation else (float(epoch), 0.0)
         if best_score is None or score > best_score:
             best_score, st.best_epoch, since_best = score, epoch, 0
-            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            kept = model if task.ema is None else task.ema.module  # with EMA, the averaged weights are kept
+            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in kept.state_dict().items()})
         else:
             since_best += 1
             stopped = patience is not None and since_best >= patience
@@ -210,6 +217,7 @@ def run_epochs(
                 "scaler": scaler.state_dict(),
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                **({} if task.ema is None else {"ema": task.ema.state()}),
             },
         )
     model.load_state_dict(st.best_state)
