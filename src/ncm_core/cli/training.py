@@ -14,6 +14,7 @@ from ncm_core.training.config import (
     AMP_CHOICES,
     CLASSIFY_MONITORS,
     LOSSES,
+    REGRESS_MODELS,
     REGRESS_MONITORS,
     RegressConfig,
     TrainConfig,
@@ -118,6 +119,7 @@ def _train_regress(a: argparse.Namespace) -> None:
         groups=list_(a.group),
         target_columns=list_(a.target_columns) or None,
         split_by=a.split_by,
+        model=a.model,
         progress=progress("train", a.quiet),
         **_common_train(a),
     )
@@ -271,6 +273,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="k-fold cross-validation grouped by mosaic (e.g. 5); OUT then gets fold_1..fold_k bundles and the reports",
+    )
+    g.add_argument(
+        "--model",
+        choices=REGRESS_MODELS,
+        default=R.model,
+        help="cnn, descriptors (ridge on crop descriptors), hybrid (CNN features + descriptors) or auto: all "
+        f"three compared by grouped cross-validation, the best kept (default {R.model})",
     )
     g.add_argument("--loss", choices=LOSSES, default=R.loss)
     g.add_argument("--min-lr", type=float, default=R.min_lr, help="learning rate at the start of warm-up and the end")

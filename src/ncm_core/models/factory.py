@@ -97,6 +97,12 @@ def build_model(
     """
     import timm
 
+    if architecture in ("ncm_descriptors", "ncm_hybrid"):  # heads that read descriptors (models/hybrid.py)
+        from ncm_core.models.hybrid import build_head_model
+
+        if pretrained:
+            kwargs["pretrained"] = pretrained
+        return build_head_model(architecture, num_outputs, in_chans=in_chans, **kwargs)
     check_architecture(architecture)
     if num_outputs < 1:
         raise NcmError(f"a model needs at least one output, got {num_outputs}")

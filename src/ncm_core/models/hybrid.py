@@ -1,0 +1,99 @@
+"""Regressors that read microstructure descriptors: a descriptor-only head and a CNN + descriptor hybrid.
+
+Both take ``(x, d)``: prepared crops ``x (N, C, H, W)`` and the crops' raw descriptors ``d (N, D)``
+(:mod:`ncm_core.data.descriptors`), and return standardised targets ``z (N, targets)`` like every
+regression network of a bundle (the bundle's ``regression.mean`` / ``std`` bring them back to units).
+Their state is buffers and weights only, so a bundle stores them as safetensors + JSON like any model.
+
+* :class:`DescriptorRegressor` (``ncm_descriptors``): the descriptors standardised by the training
+  crops' mean and standard deviation (buffers), their quadratic features (squares and pairwise
+  products), and one linear map fitted in closed form by ridge regression
+  (:func:`ncm_core.training.regression_models.fit_descriptor_model`). It ignores ``x``.
+* :class:`HybridRegressor` (``ncm_hybrid``): a backbone's pooled features (``ncm_vgg`` or any timm
+  model built with ``num_classes=0``) concatenated with the standardised descriptors, then a small
+  head (linear, leaky ReLU, dropout, linear) whose output is *added* to a fitted
+  :class:`DescriptorRegressor`. The head's last layer starts at zero, so training starts from the
+  descriptor model's predictions and the CNN only has to learn what the descriptors miss: on few
+  sections it cannot fall far below the descriptor model, on many it can add what the images hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["HEADS", "DescriptorRegressor", "HybridRegressor", "build_head_model", "quadratic_features"]
+
+#: architectures of this module, as the bundle names them
+HEADS = ("ncm_descriptors", "ncm_hybrid")
+
+
+def quadratic_features(z: torch.Tensor) -> torch.Tensor:
+    """``(N, D)`` -> ``(N, D + D (D + 1) / 2)``: the inputs, then every product ``z_i z_j`` with i <= j."""
+    i, j = torch.triu_indices(z.shape[1], z.shape[1])
+    return torch.cat([z, z[:, i] * z[:, j]], 1)
+
+
+class DescriptorRegressor(nn.Module):
+    """Standardised descriptors -> quadratic features -> linear map (ridge, fitted in closed form)."""
+
+    def __init__(self, num_outputs: int, n_descriptors: int, **_: Any) -> None:
+        super().__init__()
+        n_feat = n_descriptors + n_descriptors * (n_descriptors + 1) // 2
+        self.n_descriptors = n_descriptors
+        self.register_buffer("d_mean", torch.zeros(n_descriptors))
+        self.register_buffer("d_std", torch.ones(n_descriptors))
+        self.register_buffer("coef", torch.zeros(num_outputs, n_feat))
+        self.register_buffer("intercept", torch.zeros(num_outputs))
+
+    def standardised(self, d: torch.Tensor) -> torch.Tensor:
+        return (d.float() - self.d_mean) / self.d_std
+
+    def forward(self, x: torch.Tensor | None, d: torch.Tensor) -> torch.Tensor:
+        return quadratic_features(self.standardised(d)) @ self.coef.T + self.intercept
+
+
+class HybridRegressor(nn.Module):
+    """Backbone features + standardised descriptors -> head, added to a descriptor model (module docstring)."""
+
+    def __init__(
+        self,
+        num_outputs: int,
+        n_descriptors: int,
+        backbone: str = "ncm_vgg",
+        in_chans: int = 3,
+        hidden: int = 64,
+        drop_rate: float = 0.1,
+        pretrained: Any = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        from ncm_core.models.factory import build_model
+
+        super().__init__()
+        self.backbone = build_model(backbone, 1, in_chans=in_chans, pretrained=pretrained, **(backbone_kwargs or {}))
+        self.backbone.reset_classifier(0)  # pooled features only
+        n_feat = int(self.backbone.num_features)
+        self.descriptors = DescriptorRegressor(num_outputs, n_descriptors)
+        self.head = nn.Sequential(
+            nn.Linear(n_feat + n_descriptors, hidden),
+            nn.LeakyReLU(0.01),
+            nn.Dropout(drop_rate),
+            nn.Linear(hidden, num_outputs),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        return self.descriptors(None, d) + self.head(torch.cat([f, self.descriptors.standardised(d)], 1))
+
+
+def build_head_model(architecture: str, num_outputs: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """``ncm_descriptors`` or ``ncm_hybrid`` (``kwargs``: ``n_descriptors``, and for the hybrid ``backbone``,
+    ``hidden``, ``drop_rate``, ``pretrained``, ``backbone_kwargs``)."""
+    if architecture == "ncm_descriptors":
+        return DescriptorRegressor(num_outputs, **kwargs)
+    return HybridRegressor(num_outputs, in_chans=in_chans, **kwargs)
