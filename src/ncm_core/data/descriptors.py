@@ -27,6 +27,7 @@ are dependencies; the names and units of this table stay.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,13 @@ def descriptor_matrix(
     else:
         d = crop_descriptors(crops, threshold, pixel_size=pixel_size, channels_first=channels_first)
     names = list(DESCRIPTORS)
+    none = int((d["porosity"] == 0).sum())
+    if none:  # defined values, not measured ones: say so once
+        warnings.warn(
+            f"{none} crop(s) have no pore pixels: their porosity, pore chord and interface density are 0 "
+            "(defined, not measured); check the threshold or the crops",
+            stacklevel=2,
+        )
     cols = [d[k] for k in names]
     th = thickness
     if th is not None and np.ptp(th) > 0:  # a constant thickness says nothing
