@@ -5,10 +5,12 @@ Both take ``(x, d)``: prepared crops ``x (N, C, H, W)`` and the crops' raw descr
 regression network of a bundle (the bundle's ``regression.mean`` / ``std`` bring them back to units).
 Their state is buffers and weights only, so a bundle stores them as safetensors + JSON like any model.
 
-* :class:`DescriptorRegressor` (``ncm_descriptors``): the descriptors standardised by the training
-  crops' mean and standard deviation (buffers), their quadratic features (squares and pairwise
-  products), and one linear map fitted in closed form by ridge regression
-  (:func:`ncm_core.training.regression_models.fit_descriptor_model`). It ignores ``x``.
+* :class:`DescriptorRegressor` (``ncm_descriptors``): the logarithms of the descriptors (each floored at
+  half its smallest positive training value, so a pore-free crop stays finite), standardised by the
+  training crops' mean and standard deviation (buffers), and one linear map fitted in closed form by
+  ridge regression (:func:`ncm_core.training.regression_models.fit_descriptor_model`). Logarithms make
+  the power laws of transport (a characteristic rate that scales with porosity over thickness) linear,
+  and they extrapolate gently. It ignores ``x``.
 * :class:`HybridRegressor` (``ncm_hybrid``): a backbone's pooled features (``ncm_vgg`` or any timm
   model built with ``num_classes=0``) concatenated with the standardised descriptors, then a small
   head (linear, leaky ReLU, dropout, linear) whose output is *added* to a fitted
@@ -24,35 +26,30 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HEADS", "DescriptorRegressor", "HybridRegressor", "build_head_model", "quadratic_features"]
+__all__ = ["HEADS", "DescriptorRegressor", "HybridRegressor", "build_head_model"]
 
 #: architectures of this module, as the bundle names them
 HEADS = ("ncm_descriptors", "ncm_hybrid")
 
 
-def quadratic_features(z: torch.Tensor) -> torch.Tensor:
-    """``(N, D)`` -> ``(N, D + D (D + 1) / 2)``: the inputs, then every product ``z_i z_j`` with i <= j."""
-    i, j = torch.triu_indices(z.shape[1], z.shape[1])
-    return torch.cat([z, z[:, i] * z[:, j]], 1)
-
-
 class DescriptorRegressor(nn.Module):
-    """Standardised descriptors -> quadratic features -> linear map (ridge, fitted in closed form)."""
+    """Log descriptors, standardised -> linear map (ridge, fitted in closed form)."""
 
     def __init__(self, num_outputs: int, n_descriptors: int, **_: Any) -> None:
         super().__init__()
-        n_feat = n_descriptors + n_descriptors * (n_descriptors + 1) // 2
         self.n_descriptors = n_descriptors
+        self.register_buffer("d_floor", torch.ones(n_descriptors))
         self.register_buffer("d_mean", torch.zeros(n_descriptors))
         self.register_buffer("d_std", torch.ones(n_descriptors))
-        self.register_buffer("coef", torch.zeros(num_outputs, n_feat))
+        self.register_buffer("coef", torch.zeros(num_outputs, n_descriptors))
         self.register_buffer("intercept", torch.zeros(num_outputs))
 
     def standardised(self, d: torch.Tensor) -> torch.Tensor:
-        return (d.float() - self.d_mean) / self.d_std
+        """``(N, D)`` raw descriptors -> standardised logarithms."""
+        return (torch.log(torch.maximum(d.float(), self.d_floor)) - self.d_mean) / self.d_std
 
     def forward(self, x: torch.Tensor | None, d: torch.Tensor) -> torch.Tensor:
-        return quadratic_features(self.standardised(d)) @ self.coef.T + self.intercept
+        return self.standardised(d) @ self.coef.T + self.intercept
 
 
 class HybridRegressor(nn.Module):

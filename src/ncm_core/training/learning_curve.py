@@ -1,7 +1,7 @@
 """Learning curve of a regression report: MAPE on held-out mosaics against the number of training sections.
 
 On each grouped fold, the descriptor model (:mod:`ncm_core.training.regression_models`: ridge on the
-quadratic features of the standardised descriptors) and the training mean are fitted on random subsets
+standardised logarithms of the descriptors) and the training mean are fitted on random subsets
 of ``n`` of the fold's training sections (all their crops), ``repeats`` times per ``n``, and scored by
 MAPE per held-out mosaic. It costs well under a second per point, so every report has it; a CNN's
 curve costs a training run per point (``benchmarks/rate_capability.py`` draws one for the benchmark).
@@ -25,23 +25,15 @@ def section_counts(n_max: int, points: int = 5) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(lo, n_max, points)})
 
 
-def descriptor_predict(
-    feats: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, groups: np.ndarray | None = None
-) -> np.ndarray:
-    """The descriptor model fitted on ``train`` rows (``groups``: every row's section), predicting ``test``
-    rows (in the targets' units)."""
+def descriptor_predict(feats: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """The descriptor model fitted on ``train`` rows, predicting ``test`` rows (in the targets' units)."""
     import torch
 
     from ncm_core.models.hybrid import DescriptorRegressor
     from ncm_core.training.regression_models import fit_descriptor_head, target_scaling
 
     mean, std = target_scaling(y[train])
-    head = fit_descriptor_head(
-        DescriptorRegressor(y.shape[1], feats.shape[1]),
-        feats[train],
-        (y[train] - mean) / std,
-        None if groups is None else groups[train],
-    )
+    head = fit_descriptor_head(DescriptorRegressor(y.shape[1], feats.shape[1]), feats[train], (y[train] - mean) / std)
     with torch.no_grad():
         z = head(None, torch.as_tensor(feats[test])).double().numpy()
     return z * std + mean
@@ -72,7 +64,7 @@ def learning_curve(
             for _ in range(repeats if n < len(secs) else 1):
                 pick = np.flatnonzero(np.isin(src, rng.choice(secs, n, replace=False)))
                 preds = {
-                    "descriptors": descriptor_predict(feats, y, pick, test, src),
+                    "descriptors": descriptor_predict(feats, y, pick, test),
                     "mean": np.tile(y[pick].mean(0), (len(test), 1)),
                 }
                 for model, p in preds.items():

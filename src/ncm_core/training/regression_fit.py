@@ -195,8 +195,10 @@ def fit_regressor(
         feats, d_names = data_descriptors(data)
         kw = {"n_descriptors": len(d_names), "backbone": architecture, "backbone_kwargs": kw}
         model = build_model("ncm_hybrid", len(names), in_chans=data.in_chans, pretrained=pretrained, **kw)
-        groups = [data.sources[i] for i in train_idx]
-        fit_descriptor_head(model.descriptors, feats[train_idx], (y_train - t_mean) / t_std, groups)
+        # the descriptor model is fitted on the validation crops too, as the descriptor-only model is: the
+        # validation then favours keeping it (epoch 0) unless the CNN adds clearly more
+        fit = np.concatenate([train_idx, val_idx]).astype(np.int64)
+        fit_descriptor_head(model.descriptors, feats[fit], (data.y[fit] - t_mean) / t_std)
         model = model.to(dev)
         feats = torch.as_tensor(feats, dtype=torch.float32)
     else:
@@ -289,6 +291,7 @@ def fit_regressor(
         batch_size=batch_size,
         steps_per_epoch=steps_per_epoch,
         patience=c.early_stopping,
+        start_is_candidate=hybrid,
         fingerprint=fp,
         ckpt_dir=ckpt_dir,
         ckpt=ckpt,
@@ -309,7 +312,7 @@ def fit_regressor(
         cancel=cancel,
         on_epoch=on_epoch,
     )
-    best = st.history[st.best_epoch - 1]
+    best = st.history[st.best_epoch - 1] if st.best_epoch else (st.start_record or {})
     c_rates = data.targets.c_rates()
     cfg = BundleConfig(
         architecture="ncm_hybrid" if hybrid else architecture,
@@ -338,7 +341,12 @@ def fit_regressor(
             "epochs_run": len(st.history),
             "best_epoch": st.best_epoch,
             "best_val_mape": best.get("val_mape"),
-            "kept_epoch": f"best validation {c.monitor}" if len(val_idx) else NO_VALIDATION,
+            "kept_epoch": (
+                NO_VALIDATION
+                if not len(val_idx)
+                else f"best validation {c.monitor}"
+                + (": none beat the descriptor model it starts from" if hybrid and not st.best_epoch else "")
+            ),
             "train_sources": sorted({data.sources[i] for i in train_idx}),
             "val_sources": sorted({data.sources[i] for i in val_idx}),
             "history": st.history,
