@@ -131,6 +131,7 @@ def test_descriptor_model_bundle_predicts_a_section_and_warns_outside_its_range(
     assert far.interval is not None and next(iter(far.interval.values()))["widen"] > 1.5
 
 
+@pytest.mark.slow
 def test_cross_validation_auto_compares_three_models_and_predicts_with_the_fold_ensemble(
     section_crops, section_set, tmp_path
 ):
@@ -173,26 +174,28 @@ def test_cross_validation_auto_compares_three_models_and_predicts_with_the_fold_
     assert summary["members"] == 3 and summary["interval"]["Q_5C"]["low"] < summary["interval"]["Q_5C"]["high"]
 
 
+@pytest.mark.slow
 def test_second_family_writes_and_its_thin_section_is_skipped_with_a_crop_that_fits(tmp_path):
     from ncm_core.data.sections import extract_sections
-    from ncm_core.data.synth_spheres import write_sphere_section_dataset
+    from ncm_core.data.synth_spheres import sphere_cross_section
+    from ncm_core.io.mosaic import open_mosaic
 
     from .test_cli import ncm
 
-    r = ncm("sample", "section-set-spheres", tmp_path / "sph", "--per-porosity", 1, "--shape", 400, 1000)
+    r = ncm("sample", "section-set-spheres", tmp_path / "sph", "--per-porosity", 1, "--shape", 400, 800)
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "sph" / "targets.csv").read_text().splitlines()
     assert rows[0] == "image,porosity,Q_0.2C,Q_1C,Q_2C,Q_3C,Q_5C" and len(rows) == 6
     truth = json.loads((tmp_path / "sph" / "truth.json").read_text())
     assert {round(v["thickness_um"]) for v in truth.values()} != {40}  # thickness differs between sections
-    # one section much thinner than the others: crops of 200 px height do not fit it
-    thin = write_sphere_section_dataset(tmp_path / "thin", per_porosity=1, shape=(400, 1000), thickness_um=(20, 21))
-    mosaics = [*sorted((tmp_path / "sph").glob("*.ome.tif"))[:2], sorted(thin.glob("*.ome.tif"))[0]]
+    # one section much thinner than the others (about 100 px): crops of 120 px height do not fit it
+    thin = sphere_cross_section(0.3, (300, 800), thickness_um=20.0, seed=1)
+    mosaics = [*sorted((tmp_path / "sph").glob("*.ome.tif"))[:2], open_mosaic(thin.image, pixel_size=0.2)]
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        out = extract_sections(mosaics, tmp_path / "crops", crop=(160, 480), mode="center")
+        out = extract_sections(mosaics, tmp_path / "crops", crop=(120, 360), mode="center")
     assert len(out.failures) == 1
     info = json.loads((out / "sections.json").read_text())
-    reason = info["failures"][0]["error"] if "error" in info["failures"][0] else json.dumps(info["failures"][0])
-    assert "do not fit" in reason and "--crop 9" in reason or "--crop" in reason
+    reason = json.dumps(info["failures"][0])
+    assert "do not fit" in reason and "--crop " in reason and "(same aspect ratio)" in reason
     assert len(info["mosaics"]) == 2

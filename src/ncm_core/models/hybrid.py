@@ -59,19 +59,13 @@ class HybridRegressor(nn.Module):
         self,
         num_outputs: int,
         n_descriptors: int,
-        backbone: str = "ncm_vgg",
-        in_chans: int = 3,
+        backbone: nn.Module,
         hidden: int = 64,
         drop_rate: float = 0.1,
-        pretrained: Any = None,
-        backbone_kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
-        from ncm_core.models.factory import build_model
-
         super().__init__()
-        self.backbone = build_model(backbone, 1, in_chans=in_chans, pretrained=pretrained, **(backbone_kwargs or {}))
-        self.backbone.reset_classifier(0)  # pooled features only
+        self.backbone = backbone  # pooled features (num_classes 0); models.factory builds it by name
         n_feat = int(self.backbone.num_features)
         self.descriptors = DescriptorRegressor(num_outputs, n_descriptors)
         self.head = nn.Sequential(
@@ -88,9 +82,11 @@ class HybridRegressor(nn.Module):
         return self.descriptors(None, d) + self.head(torch.cat([f, self.descriptors.standardised(d)], 1))
 
 
-def build_head_model(architecture: str, num_outputs: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """``ncm_descriptors`` or ``ncm_hybrid`` (``kwargs``: ``n_descriptors``, and for the hybrid ``backbone``,
-    ``hidden``, ``drop_rate``, ``pretrained``, ``backbone_kwargs``)."""
+def build_head_model(
+    architecture: str, num_outputs: int, backbone: nn.Module | None = None, **kwargs: Any
+) -> nn.Module:
+    """``ncm_descriptors``, or ``ncm_hybrid`` on ``backbone`` (``kwargs``: ``n_descriptors``, and for the
+    hybrid ``hidden`` and ``drop_rate``). :func:`ncm_core.models.factory.build_model` names the backbone."""
     if architecture == "ncm_descriptors":
         return DescriptorRegressor(num_outputs, **kwargs)
-    return HybridRegressor(num_outputs, in_chans=in_chans, **kwargs)
+    return HybridRegressor(num_outputs, backbone=backbone, **kwargs)
