@@ -154,9 +154,10 @@ def _keep_better_descriptor_model(
 
     with tempfile.TemporaryDirectory(dir=Path(r.bundle).parent) as tmp:
         alt = fit_descriptor_model(d, tr, np.zeros(0, np.int64), Path(tmp) / "descriptors", extra)  # va: the judge
-        if per_mosaic(predict_crops(alt.bundle, d, va)[0]) < per_mosaic(predict_crops(r.bundle, d, va)[0]):
+        mine = per_mosaic(predict_crops(alt.bundle, d, va)[0])
+        if mine < per_mosaic(predict_crops(r.bundle, d, va)[0]):
             shutil.rmtree(r.bundle)
             shutil.move(str(alt.bundle), str(r.bundle))
-            alt.bundle = r.bundle
+            alt.bundle, alt.best_value = r.bundle, mine
             return alt
     return r
