@@ -199,3 +199,23 @@ def test_second_family_writes_and_its_thin_section_is_skipped_with_a_crop_that_f
     reason = json.dumps(info["failures"][0])
     assert "do not fit" in reason and "--crop " in reason and "(same aspect ratio)" in reason
     assert len(info["mosaics"]) == 2
+
+
+def test_learning_curve_falls_with_more_sections_and_is_written(tmp_path):
+    from ncm_core.data.descriptors import descriptor_matrix
+    from ncm_core.training.learning_curve import learning_curve, write_learning_curve
+    from ncm_core.training.regression_data import grouped_kfold
+
+    from .test_descriptors import _porosity_case
+
+    x, y, sources = _porosity_case(n_sections=16, crops=3)
+    feats, _ = descriptor_matrix(x, sources=sources)
+    rows = learning_curve(feats, y, sources, grouped_kfold(sources, 4, seed=0), ["a", "b", "c"], seed=0)
+    desc = sorted((r["sections"], r["mape"]) for r in rows if r["model"] == "descriptors")
+    mean = {r["sections"]: r["mape"] for r in rows if r["model"] == "mean"}
+    assert desc[0][0] == 3 and desc[-1][0] == 12  # 3 ... all 12 training sections of a fold
+    assert desc[-1][1] < desc[0][1] and desc[-1][1] < mean[12] / 3  # more sections help; far below the mean
+    write_learning_curve(rows, tmp_path)
+    table = (tmp_path / "learning_curve.csv").read_text().splitlines()
+    assert table[0] == "model,sections,mape,mape_std,runs" and len(table) == len(rows) + 1
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000

@@ -134,10 +134,15 @@ def _train_regress(a: argparse.Namespace) -> None:
         for n, t in m["crops"]["targets"].items():
             print(f"  {n}: MAPE {t['mape']:.2f} %  MAE {t['mae']:.3g}  R^2 {t['r2']:.3f}")
         print(ranking_line(m["baselines"]))
+        iv = m["interval"]
         print(
-            f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, baselines.csv, scatter.png, "
-            "rate_capability.png; "
-            f"bundles: {r.out}/fold_1 ... fold_{a.folds}"
+            f"kept model: {r.model} ({r.folds[0].parent}/fold_1 ... fold_{a.folds}); held-out sections inside "
+            f"their 90 % interval: {100 * iv['coverage']:.0f} %; predict with the fold ensemble: ncm predict "
+            f"{r.out} MOSAIC OUT"
+        )
+        print(
+            f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, baselines.csv, intervals.csv, "
+            "learning_curve.csv/.png, scatter.png, rate_capability.png, ensemble.json"
         )
         return
     r = train_regressor(a.data, a.targets, a.out, **kw)
