@@ -148,7 +148,12 @@ def _train_regress(a: argparse.Namespace) -> None:
     r = train_regressor(a.data, a.targets, a.out, **kw)
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
-    print(f"bundle: {r.bundle}  {_kept(r, 'MAPE', '.2f', ' %')}, {r.seconds:.0f} s")
+    kept = _kept(r, "MAPE", ".2f", " %")
+    if not r.history and r.validated:  # the descriptor model: a closed-form fit, no epochs
+        kept = f"best validation MAPE {r.best_value:.2f} % (per mosaic): the descriptor model, fitted without epochs"
+    elif r.history and r.best_epoch == 0:
+        kept += ": no epoch beat the descriptor model the hybrid starts from"
+    print(f"bundle: {r.bundle}  {kept}, {r.seconds:.0f} s")
     if r.baselines:
         print(f"validation mosaics, {ranking_line(r.baselines)} ({r.bundle / 'baselines.csv'})")
 
