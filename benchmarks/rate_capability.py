@@ -152,6 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small data, few epochs (a smoke test; not recorded)")
     ap.add_argument("--keep", help="keep the work folder here (its mosaics and crops are reused)")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: reuse finished folds (times then mean little)")
     a = ap.parse_args()
 
     import platform
@@ -183,7 +184,8 @@ def main() -> None:
         t = time.perf_counter()
         data[fam] = make_family(fam, work, quick)
         t_data = time.perf_counter() - t
-        shutil.rmtree(work / f"cv-{fam}", ignore_errors=True)  # every fold is trained (and timed) in this run
+        if not a.reuse:  # every fold is trained (and timed) in this run
+            shutil.rmtree(work / f"cv-{fam}", ignore_errors=True)
         t = time.perf_counter()
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
@@ -287,7 +289,7 @@ def write_report(work, docs, angles, cv, cross, secs, settings, machine, torch) 
 Written by `make bench-rate` (`benchmarks/rate_capability.py`), {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
 - Machine: {machine}, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: none
-- Data: two families of 30 synthetic cross-sections each, capacities at 0.2C-5C from one transport model of
+- Data: two families of {cv["particles"].metrics["interval"]["sections"]} and {cv["spheres"].metrics["interval"]["sections"]} synthetic cross-sections, capacities at 0.2C-5C from one transport model of
   porosity and thickness (`synth_sections.rate_capability`):
   `particles` (`ncm sample section-set`: packed particles, 600 x 2400 px at 0.123 um/px, thickness about
   39 um, crops 224 x 672 px, stride 112 x 448) and `spheres` (`ncm sample section-set-spheres`: PoreSpy
@@ -296,8 +298,8 @@ Written by `make bench-rate` (`benchmarks/rate_capability.py`), {time.strftime("
 - Models, on the same 5 grouped folds (`cross_validate(model="auto")`): `cnn` (`ncm_vgg` on crops resized
   to {settings["input_size"][0]} x {settings["input_size"][1]}, {settings["epochs"]} epochs, patience
   {settings["patience"]}, batch {settings["batch_size"]}), `hybrid` (the same CNN's features + the
-  descriptors, added to the descriptor model), `descriptors` (ridge on linear or quadratic descriptor
-  features, picked by grouped CV); baselines `ridge`, `boosting`, `mean` as in every report.
+  descriptors, added to the descriptor model), `descriptors` (ridge on the logarithms of the descriptors);
+  baselines `ridge`, `boosting`, `mean` as in every report.
 - MAPE per mosaic (the mean of its crops' predictions). Cross-family: each model's 5 fold bundles
   predict together; intervals use the model's own relative error on its family's held-out sections,
   widened where the section's descriptors lie outside the training range.

@@ -36,6 +36,8 @@ from ncm_core.training.regression_models import data_descriptors, descriptor_inf
 
 #: the models ``auto`` compares on the same folds
 AUTO_MODELS = ("cnn", "hybrid", "descriptors")
+#: from the simplest: the model kept when two are equally good
+SIMPLER = ("descriptors", "hybrid", "cnn")
 
 
 @dataclass
@@ -139,7 +141,8 @@ def cross_validate(
         descriptors=feat_names,
         what=f"{folds}-fold cross-validation",
     )
-    chosen = min(models, key=lambda m: np.nan_to_num(baselines["models"][m]["mosaics"]["mape"], nan=np.inf))
+    simpler_first = sorted(models, key=list(SIMPLER).index)  # a tie keeps the simpler model
+    chosen = min(simpler_first, key=lambda m: np.nan_to_num(baselines["models"][m]["mosaics"]["mape"], nan=np.inf))
     rows = []
     for i in range(len(d.files)):
         row = {
