@@ -231,7 +231,7 @@ def write_report(work, docs, angles, cv, cross, secs, settings, machine, torch) 
     shutil.copy(work / "cv-particles" / "scatter.png", img / "rate-scatter.png")
     rows = [
         (
-            "Collector angle error, 40 sections tilted in [-3, 3] deg",
+            f"Collector angle error, {angles['n']} sections tilted in [-3, 3] deg",
             f"max {angles['max']:.3f}, mean {angles['mean']:.3f} deg",
             "<= 0.2 deg",
         ),
