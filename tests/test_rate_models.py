@@ -131,7 +131,6 @@ def test_descriptor_model_bundle_predicts_a_section_and_warns_outside_its_range(
     assert far.interval is not None and next(iter(far.interval.values()))["widen"] > 1.5
 
 
-@pytest.mark.slow
 def test_cross_validation_auto_compares_three_models_and_predicts_with_the_fold_ensemble(
     section_crops, section_set, tmp_path
 ):
@@ -174,7 +173,6 @@ def test_cross_validation_auto_compares_three_models_and_predicts_with_the_fold_
     assert summary["members"] == 3 and summary["interval"]["Q_5C"]["low"] < summary["interval"]["Q_5C"]["high"]
 
 
-@pytest.mark.slow
 def test_second_family_writes_and_its_thin_section_is_skipped_with_a_crop_that_fits(tmp_path):
     from ncm_core.data.sections import extract_sections
     from ncm_core.data.synth_spheres import sphere_cross_section
