@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem bench-tune bench-rate bench-explain
+.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain
 
 setup:
 	@bash scripts/setup.sh
@@ -10,12 +10,15 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem bench-tune bench-rate bench-explain
+bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
 
 bench-sem: setup
+	.venv/bin/python benchmarks/sem_sessions.py
+
+bench-sem-frames: setup
 	.venv/bin/python benchmarks/sem_classification.py
 
 bench-tune: setup
@@ -26,3 +29,6 @@ bench-rate: setup
 
 bench-explain: setup
 	.venv/bin/python benchmarks/explanations.py
+
+bench-pretrain: setup
+	.venv/bin/python benchmarks/pretraining.py

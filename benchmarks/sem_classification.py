@@ -1,6 +1,6 @@
 """SEM classification benchmark: 12 classes, frames held out, accuracy and training throughput.
 
-    make bench-sem        # or: .venv/bin/python benchmarks/sem_classification.py [--quick]
+    make bench-sem-frames # or: .venv/bin/python benchmarks/sem_classification.py [--quick]
 
 1. Synthetic SEM frames of the 12 NCM classes (composition x state).
 2. ``build_crops``: frames split train/validation/test (whole frames), then random crops.
@@ -159,7 +159,7 @@ def main() -> None:
     ood_table = "".join(f"| Out-of-distribution flags: {k} | {v:.1%} | high |\n" for k, v in ood_rows.items())
     text = f"""## SEM classification (12 classes, held-out frames)
 
-Written by `make bench-sem` (`benchmarks/sem_classification.py`) on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
+Written by `make bench-sem-frames` (`benchmarks/sem_classification.py`) on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
 
 - Machine: {machine()}
 - Data: {a.frames} synthetic SEM frames per class (512 x 512 px + 32-row info bar); whole frames split

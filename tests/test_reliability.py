@@ -68,6 +68,8 @@ CATALOGUE = [
         ["contains an input"],
     ),
     (["tune", "{w}/frames", "{w}/frames/study", "-q"], ["lies inside an input"]),
+    (["pretrain", "{w}/frames", "{w}/frames/ssl", "-q"], ["lies inside an input"]),
+    (["pretrain", "{w}/frames", "{w}/b", "--method", "mocco", "-q"], ["invalid choice", "'mocco'"]),
     # --overwrite replaces only what napari-ncm wrote; a finished bundle and sample folders need it
     (["train", "{w}/frames", "{w}/bundle", "-q"], ["bundle", "finished model bundle", "--overwrite"]),
     (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),

@@ -51,6 +51,8 @@ _EXPORTS = {
     # training
     "train": "training.classify",
     "TrainConfig": "training.config",
+    "pretrain": "training.pretrain",
+    "PretrainConfig": "training.config",
     "train_regressor": "training.regression",
     "RegressConfig": "training.config",
     "cross_validate": "training.cross_validation",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ncm_core.errors import NcmError
@@ -41,3 +43,30 @@ def amp_dtype(amp: str, device: Any):
             raise NcmError("float16 mixed precision needs a CUDA device; use bf16 or off on a CPU")
         return torch.float16
     return torch.bfloat16
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Convolutions in full float32 precision on CUDA (no TF32) inside the block.
+
+    PyTorch lets cuDNN compute float32 convolutions in TF32 on recent GPUs (10-bit mantissa), which
+    moves gradient-based attributions by about 1 % of their range: explanations are computed exactly,
+    so that a map on the GPU matches the same map on the CPU.
+    """
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch >= 2.9
+        old = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = old
+    else:
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = old

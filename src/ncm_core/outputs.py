@@ -67,6 +67,7 @@ MARKERS: list[tuple[str, Callable[[Path], bool]]] = [
     ("a zarr group written by napari-ncm", _zarr_ours),
     ("a model bundle", _format("config.json", "ncm-bundle")),
     ("a tile set", _format("manifest.json", "ncm-tiles")),
+    ("a pretrained backbone", _format("backbone.json", "ncm-backbone")),
     ("a sections folder", _format("sections.json", "ncm-sections")),
     ("sample data", _format(SAMPLE_MARKER, "ncm-sample")),
     ("a training checkpoint", _files("state.json", "state.safetensors")),

@@ -23,6 +23,12 @@ def cmd_sample(a: argparse.Namespace) -> None:
         synth.write_sem_dataset(
             out, a.frames, (a.size + a.info_bar, a.size), info_bar=a.info_bar, seed=a.seed, overwrite=a.overwrite
         )
+    elif a.kind == "sem-sessions":
+        from ncm_core.data.synth_sessions import write_sem_sessions
+
+        write_sem_sessions(
+            out, range(a.sessions), a.frames, (a.size, a.size), info_bar=a.info_bar, seed=a.seed, overwrite=a.overwrite
+        )
     elif a.kind == "section-set":
         synth.write_section_dataset(
             out,
@@ -45,6 +51,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
         print(
             f"wrote {len(synth.CLASS_NAMES) * a.frames} SEM frames in {len(synth.CLASS_NAMES)} class folders to {out}"
         )
+    elif a.kind == "sem-sessions":
+        n = sum(1 for _ in out.rglob("*.jpg"))
+        print(f"wrote {n} SEM frames (JPEG) of {a.sessions} sessions per class to {out} (list: {out / 'sessions.csv'})")
     elif a.kind == "sem-mosaic":
         m = synth.sem_mosaic(tuple(a.shape) if a.shape else (1100, 1500), seed=a.seed)
         write_ome_zarr(
@@ -138,12 +147,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="write embedded sample data")
     s.add_argument(
         "kind",
-        choices=["sem-frames", "sem-mosaic", "section", "section-set", "section-set-spheres"],
+        choices=["sem-frames", "sem-sessions", "sem-mosaic", "section", "section-set", "section-set-spheres"],
         help="section-set-spheres: a second family of cross-sections (PoreSpy pores, binder, cracks, "
         "scratches, 0.2 um/px, thickness 30-48 um)",
     )
     s.add_argument("out", help="output folder (sem-frames) or .zarr path")
-    s.add_argument("--frames", type=positive, default=4, help="frames per class (sem-frames)")
+    s.add_argument(
+        "--frames", type=positive, default=4, help="frames per class (sem-frames; sem-sessions: most per session)"
+    )
+    s.add_argument("--sessions", type=positive, default=3, help="microscope sessions per class (sem-sessions)")
     s.add_argument("--size", type=positive, default=512, help="frame width/height without info bar (sem-frames)")
     s.add_argument("--info-bar", type=int, default=32, help="rows of the SEM information bar (sem-frames)")
     s.add_argument("--shape", type=positive, nargs=2, metavar=("H", "W"), help="mosaic or section shape")

@@ -249,8 +249,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--exclude-rows",
         type=band,
-        help="band of rows to skip, e.g. --exclude-rows=-32:; auto: the SEM information bar, found on the "
-        "mosaic's bottom or top edge (a mosaic without one fails)",
+        help="band of rows to skip, e.g. --exclude-rows=-32:; detect (default): an SEM information bar on the "
+        "bottom or top edge, where one is found; auto: one must be found; none",
     )
     r.add_argument("--foreground", action="store_true", help="skip empty (flat) background tiles")
     r.add_argument(

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.devices import exact_float32
 from ncm_core.errors import NcmError
 from ncm_core.explain.targets import default_layer, output_names, resolve_layer, resolve_targets
 from ncm_core.models.bundle import ModelBundle, load_bundle
@@ -234,6 +235,7 @@ def _guided_maps(model: Any, x: Any, targets: np.ndarray) -> Any:
     return torch.stack(maps, 1)
 
 
+@exact_float32()
 def explain_tensor(
     bundle: ModelBundle,
     x: Any,

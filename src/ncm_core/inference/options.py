@@ -35,8 +35,9 @@ class PredictOptions:
     offset: tuple[int, int] = (0, 0)  # grid origin
     edge: Edge = "pad"  # "pad": tiles past the border are filled by reflection; "drop": left out
     batch_size: int = 64  # tiles per forward pass
-    # band of rows to skip, e.g. (-32, None); "auto": the mosaic's information bar (ncm_core.data.infobar)
-    exclude_rows: BandSpec = None
+    # band of rows to skip, e.g. (-32, None); "detect": an information bar on the mosaic's edge, where one
+    # is found (a single SEM frame); "auto": one must be found; "none" (ncm_core.data.infobar)
+    exclude_rows: BandSpec = "detect"
     mask: Any = None  # pixel mask (True = predict; full size or downsampled)
     foreground: bool = False  # skip empty (flat) background tiles
     min_fraction: float = 0.5  # share of a tile that must be kept by the masks

@@ -59,25 +59,37 @@ def plan_grid(
     return TileGrid(mosaic.shape, t, stride if stride is not None else t, offset, edge)  # type: ignore[arg-type]
 
 
+#: The deepest information bar looked for on a mosaic's edge, and the columns read to find it.
+BAR_ROWS, BAR_COLUMNS = 256, 1024
+
+
 def mosaic_band(spec: Any, mosaic: Mosaic) -> tuple[int | None, int | None] | None:
     """The band of rows to skip in ``mosaic``: as given, or for ``"auto"``/``"detect"`` its information bar,
-    looked for once on its bottom and top edges (only those rows are read); ``"auto"`` without one is an
-    error naming the mosaic."""
+    looked for once on its bottom and top edges; ``"auto"`` without one is an error naming the mosaic.
+
+    Only the edges are read, and at most :data:`BAR_ROWS` rows deep and :data:`BAR_COLUMNS` columns wide
+    (from the left, where the bar's text is), so looking costs the same on a frame and a whole mosaic."""
     from ncm_core.data.infobar import CONTEXT, detect_info_bar, resolve_band
     from ncm_core.io.pixels import read_pixels
 
     if not isinstance(spec, str) or spec == "none":
         return resolve_band(spec, np.zeros((0, 0)))
-    h = mosaic.shape[0]
-    limit = h // 4
+    h, w = mosaic.shape[:2]
+    limit = min(h // 4, BAR_ROWS)
     span = min(h, limit + CONTEXT + 1)
-    if 2 * span >= h:
-        edges = read_pixels(mosaic)
-    else:
-        edges = np.concatenate([read_pixels(mosaic, slice(0, span)), read_pixels(mosaic, slice(h - span, h))])
-    band = detect_info_bar(edges, limit)
+    cols = slice(0, min(w, BAR_COLUMNS))
+    band = None
+    try:  # one edge at a time: bottom, then top
+        start = (h - span) // 8 * 8  # on JPEG's 8 px grid, which the detection of JPEG bars follows
+        band = detect_info_bar(read_pixels(mosaic, (slice(start, h), cols)), limit, edges="bottom")
+        if band is None:
+            band = detect_info_bar(read_pixels(mosaic, (slice(0, span), cols)), limit, edges="top")
+    except NcmError:
+        if spec == "auto":
+            raise
+        # "detect" on an edge that cannot be read: no band; the run records the damaged chunks itself
     if band is None:
-        return resolve_band(spec, edges[:0], mosaic.source)  # "auto": the one line naming the mosaic
+        return resolve_band(spec, np.zeros((0, 0)), mosaic.source)  # "auto": the one line naming the mosaic
     return band
 
 

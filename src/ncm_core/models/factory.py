@@ -54,6 +54,20 @@ def weights_architecture(path: Path) -> str | None:
     return None
 
 
+def weights_in_chans(path: Path) -> int | None:
+    """The input channels a safetensors weights file says it was made for (``ncm pretrain`` writes them), or None."""
+    if not path.name.endswith(".safetensors"):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as fh:
+            value = (fh.metadata() or {}).get("in_chans")
+        return int(value) if value else None
+    except Exception:  # unreadable metadata: loading says what is wrong
+        return None
+
+
 def check_coverage(model: Any, path: Path, architecture: str, minimum: float = 0.5) -> None:
     """timm loads a weights file leniently (names it does not know are skipped with a log line), so a file
     for another network would give an untrained model without a word: refuse one that names fewer than
@@ -124,6 +138,13 @@ def build_model(
             raise NcmError("pretrained weights file not found", path)
         if not path.name.endswith(WEIGHT_SUFFIXES):
             raise NcmError(f"pretrained weights must be one of {', '.join(WEIGHT_SUFFIXES)}", path)
+        chans = weights_in_chans(path)
+        if chans is not None and chans != in_chans and chans != 3:  # timm adapts 3-channel weights itself
+            raise NcmError(
+                f"these weights were pretrained on {chans}-channel images, the model takes {in_chans} "
+                f"({'grayscale' if in_chans == 1 else 'colour'} training images); pretrain on images of that kind",
+                path,
+            )
         try:
             model = timm.create_model(
                 architecture,

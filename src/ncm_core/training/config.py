@@ -282,3 +282,55 @@ class TuneConfig:
         if (self.train_kwargs or {}).get("val_fraction") == 0:
             raise NcmError("tuning compares trials by their validation accuracy; val_fraction must be above 0")
         return self
+
+
+Method = Literal["simclr", "byol", "vicreg"]
+METHODS: tuple[str, ...] = ("simclr", "byol", "vicreg")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised pretraining of a backbone (:func:`ncm_core.training.pretrain.pretrain`).
+
+    ``crop_size`` is the side in source pixels of the crops drawn from frames or mosaics; two augmented
+    views of each crop are resized to ``input_size`` (None: the crop size). ``method``: ``simclr``
+    (contrastive), ``byol`` or ``vicreg`` (non-contrastive), all from lightly. ``probe``: a labelled folder
+    (class sub-folders of frames) scored by k-NN on the backbone's features after every epoch.
+    """
+
+    architecture: str = "resnet18"
+    method: Method = "simclr"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    crop_size: int = 224
+    input_size: int | None = 112
+    crops_per_image: int = 16
+    tiles_per_mosaic: int = 256
+    exclude_rows: BandSpec = "detect"
+    probe: str | Path | None = None
+    probe_crops: int = 8
+    knn: int = 10
+    amp: Amp = "auto"
+    resume: bool = True
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+
+    def validate(self) -> PretrainConfig:
+        from ncm_core.data.infobar import check_band
+
+        _check_choice("method", self.method, METHODS)
+        _check_choice("amp", self.amp, AMP_CHOICES)
+        if self.epochs < 1 or self.batch_size < 2:
+            raise NcmError(
+                f"epochs must be positive and the batch size at least 2 (got {self.epochs}, {self.batch_size})"
+            )
+        if self.crop_size < 16 or (self.input_size is not None and self.input_size < 16):
+            raise NcmError(f"crop and input sizes must be at least 16 px (got {self.crop_size}, {self.input_size})")
+        if min(self.crops_per_image, self.tiles_per_mosaic, self.probe_crops, self.knn) < 1:
+            raise NcmError("crops per image, tiles per mosaic, probe crops and k must be at least 1")
+        check_positive("learning rate (--lr)", self.lr)
+        check_band(self.exclude_rows)
+        return self
