@@ -115,7 +115,7 @@ def section_crops(section_set, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_regressor(section_crops, section_set, tmp_path_factory) -> Path:
-    """An ncm_vgg regression bundle trained for a few epochs on ``section_crops`` (32 x 96 px input)."""
+    """An ncm_vgg regression bundle (the CNN alone) trained for a few epochs on ``section_crops`` (32 x 96 px input)."""
     from ncm_core.training.regression import train_regressor
 
     out = tmp_path_factory.mktemp("bundles") / "regressor"
@@ -128,6 +128,7 @@ def tiny_regressor(section_crops, section_set, tmp_path_factory) -> Path:
         epochs=3,
         batch_size=8,
         seed=0,
+        model="cnn",
     )
     return out
 

@@ -351,6 +351,7 @@ def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp
             batch_size=8,
             l1=1e-6,
             adversarial=2.0,
+            model="cnn",
         )
     folds = {}
     for row in r.predictions:
@@ -390,6 +391,7 @@ def test_cross_validation_is_grouped_and_reports(section_crops, section_set, tmp
         batch_size=8,
         l1=1e-6,
         adversarial=2.0,
+        model="cnn",
     )
     assert again.metrics["crops"] == r.metrics["crops"] and again.seconds < r.seconds
 

@@ -41,7 +41,7 @@ from magicgui.widgets import (
 
 from napari_ncm._background import RunsInBackground
 from napari_ncm._fields import layer_choice
-from ncm_core.training.config import LOSSES, RegressConfig, TrainConfig
+from ncm_core.training.config import LOSSES, REGRESS_MODELS, RegressConfig, TrainConfig
 
 if TYPE_CHECKING:
     import napari
@@ -156,6 +156,13 @@ class TrainWidget(RunsInBackground, Container):
             tooltip="k-fold cross-validation grouped by mosaic; 0 = train one model",
         )
         self.loss = ComboBox(choices=list(LOSSES), value=RegressConfig.loss, label="Loss")
+        self.reg_model = ComboBox(
+            choices=list(REGRESS_MODELS),
+            value=RegressConfig.model,
+            label="Model",
+            tooltip="cnn, descriptors (ridge on crop descriptors), hybrid (CNN features + descriptors) or auto: "
+            "all three compared on the CV folds, the best kept",
+        )
         self.reg_input = LineEdit(
             value="56x168", label="Input (HxW)", tooltip="model input size; crops are resized to it (empty = crop size)"
         )
@@ -238,6 +245,7 @@ class TrainWidget(RunsInBackground, Container):
                 self.group,
                 self.folds,
                 self.loss,
+                self.reg_model,
                 self.reg_input,
                 self.exclude_rows,
                 self.image,
@@ -311,7 +319,7 @@ class TrainWidget(RunsInBackground, Container):
             if reg
             else "class folders of frames, or a tile set (ncm crops)"
         )
-        for w in (self.targets, self.group, self.folds, self.loss, self.reg_input):
+        for w in (self.targets, self.group, self.folds, self.loss, self.reg_model, self.reg_input):
             w.visible = reg
         for w in (self.image, self.labels, self.shapes, self.classes, self.new_labels):
             w.visible = ann
@@ -460,6 +468,7 @@ class TrainWidget(RunsInBackground, Container):
             optimizer=self.optimizer.value,
             augment=self.augment.value,
             loss=self.loss.value,
+            model=self.reg_model.value,
             normalize=self.normalize.value,
             patience=self.patience.value,
             val_fraction=self.val_fraction.value,

@@ -37,6 +37,16 @@ def cmd_sample(a: argparse.Namespace) -> None:
             seed=a.seed,
             overwrite=a.overwrite,
         )
+    elif a.kind == "section-set-spheres":  # the second family: PoreSpy pores, another microscope
+        from ncm_core.data.synth_spheres import write_sphere_section_dataset
+
+        write_sphere_section_dataset(
+            out,
+            per_porosity=a.per_porosity,
+            shape=tuple(a.shape) if a.shape else (500, 2000),
+            seed=a.seed,
+            overwrite=a.overwrite,
+        )
     if a.kind == "sem-frames":
         print(
             f"wrote {len(synth.CLASS_NAMES) * a.frames} SEM frames in {len(synth.CLASS_NAMES)} class folders to {out}"
@@ -58,7 +68,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
             name="sem_mosaic",
         )
         print(f"wrote a {m.image.shape[0]}x{m.image.shape[1]} px SEM mosaic with its truth labels to {out}")
-    elif a.kind == "section-set":
+    elif a.kind in ("section-set", "section-set-spheres"):
         print(
             f"wrote {5 * a.per_porosity} cross-section mosaics and their rate capability "
             f"({out / 'targets.csv'}) to {out}"
@@ -137,7 +147,12 @@ def cmd_sections(a: argparse.Namespace) -> None:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``ncm`` parser."""
     s = sub.add_parser("sample", help="write embedded sample data")
-    s.add_argument("kind", choices=["sem-frames", "sem-sessions", "sem-mosaic", "section", "section-set"])
+    s.add_argument(
+        "kind",
+        choices=["sem-frames", "sem-sessions", "sem-mosaic", "section", "section-set", "section-set-spheres"],
+        help="section-set-spheres: a second family of cross-sections (PoreSpy pores, binder, cracks, "
+        "scratches, 0.2 um/px, thickness 30-48 um)",
+    )
     s.add_argument("out", help="output folder (sem-frames) or .zarr path")
     s.add_argument(
         "--frames", type=positive, default=4, help="frames per class (sem-frames; sem-sessions: most per session)"

@@ -22,6 +22,10 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     # the config alone says the task; the path (not a loaded model) lets a short run take the light path
     # (ONNX Runtime on a cached graph, without importing PyTorch: ncm_core.inference.light)
+    from ncm_core.inference.ensemble import is_ensemble
+
+    if is_ensemble(a.bundle):  # a cross-validation folder: its folds' bundles predict together
+        return _predict_section(a, a.bundle)
     if read_bundle_config(a.bundle).task == "regress":
         return _predict_section(a, load_bundle(a.bundle))
     from ncm_core.inference.predict import predict_mosaic
@@ -113,7 +117,9 @@ def _predict_several(a: argparse.Namespace) -> None:
 
     if a.regions:
         raise NcmError("--regions is a map of one mosaic; with several mosaics, predict that one alone", a.regions)
-    if read_bundle_config(a.bundle).task == "regress":
+    from ncm_core.inference.ensemble import is_ensemble
+
+    if is_ensemble(a.bundle) or read_bundle_config(a.bundle).task == "regress":
         raise NcmError("a regression bundle predicts one cross-section at a time; give one mosaic", a.bundle)
     summary = Path(a.summary).expanduser() if a.summary else None
     if summary is not None:  # before the predictions, not after them
@@ -156,8 +162,11 @@ def _predict_section(a: argparse.Namespace, bundle: object) -> None:
     write_section_prediction(sp, out)
     g = sp.geometry
     print(section_line(g))
+    if sp.members > 1:
+        print(f"  mean of {sp.members} fold bundles; 90 % interval in brackets")
     for n, v in sp.summary().items():
-        print(f"  {n}: {v['mean']:.4g} +- {v['std']:.2g}")
+        band = f"  [{v['low90']:.4g}, {v['high90']:.4g}]" if "low90" in v else ""
+        print(f"  {n}: {v['mean']:.4g} +- {v['std']:.2g}{band}")
     if sp.ood is not None and (sp.ood > 1).mean() > OOD_WARN_FRACTION:
         print(f"WARNING: {(sp.ood > 1).mean():.0%} of the crops are unlike the training data")
     print(f"prediction: {out / 'crops.csv'}, {out / 'summary.json'}, {out / 'rate_capability.png'}")

@@ -14,6 +14,7 @@ from ncm_core.training.config import (
     AMP_CHOICES,
     CLASSIFY_MONITORS,
     LOSSES,
+    REGRESS_MODELS,
     REGRESS_MONITORS,
     RegressConfig,
     TrainConfig,
@@ -146,6 +147,7 @@ def _train_regress(a: argparse.Namespace) -> None:
         groups=list_(a.group),
         target_columns=list_(a.target_columns) or None,
         split_by=a.split_by,
+        model=a.model,
         progress=progress("train", a.quiet),
         **_common_train(a),
     )
@@ -160,16 +162,26 @@ def _train_regress(a: argparse.Namespace) -> None:
         for n, t in m["crops"]["targets"].items():
             print(f"  {n}: MAPE {t['mape']:.2f} %  MAE {t['mae']:.3g}  R^2 {t['r2']:.3f}")
         print(ranking_line(m["baselines"]))
+        iv = m["interval"]
         print(
-            f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, baselines.csv, scatter.png, "
-            "rate_capability.png; "
-            f"bundles: {r.out}/fold_1 ... fold_{a.folds}"
+            f"kept model: {r.model} ({r.folds[0].parent}/fold_1 ... fold_{a.folds}); held-out sections inside "
+            f"their 90 % interval: {100 * iv['coverage']:.0f} %; predict with the fold ensemble: ncm predict "
+            f"{r.out} MOSAIC OUT"
+        )
+        print(
+            f"report: {r.out / 'metrics.json'}, predictions.csv, per_group.csv, baselines.csv, intervals.csv, "
+            "learning_curve.csv/.png, scatter.png, rate_capability.png, ensemble.json"
         )
         return
     r = train_regressor(a.data, a.targets, a.out, **kw)
     if r.resumed_from:
         print(f"resumed from the checkpoint after epoch {r.resumed_from}")
-    print(f"bundle: {r.bundle}  {_kept(r, 'MAPE', '.2f', ' %')}, {r.seconds:.0f} s")
+    kept = _kept(r, "MAPE", ".2f", " %")
+    if not r.history and r.validated:  # the descriptor model: a closed-form fit, no epochs
+        kept = f"best validation MAPE {r.best_value:.2f} % (per mosaic): the descriptor model, fitted without epochs"
+    elif r.history and r.best_epoch == 0:
+        kept += ": no epoch beat the descriptor model the hybrid starts from"
+    print(f"bundle: {r.bundle}  {kept}, {r.seconds:.0f} s")
     if r.baselines:
         print(f"validation mosaics, {ranking_line(r.baselines)} ({r.bundle / 'baselines.csv'})")
 
@@ -300,6 +312,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="k-fold cross-validation grouped by mosaic (e.g. 5); OUT then gets fold_1..fold_k bundles and the reports",
+    )
+    g.add_argument(
+        "--model",
+        choices=REGRESS_MODELS,
+        default=R.model,
+        help="cnn, descriptors (ridge on crop descriptors), hybrid (CNN features + descriptors) or auto: all "
+        f"three compared by grouped cross-validation, the best kept (default {R.model})",
     )
     g.add_argument("--loss", choices=LOSSES, default=R.loss)
     g.add_argument("--min-lr", type=float, default=R.min_lr, help="learning rate at the start of warm-up and the end")

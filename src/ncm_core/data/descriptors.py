@@ -17,7 +17,8 @@ Defined values for degenerate crops, never a division by zero: a crop without po
 pore chord 0 and interface density 0 (its solid chord is the mean row/column length); a crop without solid
 pixels likewise has solid chord 0. The threshold, when not given, is Otsu's (scikit-image) over the pixels
 of all crops together, so one pore-free crop among others still reads as pore-free (a per-crop Otsu would
-split its noise in two). Everything is vectorised over the stack (a few ms per crop of 128 x 384 px).
+split its noise in two); :func:`descriptor_matrix` with ``sources`` takes it per section. Everything is
+vectorised over the stack (a few ms per crop of 128 x 384 px).
 
 PoreSpy / TauFactor will take over here (local-thickness pore size distributions, tortuosity) once they
 are dependencies; the names and units of this table stay.
@@ -26,6 +27,7 @@ are dependencies; the names and units of this table stay.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,12 +132,34 @@ def descriptor_matrix(
     thickness: np.ndarray | None = None,
     channels_first: bool = True,
     threshold: float | None = None,
+    sources: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """``(N, D)`` descriptor table and its column names: :func:`crop_descriptors` of ``crops``
     (channels-first by default, as prepared crops are), plus ``thickness`` per crop when given and not
-    constant (:func:`section_thickness`)."""
-    d = crop_descriptors(crops, threshold, pixel_size=pixel_size, channels_first=channels_first)
+    constant (:func:`section_thickness`).
+
+    ``sources`` (the section of each crop): the threshold is Otsu's over each section's crops, so that
+    sections imaged with another brightness or contrast read the same porosity (a section is always
+    porous; a pore-free crop among its crops still reads as pore-free)."""
+    if sources is not None and threshold is None:
+        src = np.asarray(sources)
+        gray = to_gray(crops, channels_first)
+        d = {k: np.zeros(len(src)) for k in DESCRIPTORS}
+        for s in dict.fromkeys(src.tolist()):
+            rows = np.flatnonzero(src == s)
+            part = crop_descriptors(gray[rows], None, pixel_size=pixel_size)
+            for k in DESCRIPTORS:
+                d[k][rows] = part[k]
+    else:
+        d = crop_descriptors(crops, threshold, pixel_size=pixel_size, channels_first=channels_first)
     names = list(DESCRIPTORS)
+    none = int((d["porosity"] == 0).sum())
+    if none:  # defined values, not measured ones: say so once
+        warnings.warn(
+            f"{none} crop(s) have no pore pixels: their porosity, pore chord and interface density are 0 "
+            "(defined, not measured); check the threshold or the crops",
+            stacklevel=2,
+        )
     cols = [d[k] for k in names]
     th = thickness
     if th is not None and np.ptp(th) > 0:  # a constant thickness says nothing

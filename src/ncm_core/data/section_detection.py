@@ -367,9 +367,11 @@ def detect_section(
     heights = np.clip(usable - 2 * margin, 0, None)
     px = f" ({thickness * m.pixel_size:.1f} um)" if m.pixel_size else ""
     if heights.max() < ch:
+        h_fit = max(8, int(heights.max()) // 8 * 8)  # a crop that fits, with the same aspect ratio
         raise NcmError(
             f"the active layer is {thickness:.0f} px{px} thick ({heights.max():.0f} px usable); crops "
-            f"of {ch} px height do not fit: use a smaller crop height",
+            f"of {ch} px height do not fit: use a smaller crop height, e.g. --crop {h_fit} "
+            f"{max(8, round(cw * h_fit / ch / 8) * 8)} (same aspect ratio)",
             where,
         )
     i0, i1, hgt = largest_rectangle(np.where(heights >= ch, heights, 0.0))
@@ -380,7 +382,7 @@ def detect_section(
     if c1 - c0 < cw:
         raise NcmError(
             f"the straight part of the active layer is {c1 - c0} px wide, narrower than a crop "
-            f"({cw} px): use a smaller crop width",
+            f"({cw} px): use a smaller crop width, e.g. --crop {ch} {max(8, (c1 - c0) // 8 * 8)}",
             where,
         )
     crops: list[tuple[int, int]] = []

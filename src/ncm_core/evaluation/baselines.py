@@ -26,6 +26,8 @@ from ncm_core.evaluation.regression import regression_metrics
 
 BASELINES = ("mean", "ridge", "boosting")
 DESCRIPTOR_MODELS = ("ridge", "boosting")
+#: the kind of each model of the ranking (the descriptor baselines and the ``descriptors`` model: descriptors)
+KINDS = {"cnn": "cnn", "hybrid": "hybrid", "mean": "mean"}
 
 
 def fit_predict_baselines(
@@ -73,13 +75,14 @@ def baseline_report(
     out: str | Path | None = None,
     *,
     cnn: np.ndarray | None = None,
+    models: dict[str, np.ndarray] | None = None,
     descriptors: Sequence[str] = (),
     what: str = "cross-validation",
 ) -> dict[str, Any]:
-    """Metrics of each model (``cnn`` first when given, then the baselines) per crop and per mosaic, the
-    ranking by MAPE per mosaic, ``out/baselines.csv``; one warning when the CNN does not beat the best
-    descriptor model."""
-    preds = ({"cnn": cnn} if cnn is not None else {}) | dict(predictions)
+    """Metrics of each model (``cnn`` first when given, the other trained ``models`` such as ``hybrid`` and
+    ``descriptors``, then the baselines) per crop and per mosaic, the ranking by MAPE per mosaic,
+    ``out/baselines.csv``; one warning when the CNN does not beat the best descriptor baseline."""
+    preds = ({"cnn": cnn} if cnn is not None else {}) | dict(models or {}) | dict(predictions)
     ym = _by_mosaic(y, sources)
     models, rows = {}, []
     for m, p in preds.items():
@@ -88,7 +91,7 @@ def baseline_report(
         rows.append(
             {
                 "model": m,
-                "kind": "cnn" if m == "cnn" else ("mean" if m == "mean" else "descriptors"),
+                "kind": KINDS.get(m, "descriptors"),
                 "mosaic_mape": round(mosaics["mape"], 4),
                 "mosaic_mae": round(mosaics["mae"], 4),
                 "mosaic_r2": round(mosaics["r2"], 4),

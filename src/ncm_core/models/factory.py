@@ -111,6 +111,15 @@ def build_model(
     """
     import timm
 
+    if architecture in ("ncm_descriptors", "ncm_hybrid"):  # heads that read descriptors (models/hybrid.py)
+        from ncm_core.models.hybrid import build_head_model
+
+        backbone = None
+        if architecture == "ncm_hybrid":  # its backbone by name, pooled features only
+            name, bkw = kwargs.pop("backbone", "ncm_vgg"), kwargs.pop("backbone_kwargs", None) or {}
+            backbone = build_model(name, 1, in_chans=in_chans, pretrained=pretrained, **bkw)
+            backbone.reset_classifier(0)
+        return build_head_model(architecture, num_outputs, backbone=backbone, **kwargs)
     check_architecture(architecture)
     if num_outputs < 1:
         raise NcmError(f"a model needs at least one output, got {num_outputs}")

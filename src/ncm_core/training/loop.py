@@ -65,6 +65,7 @@ class LoopState:
     best_epoch: int = 0
     best_state: dict[str, Any] | None = None
     resumed_from: int = 0
+    start_record: dict[str, float] | None = None  # validation of the weights before training (start_is_candidate)
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,16 @@ class LoopConfig:
 
     ``steps_per_epoch`` sizes the progress total; ``ckpt_dir`` None writes no checkpoint; ``ckpt`` is the
     checkpoint to resume from (:func:`open_checkpoint`); ``t0`` the run's start (``time.monotonic()``,
-    default: now); ``patience`` None: no early stopping.
+    default: now); ``patience`` None: no early stopping. ``start_is_candidate``: the weights before the
+    first epoch compete for the best (as epoch 0), so a model that starts from a fitted baseline (the
+    hybrid regressor) keeps it when no epoch beats it on validation.
     """
 
     epochs: int = 1
     batch_size: int = 32
     steps_per_epoch: int = 1
     patience: int | None = None
+    start_is_candidate: bool = False
     fingerprint: str = ""
     ckpt_dir: Path | None = None
     ckpt: dict[str, Any] | None = None
@@ -134,6 +138,10 @@ def run_epochs(
         for rec in st.history:
             if on_epoch is not None:
                 on_epoch(rec)
+    elif cfg.start_is_candidate and task.has_validation:
+        st.start_record = task.validate()
+        best_score = task.score(st.start_record)
+        st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     st.resumed_from = start - 1
     total = epochs * cfg.steps_per_epoch
     stopped = ckpt is not None and ckpt.get("stopped", False)

@@ -97,17 +97,13 @@ def train_regressor(
         tr, va = grouped_split(d.split_groups(c.split_by), c.val_fraction, c.seed)
     else:
         tr, va = np.arange(len(d.files)), np.zeros(0, np.int64)
+    extra = {"split_by": c.split_by or "source", "val_fraction": c.val_fraction}
+    model = "hybrid" if c.model == "auto" else c.model
     r = fit_regressor(
-        d,
-        tr,
-        va,
-        out,
-        c,
-        progress=progress,
-        cancel=cancel,
-        on_epoch=on_epoch,
-        extra_training={"split_by": c.split_by or "source", "val_fraction": c.val_fraction},
+        d, tr, va, out, c, model=model, progress=progress, cancel=cancel, on_epoch=on_epoch, extra_training=extra
     )
+    if c.model == "auto" and len(va):
+        r = _keep_better_descriptor_model(d, tr, va, r, extra)
     if len(va):
         r.baselines = _validation_baselines(d, tr, va, r.bundle, c.seed)
     return r
@@ -120,20 +116,48 @@ def _validation_baselines(d: RegressionData, tr: np.ndarray, va: np.ndarray, bun
 
     from ncm_core.evaluation.baselines import baseline_report, fit_predict_baselines
     from ncm_core.models.bundle import load_bundle
-    from ncm_core.training.regression_data import crop_features
+    from ncm_core.training.regression_models import data_descriptors, predict_crops
 
-    b = load_bundle(bundle)
-    cnn = predict_values(b, standardise(d.x[va], b.config.input), "cpu", 64)
-    feats, names = crop_features(d)
+    model = load_bundle(bundle).config.regression.get("model", "cnn")
+    values, _ = predict_crops(bundle, d, va)
+    feats, names = data_descriptors(d)
     rep = baseline_report(
         d.y[va],
         [d.sources[i] for i in va],
         fit_predict_baselines(feats, d.y, tr, va, seed),
         d.target_names,
         bundle,
-        cnn=cnn,
+        cnn=values if model == "cnn" else None,
+        models=None if model == "cnn" else {model: values},
         descriptors=names,
         what="validation mosaics",
     )
     (Path(bundle) / "baselines.json").write_text(json.dumps({"format": "ncm-baselines", **rep}, indent=2))
     return rep
+
+
+def _keep_better_descriptor_model(
+    d: RegressionData, tr: np.ndarray, va: np.ndarray, r: TrainResult, extra: dict
+) -> TrainResult:
+    """``model="auto"`` without folds: the descriptor model replaces the trained hybrid in ``r.bundle`` when
+    its MAPE per validation mosaic is lower."""
+    import shutil
+    import tempfile
+
+    from ncm_core.training.regression_models import fit_descriptor_model, predict_crops
+
+    def per_mosaic(p: np.ndarray) -> float:
+        src = np.asarray([d.sources[i] for i in va])
+        u = sorted(set(src.tolist()))
+        y = np.stack([d.y[va][src == s].mean(0) for s in u])
+        return regression_metrics(y, np.stack([p[src == s].mean(0) for s in u]), d.target_names)["mape"]
+
+    with tempfile.TemporaryDirectory(dir=Path(r.bundle).parent) as tmp:
+        alt = fit_descriptor_model(d, tr, np.zeros(0, np.int64), Path(tmp) / "descriptors", extra)  # va: the judge
+        mine = per_mosaic(predict_crops(alt.bundle, d, va)[0])
+        if mine < per_mosaic(predict_crops(r.bundle, d, va)[0]):
+            shutil.rmtree(r.bundle)
+            shutil.move(str(alt.bundle), str(r.bundle))
+            alt.bundle, alt.best_value = r.bundle, mine
+            return alt
+    return r

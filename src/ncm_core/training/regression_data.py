@@ -181,13 +181,14 @@ def load_regression_data(
 
 def crop_features(data: RegressionData) -> tuple[np.ndarray, list[str]]:
     """Descriptor table ``(N, D)`` of the prepared crops and its names (:mod:`ncm_core.data.descriptors`):
-    lengths in um (source px without a pixel size), the section's thickness where ``sections.json`` has it."""
+    lengths in um (source px without a pixel size), the section's thickness where ``sections.json`` has it;
+    pores are darker than the Otsu threshold of the crop's own section."""
     from ncm_core.data.descriptors import descriptor_matrix, section_thickness
 
     scale = data.crop_size[1] / data.x.shape[-1]  # prepared crops may be smaller copies of the crops
     px = 1.0 if data.pixel_size is None else float(data.pixel_size)
     thickness = section_thickness(data.root, data.sources, px)
-    return descriptor_matrix(data.x.numpy(), pixel_size=px * scale, thickness=thickness)
+    return descriptor_matrix(data.x.numpy(), pixel_size=px * scale, thickness=thickness, sources=data.sources)
 
 
 def standardise(x: Any, spec: Any) -> Any:

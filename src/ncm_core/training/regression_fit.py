@@ -53,13 +53,15 @@ def _fingerprint(settings: dict[str, Any], data: RegressionData, train_idx: np.n
 
 
 def _predict_z(model: Any, x: Any, dev: Any, batch: int) -> np.ndarray:
+    """Standardised predictions of inputs ``x``, or of ``(x, descriptors)`` for a model that reads both."""
     import torch
 
     model.eval()
     out = []
+    parts = x if isinstance(x, tuple) else (x,)
     with torch.inference_mode():
-        for k in range(0, len(x), batch):
-            out.append(model(x[k : k + batch].to(dev)).float().cpu().numpy())
+        for k in range(0, len(parts[0]), batch):
+            out.append(model(*(p[k : k + batch].to(dev) for p in parts)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -80,6 +82,9 @@ def fit_regressor(
     """Train on ``data[train_idx]``, stop early on ``data[val_idx]`` and write a bundle to ``out``.
 
     No validation crops: no early stopping, the last epoch is kept (and the bundle says so).
+    ``model`` (of the config) ``hybrid`` trains :class:`~ncm_core.models.hybrid.HybridRegressor` on the crops
+    and their descriptors; ``descriptors`` fits the descriptor model without epochs
+    (:mod:`ncm_core.training.regression_models`); ``cnn`` and ``auto`` train the CNN alone.
 
     Settings: ``config`` or keyword ``overrides`` of :class:`~ncm_core.training.config.RegressConfig` fields.
     ``reuse``: when ``out`` already holds a bundle trained with the same settings and data, return it
@@ -95,9 +100,19 @@ def fit_regressor(
     from ncm_core.models.factory import build_model, check_architecture
     from ncm_core.models.preprocess import InputSpec
     from ncm_core.training.loop import LoopConfig, Task, open_checkpoint, run_epochs
+    from ncm_core.training.regression_models import (
+        data_descriptors,
+        descriptor_info,
+        fit_descriptor_head,
+        fit_descriptor_model,
+        target_scaling,
+    )
 
     t0 = time.monotonic()
     c = merge_options(RegressConfig, config, overrides).validate()
+    if c.model == "descriptors":
+        return fit_descriptor_model(data, train_idx, val_idx, out, extra_training)
+    hybrid = c.model == "hybrid"
     architecture, epochs, batch_size, lr, loss, normalize = (
         c.architecture,
         c.epochs,
@@ -116,11 +131,10 @@ def fit_regressor(
     dtype = amp_dtype(c.amp, dev)
     names = data.target_names
     y_train = data.y[train_idx]
-    t_mean = y_train.mean(0)
-    t_std = y_train.std(0)
-    t_std = np.where(t_std > 0, t_std, np.maximum(np.abs(t_mean), 1.0))  # a constant target: scale by its size
+    t_mean, t_std = target_scaling(y_train)  # a constant target: scaled by its size
     settings = {
         "task": "regress",
+        "model": "hybrid" if hybrid else "cnn",
         "architecture": architecture,
         "input_size": list(data.x.shape[-2:]),
         "crop_size": list(data.crop_size),
@@ -176,7 +190,19 @@ def fit_regressor(
     m_t = torch.as_tensor(mean or (0.0,) * data.in_chans).view(1, -1, 1, 1).to(dev)
     s_t = torch.as_tensor(std or (1.0,) * data.in_chans).view(1, -1, 1, 1).to(dev)
     kw = {} if drop_rate is None else {"drop_rate": drop_rate}
-    model = build_model(architecture, len(names), in_chans=data.in_chans, pretrained=pretrained, **kw).to(dev)
+    feats = None
+    if hybrid:  # the CNN's pooled features and the descriptors, added to a fitted descriptor model
+        feats, d_names = data_descriptors(data)
+        kw = {"n_descriptors": len(d_names), "backbone": architecture, "backbone_kwargs": kw}
+        model = build_model("ncm_hybrid", len(names), in_chans=data.in_chans, pretrained=pretrained, **kw)
+        # the descriptor model is fitted on the validation crops too, as the descriptor-only model is: the
+        # validation then favours keeping it (epoch 0) unless the CNN adds clearly more
+        fit = np.concatenate([train_idx, val_idx]).astype(np.int64)
+        fit_descriptor_head(model.descriptors, feats[fit], (data.y[fit] - t_mean) / t_std)
+        model = model.to(dev)
+        feats = torch.as_tensor(feats, dtype=torch.float32)
+    else:
+        model = build_model(architecture, len(names), in_chans=data.in_chans, pretrained=pretrained, **kw).to(dev)
     opt = create_optimizer_v2(model, opt=c.optimizer, lr=lr, weight_decay=c.weight_decay)
     steps_per_epoch = max(1, len(train_idx) // batch_size + (len(train_idx) % batch_size >= 2))
     # linear warm-up over the first ``warmup`` share of the steps, then the decay over the rest (per step)
@@ -196,22 +222,23 @@ def fit_regressor(
     ts = torch.as_tensor(t_std, dtype=torch.float32, device=dev)
     penalised = [p for n, p in model.named_parameters() if p.ndim > 1]  # weights, not biases or norms
 
-    def forward(xb: Any) -> Any:
+    def forward(xb: Any, db: Any = None) -> Any:
         with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return model(xb).float()
+            return (model(xb) if db is None else model(xb, db)).float()
 
     def step(xb: Any, zb: Any, rng_: np.random.Generator) -> tuple[Any, Any]:
+        xb, db = xb if isinstance(xb, tuple) else (xb, None)  # a hybrid's batch: crops and descriptors
         if adversarial > 0:  # FGSM: a step along the sign of the input gradient, up to a % of the mean pixel
             xb = xb.detach().requires_grad_(True)
-            zp = forward(xb)
+            zp = forward(xb, db)
             clean = loss_fn(zp, zb, tm, ts)
             (g,) = torch.autograd.grad(clean, xb, retain_graph=True)
             raw_mean = (xb.detach() * s_t + m_t).mean()
             eps = torch.as_tensor(rng_.uniform(0, adversarial / 100, len(xb)), dtype=xb.dtype, device=dev)
             x_adv = (xb + (eps * raw_mean / s_t.mean()).view(-1, 1, 1, 1) * g.sign()).detach()
-            value = 0.5 * (clean + loss_fn(forward(x_adv), zb, tm, ts))
+            value = 0.5 * (clean + loss_fn(forward(x_adv, db), zb, tm, ts))
         else:
-            zp = forward(xb)
+            zp = forward(xb, db)
             value = loss_fn(zp, zb, tm, ts)
         if l1:
             value = value + l1 * sum(p.abs().sum() for p in penalised)
@@ -228,7 +255,10 @@ def fit_regressor(
 
     z_all = (data.y - t_mean) / t_std
 
-    x_val = to_input(val_idx).cpu() if len(val_idx) else None
+    def with_descriptors(x: Any, idx: np.ndarray) -> Any:
+        return x if feats is None else (x, feats[torch.as_tensor(idx)].to(x.device))
+
+    x_val = with_descriptors(to_input(val_idx).cpu(), val_idx) if len(val_idx) else None
     z_val = torch.as_tensor(z_all[val_idx], dtype=torch.float32)
 
     def validate() -> dict[str, float]:
@@ -245,7 +275,7 @@ def fit_regressor(
         return train_idx, z_all[train_idx]
 
     def to_batch(idx: np.ndarray) -> Any:
-        return augment_batch(to_input(idx), rng, ops, c.max_shift, c.max_rotate)
+        return with_descriptors(augment_batch(to_input(idx), rng, ops, c.max_shift, c.max_rotate), idx)
 
     task = Task(
         step=step,
@@ -261,6 +291,7 @@ def fit_regressor(
         batch_size=batch_size,
         steps_per_epoch=steps_per_epoch,
         patience=c.early_stopping,
+        start_is_candidate=hybrid,
         fingerprint=fp,
         ckpt_dir=ckpt_dir,
         ckpt=ckpt,
@@ -281,10 +312,10 @@ def fit_regressor(
         cancel=cancel,
         on_epoch=on_epoch,
     )
-    best = st.history[st.best_epoch - 1]
+    best = st.history[st.best_epoch - 1] if st.best_epoch else (st.start_record or {})
     c_rates = data.targets.c_rates()
     cfg = BundleConfig(
-        architecture=architecture,
+        architecture="ncm_hybrid" if hybrid else architecture,
         task="regress",
         target_names=list(names),
         input=spec,
@@ -298,6 +329,8 @@ def fit_regressor(
             "crop_size": list(data.crop_size),
             "c_rates": c_rates,
             "groups": list(data.groups),
+            "model": "hybrid" if hybrid else "cnn",
+            **({"descriptors": descriptor_info(data, train_idx)} if hybrid else {}),
         },
         training={
             **settings,
@@ -308,14 +341,19 @@ def fit_regressor(
             "epochs_run": len(st.history),
             "best_epoch": st.best_epoch,
             "best_val_mape": best.get("val_mape"),
-            "kept_epoch": f"best validation {c.monitor}" if len(val_idx) else NO_VALIDATION,
+            "kept_epoch": (
+                NO_VALIDATION
+                if not len(val_idx)
+                else f"best validation {c.monitor}"
+                + (": none beat the descriptor model it starts from" if hybrid and not st.best_epoch else "")
+            ),
             "train_sources": sorted({data.sources[i] for i in train_idx}),
             "val_sources": sorted({data.sources[i] for i in val_idx}),
             "history": st.history,
         },
     )
     extra = None
-    if c.ood:
+    if c.ood and not hybrid:  # the OOD detector reads a CNN's features (a hybrid has the extrapolation check)
         from ncm_core.models.ood import fit_ood
 
         report(progress, 1, 1, "fitting the out-of-distribution detector")
