@@ -54,7 +54,7 @@ def test_pretraining_beats_a_random_backbone_on_a_knn_probe(pretrained):
 
 
 @pytest.mark.slow  # the module's pretraining run: about 25 s on 2 idle cores
-def test_the_backbone_starts_a_classifier(pretrained, sem_folders, tmp_path):
+def test_the_backbone_starts_a_classifier(pretrained, sem_folders, tmp_path, caplog):
     from safetensors.torch import load_file
 
     from ncm_core.models.bundle import load_bundle
@@ -66,6 +66,7 @@ def test_the_backbone_starts_a_classifier(pretrained, sem_folders, tmp_path):
     state = model.state_dict()
     assert all(np.array_equal(state[k].numpy(), v.numpy()) for k, v in weights.items())
     assert set(state) - set(weights) == {"fc.weight", "fc.bias"}  # only the new classifier is not pretrained
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # timm loads a grey backbone quietly
     r = train(
         sem_folders,
         tmp_path / "bundle",

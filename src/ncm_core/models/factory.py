@@ -145,13 +145,18 @@ def build_model(
                 f"({'grayscale' if in_chans == 1 else 'colour'} training images); pretrain on images of that kind",
                 path,
             )
+        overlay: dict[str, Any] = {"file": str(path)}
+        if chans is not None:  # the file's own channel count: timm adapts only what differs (and says nothing)
+            cfg = timm.models.get_pretrained_cfg(architecture)
+            size = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
+            overlay["input_size"] = (chans, *size[1:])
         try:
             model = timm.create_model(
                 architecture,
                 pretrained=True,
                 num_classes=num_outputs,
                 in_chans=in_chans,
-                pretrained_cfg_overlay={"file": str(path)},
+                pretrained_cfg_overlay=overlay,
                 **kwargs,
             )
             check_coverage(model, path, architecture)
