@@ -20,7 +20,11 @@ def read_pixels(mosaic: Any, key: Any = Ellipsis) -> np.ndarray:
     """``mosaic.data[key]`` as a numpy array; a damaged file (a truncated TIFF, a codec error) raises one
     :class:`NcmError` naming the mosaic's source instead of the decoder's exception."""
     try:
-        return np.asarray(mosaic.data[key].compute())
+        from dask.threaded import get
+
+        # the scheduler as a function: by name or by default, dask imports dask.distributed to look for a
+        # client (half a second, and a short prediction must import nothing heavy: tests/test_light_predict)
+        return np.asarray(mosaic.data[key].compute(scheduler=get))
     except NcmError:
         raise
     except Exception as exc:  # the decoder's error, whatever its type: the file is damaged
