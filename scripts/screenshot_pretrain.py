@@ -1,7 +1,7 @@
-"""Docs screenshot: the Pretrain dock after a short self-supervised run on sample frames, next to the
-Train dock it hands the backbone to (run under xvfb-run).
+"""Docs screenshot: the Pretrain dock after a short self-supervised run on sample frames (under xvfb-run).
 
-    xvfb-run -a -s "-screen 0 1800x1000x24" .venv/bin/python scripts/screenshot_pretrain.py docs/images/napari-pretrain.png
+    xvfb-run -a -s "-screen 0 1800x1000x24" .venv/bin/python scripts/screenshot_pretrain.py \
+        docs/images/napari-pretrain.png
 """
 
 import sys
