@@ -70,6 +70,12 @@ CATALOGUE = [
     (["tune", "{w}/frames", "{w}/frames/study", "-q"], ["lies inside an input"]),
     (["pretrain", "{w}/frames", "{w}/frames/ssl", "-q"], ["lies inside an input"]),
     (["pretrain", "{w}/frames", "{w}/b", "--method", "mocco", "-q"], ["invalid choice", "'mocco'"]),
+    # the training recipe, context in micrometres, regression models, session sample data
+    (["train", "{w}/frames", "{w}/b", "--recipe", "fancy", "-q"], ["invalid choice", "'fancy'"]),
+    (["train", "{w}/frames", "{w}/b", "--context-um", "-5", "-q"], ["--context-um", "above 0"]),
+    (["crops", "{w}/frames", "{w}/c", "--context-um", "45", "-q"], ["needs the pixel size", "--pixel-size"]),
+    (["train", "{w}/crops", "{w}/b", "--task", "regress", "--model", "magic", "-q"], ["invalid choice", "'magic'"]),
+    (["sample", "sem-sessions", "{w}/s", "--sessions", "0"], ["--sessions", "at least 1"]),
     # --overwrite replaces only what napari-ncm wrote; a finished bundle and sample folders need it
     (["train", "{w}/frames", "{w}/bundle", "-q"], ["bundle", "finished model bundle", "--overwrite"]),
     (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),
