@@ -185,23 +185,41 @@ def _sem_look(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _info_bar(img: np.ndarray, rows: int, rng: np.random.Generator) -> None:
-    """Overwrite the bottom ``rows`` with a tabletop-SEM information bar."""
-    h, w = img.shape
-    bar = img[h - rows :]
+def _word(bar: np.ndarray, x: int, limit: float, rng: np.random.Generator) -> int:
+    """Draw one 'word' of bright character blocks into an information bar from column ``x`` (no character
+    at or past ``limit``); returns the column after it and its space."""
+    rows = bar.shape[0]
+    cw = int(rng.integers(4, 8))
+    for _ in range(int(rng.integers(3, 9))):
+        if x + cw >= limit:
+            break
+        bar[rows // 3 : rows // 3 + rows // 3, x : x + cw - 1] = rng.integers(180, 255)
+        x += cw + 1
+    return x + 3 * cw
+
+
+def _bar(img: np.ndarray, rows: int) -> np.ndarray:
+    """The bottom ``rows`` of ``img`` made an empty bar (dark, a bright separator line); returned."""
+    bar = img[img.shape[0] - rows :]
     bar[:] = 12
     bar[:2] = 90
-    x = 8
-    while x < w * 0.7:  # blocks of 'text'
-        cw = int(rng.integers(4, 8))
-        for _ in range(int(rng.integers(3, 9))):
-            if x + cw >= w:
-                break
-            bar[rows // 3 : rows // 3 + rows // 3, x : x + cw - 1] = rng.integers(180, 255)
-            x += cw + 1
-        x += 3 * cw
-    sb = int(w * 0.15)  # scale bar
+    return bar
+
+
+def _scale_bar(bar: np.ndarray) -> None:
+    rows, w = bar.shape
+    sb = int(w * 0.15)
     bar[rows // 2 - 1 : rows // 2 + 1, w - sb - 10 : w - 10] = 255
+
+
+def _info_bar(img: np.ndarray, rows: int, rng: np.random.Generator) -> None:
+    """Overwrite the bottom ``rows`` with a tabletop-SEM information bar."""
+    w = img.shape[1]
+    bar = _bar(img, rows)
+    x = 8
+    while x < w * 0.7:  # words of 'text'
+        x = _word(bar, x, w, rng)
+    _scale_bar(bar)
 
 
 def sem_frame(

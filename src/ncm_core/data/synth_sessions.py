@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ncm_core.data.synth import _COMP, _STATE, CLASS_NAMES, _fragments, _particle, class_index
+from ncm_core.data.synth import _COMP, _STATE, CLASS_NAMES, _bar, _fragments, _particle, _scale_bar, _word, class_index
 
 #: The frame files' manifest: ``file,class,session,frame``.
 SESSIONS_FILE = "sessions.csv"
@@ -98,24 +98,14 @@ def _field(shape: tuple[int, int], composition: str, state: str, rng: np.random.
 
 def _session_bar(img: np.ndarray, rows: int, look: SemSession, frame: int) -> None:
     """A tabletop-SEM bar: session text (date, settings) the same in every frame, plus a frame number."""
-    h, w = img.shape
-    bar = img[h - rows :]
-    bar[:] = 12
-    bar[:2] = 90
+    w = img.shape[1]
+    bar = _bar(img, rows)
     srng = np.random.default_rng(look.bar_seed)
     x = 8
-    for part in range(2):  # session text, then a per-frame field
-        rng = srng if part == 0 else np.random.default_rng([look.bar_seed, frame])
-        for _ in range(int(rng.integers(3, 6)) if part == 0 else 1):
-            cw = int(rng.integers(4, 8))
-            for _ in range(int(rng.integers(3, 9))):
-                if x + cw >= w * 0.8:
-                    break
-                bar[rows // 3 : rows // 3 + rows // 3, x : x + cw - 1] = rng.integers(180, 255)
-                x += cw + 1
-            x += 3 * cw
-    sb = int(w * 0.15)
-    bar[rows // 2 - 1 : rows // 2 + 1, w - sb - 10 : w - 10] = 255
+    for _ in range(int(srng.integers(3, 6))):  # the session's text
+        x = _word(bar, x, w * 0.8, srng)
+    x = _word(bar, x, w * 0.8, np.random.default_rng([look.bar_seed, frame]))  # the frame's number
+    _scale_bar(bar)
 
 
 def render(img: np.ndarray, look: SemSession, rng: np.random.Generator) -> np.ndarray:
