@@ -149,6 +149,7 @@ def test_cross_validation_auto_compares_three_models_and_predicts_with_the_fold_
             input_size=(32, 96),
             epochs=1,
             batch_size=8,
+            curve="descriptors,cnn",  # the CNN's curve too: one training run per point on the first folds
         )
     m = json.loads((tmp_path / "cv" / "metrics.json").read_text())
     assert m["models"] == ["cnn", "hybrid", "descriptors"] and m["model"] == r.model
@@ -162,6 +163,9 @@ def test_cross_validation_auto_compares_three_models_and_predicts_with_the_fold_
     assert len((tmp_path / "cv" / "intervals.csv").read_text().splitlines()) == 7
     curve = (tmp_path / "cv" / "learning_curve.csv").read_text().splitlines()
     assert curve[0].startswith("model,sections,mape") and len(curve) > 2
+    cnn_rows = [row for row in m["learning_curve"] if row["model"] == "cnn"]
+    assert cnn_rows and all(row["runs"] == 2 for row in cnn_rows)  # NETWORK_FOLDS folds, one subset each
+    assert len(list((tmp_path / "cv" / "learning_curve" / "cnn").glob("fold_*_n*/config.json"))) == 2 * len(cnn_rows)
     assert (tmp_path / "cv" / "learning_curve.png").stat().st_size > 1000
     ens = json.loads((tmp_path / "cv" / "ensemble.json").read_text())
     assert ens["model"] == r.model and len(ens["bundles"]) == 3

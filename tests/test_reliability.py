@@ -75,6 +75,10 @@ CATALOGUE = [
     (["train", "{w}/frames", "{w}/b", "--context-um", "-5", "-q"], ["--context-um", "above 0"]),
     (["crops", "{w}/frames", "{w}/c", "--context-um", "45", "-q"], ["needs the pixel size", "--pixel-size"]),
     (["train", "{w}/crops", "{w}/b", "--task", "regress", "--model", "magic", "-q"], ["invalid choice", "'magic'"]),
+    (
+        ["train", "{w}/crops", "{w}/b", "--task", "regress", "--targets", "{w}/neg.csv", "--learning-curve", "x"],
+        ["learning-curve model", "'x'"],
+    ),
     (["sample", "sem-sessions", "{w}/s", "--sessions", "0"], ["--sessions", "at least 1"]),
     # --overwrite replaces only what napari-ncm wrote; a finished bundle and sample folders need it
     (["train", "{w}/frames", "{w}/bundle", "-q"], ["bundle", "finished model bundle", "--overwrite"]),

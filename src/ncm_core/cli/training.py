@@ -148,6 +148,7 @@ def _train_regress(a: argparse.Namespace) -> None:
         target_columns=list_(a.target_columns) or None,
         split_by=a.split_by,
         model=a.model,
+        curve=a.learning_curve,
         progress=progress("train", a.quiet),
         **_common_train(a),
     )
@@ -319,6 +320,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=R.model,
         help="cnn, descriptors (ridge on crop descriptors), hybrid (CNN features + descriptors) or auto: all "
         f"three compared by grouped cross-validation, the best kept (default {R.model})",
+    )
+    g.add_argument(
+        "--learning-curve",
+        default=",".join(R.curve),
+        help="models of the cross-validation learning curve: descriptors (cheap), cnn, hybrid (one training run "
+        f"per point on the first folds), comma-separated (default {','.join(R.curve)})",
     )
     g.add_argument("--loss", choices=LOSSES, default=R.loss)
     g.add_argument("--min-lr", type=float, default=R.min_lr, help="learning rate at the start of warm-up and the end")

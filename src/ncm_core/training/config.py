@@ -31,6 +31,7 @@ CLASSIFY_MONITORS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "loss")
 REGRESS_MONITORS: tuple[str, ...] = ("mape", "loss")
 LOSSES: tuple[str, ...] = ("mape", "mae", "mse", "huber")
 REGRESS_MODELS: tuple[str, ...] = ("cnn", "descriptors", "hybrid", "auto")
+CURVE_MODELS: tuple[str, ...] = ("descriptors", "cnn", "hybrid")
 AMP_CHOICES: tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 
 #: The rule that picks the epoch a bundle keeps, as recorded in its training record.
@@ -207,10 +208,15 @@ class RegressConfig:
     without folds (``train_regressor``) ``auto`` trains the hybrid, which starts from the descriptor
     model and can only add what the images hold, and keeps the descriptor model instead when it is
     better on the validation mosaics.
+
+    ``curve``: the models of cross-validation's learning curve. ``descriptors`` (the default, with the
+    training mean) costs well under a second per point; ``cnn`` and ``hybrid`` cost one training run per
+    point on the first folds (:mod:`ncm_core.training.learning_curve`), so they are asked for by name.
     """
 
     architecture: str = "ncm_vgg"
     model: RegressModel = "auto"
+    curve: tuple[str, ...] | list[str] | str = ("descriptors",)
     input_size: Any = None
     groups: tuple[str, ...] | list[str] = ()
     target_columns: tuple[str, ...] | list[str] | None = None
@@ -256,6 +262,12 @@ class RegressConfig:
         _check_choice("monitor", self.monitor, REGRESS_MONITORS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("model", self.model, REGRESS_MODELS)
+        curve = tuple(v.strip() for v in self.curve.split(",")) if isinstance(self.curve, str) else tuple(self.curve)
+        if not curve:
+            raise NcmError(f"the learning curve needs at least one of {', '.join(CURVE_MODELS)}")
+        for m in curve:
+            _check_choice("learning-curve model", m, CURVE_MODELS)
+        object.__setattr__(self, "curve", curve)
         _check_choice("amp", self.amp, AMP_CHOICES)
         if not 0 <= self.warmup < 1:
             raise NcmError(f"warm-up must be a fraction of the steps in [0, 1), got {self.warmup}")

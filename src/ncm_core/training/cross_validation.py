@@ -25,7 +25,7 @@ from ncm_core.options import merge_options
 from ncm_core.outputs import check_inputs
 from ncm_core.progress import CancelFlag, ProgressFn
 from ncm_core.training.config import RegressConfig
-from ncm_core.training.learning_curve import learning_curve, write_learning_curve
+from ncm_core.training.learning_curve import learning_curve, network_learning_curve, write_learning_curve
 from ncm_core.training.regression_data import (
     grouped_kfold,
     grouped_split,
@@ -173,7 +173,10 @@ def cross_validate(
     metrics["baselines"] = baselines
     cal = _calibration(d, pred[chosen], fold_of, out)
     metrics["interval"] = {k: v for k, v in cal.items() if k != "rows"}
-    curve = learning_curve(feats, d.y, d.sources, splits, d.target_names, seed=seed)
+    curve = learning_curve(feats, d.y, d.sources, splits, d.target_names, seed=seed) if "descriptors" in c.curve else []
+    nets = [m for m in c.curve if m != "descriptors"]
+    if nets:
+        curve += network_learning_curve(d, splits, grp, c, out, nets, progress=progress, cancel=cancel)
     write_learning_curve(curve, out)
     metrics["learning_curve"] = curve
     _write_ensemble(out, chosen, paths[chosen], cal, descriptor_info(d, np.arange(len(d.files))))

@@ -3,9 +3,15 @@
 On each grouped fold, the descriptor model (:mod:`ncm_core.training.regression_models`: ridge on the
 standardised logarithms of the descriptors) and the training mean are fitted on random subsets
 of ``n`` of the fold's training sections (all their crops), ``repeats`` times per ``n``, and scored by
-MAPE per held-out mosaic. It costs well under a second per point, so every report has it; a CNN's
-curve costs a training run per point (``benchmarks/rate_capability.py`` draws one for the benchmark).
-A curve still falling at the right end says that more sections would help.
+MAPE per held-out mosaic. It costs well under a second per point, so every report has it.
+
+A network's curve (:func:`network_learning_curve`, ``RegressConfig.curve`` ``cnn`` / ``hybrid``, CLI
+``--learning-curve descriptors,cnn``) costs one training run per point: it is drawn on the first
+:data:`NETWORK_FOLDS` folds with one random subset per count, each run stopping early on a grouped
+validation share of its own subset, bundles kept under ``out/learning_curve/<model>/`` (a rerun reuses
+them). A curve still falling at the right end says that more sections would help; a CNN curve above the
+descriptor model's everywhere says that the images, at this number of sections, teach the network less
+than porosity and thickness do.
 """
 
 from __future__ import annotations
@@ -70,6 +76,59 @@ def learning_curve(
                 for model, p in preds.items():
                     pm = np.stack([p[test_src == u].mean(0) for u in uniq])
                     scores.setdefault((model, n), []).append(regression_metrics(ym, pm, list(names))["mape"])
+    return [
+        {"model": m, "sections": n, "mape": float(np.mean(v)), "mape_std": float(np.std(v)), "runs": len(v)}
+        for (m, n), v in sorted(scores.items())
+    ]
+
+
+#: folds a network's learning curve is drawn on (one training run per fold and point)
+NETWORK_FOLDS = 2
+
+
+def network_learning_curve(
+    data: Any,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    groups: np.ndarray,
+    config: Any,
+    out: str | Path,
+    models: Sequence[str],
+    *,
+    progress: Any = None,
+    cancel: Any = None,
+) -> list[dict[str, Any]]:
+    """Rows like :func:`learning_curve`'s for the networks ``models`` (``cnn``, ``hybrid``), each trained on
+    random subsets of ``n`` training sections of the first :data:`NETWORK_FOLDS` folds."""
+    from ncm_core.progress import check_cancel, report
+    from ncm_core.training.regression_data import grouped_split
+    from ncm_core.training.regression_fit import fit_regressor
+    from ncm_core.training.regression_models import predict_crops
+
+    src = np.asarray(data.sources)
+    rng = np.random.default_rng(config.seed)
+    used = list(splits)[:NETWORK_FOLDS]
+    n_max = min(len(set(src[tr].tolist())) for tr, _ in used)
+    counts = section_counts(n_max)
+    scores: dict[tuple[str, int], list[float]] = {}
+    total, done = len(used) * len(counts) * len(models), 0
+    for k, (tr_all, test) in enumerate(used, start=1):
+        secs = np.array(sorted(set(src[tr_all].tolist())))
+        test_src = src[test]
+        uniq = sorted(set(test_src.tolist()))
+        ym = np.stack([data.y[test][test_src == u].mean(0) for u in uniq])
+        for n in counts:
+            sub = tr_all[np.isin(src[tr_all], rng.choice(secs, n, replace=False))]
+            frac = config.val_fraction if len(set(groups[sub].tolist())) >= 3 else 0.0  # too few to hold one out
+            tr, va = grouped_split(groups[sub], frac, config.seed + k)
+            for model in models:
+                check_cancel(cancel)
+                fdir = Path(out) / "learning_curve" / model / f"fold_{k}_n{n}"
+                fit_regressor(data, sub[tr], sub[va], fdir, config, model=model, reuse=True)
+                p = predict_crops(fdir, data, test)[0]
+                pm = np.stack([p[test_src == u].mean(0) for u in uniq])
+                scores.setdefault((model, n), []).append(regression_metrics(ym, pm, list(data.target_names))["mape"])
+                done += 1
+                report(progress, done, total, f"learning curve: {model}, {n} sections, fold {k}")
     return [
         {"model": m, "sections": n, "mape": float(np.mean(v)), "mape_std": float(np.std(v)), "runs": len(v)}
         for (m, n), v in sorted(scores.items())
