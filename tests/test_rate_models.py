@@ -65,6 +65,43 @@ def test_hybrid_head_parameter_count_and_it_reads_both_inputs():
         assert not torch.allclose(y, hybrid(x, d + 0.1))  # and so do the descriptors
 
 
+def test_descriptor_model_clamps_a_descriptor_that_hardly_varied_in_training(tmp_path):
+    """Every training section about as thick as the next: a far thicker section gets the prediction at the
+    edge of the training range, not a line extrapolated on an ill-determined coefficient."""
+    import torch
+
+    from ncm_core.models.bundle import BundleConfig, load_bundle, save_bundle
+    from ncm_core.models.hybrid import CLAMP_MARGIN, DescriptorRegressor
+    from ncm_core.training.regression_models import fit_descriptor_head
+
+    rng = np.random.default_rng(0)
+    porosity = rng.uniform(0.25, 0.45, 60)
+    thickness = 39 + rng.normal(0, 0.2, 60)  # barely varies
+    y = (porosity / thickness * 100 + rng.normal(0, 0.01, 60))[:, None]
+    feats = np.stack([porosity, thickness], 1)
+    head = fit_descriptor_head(DescriptorRegressor(1, 2), feats, (y - y.mean()) / y.std())
+    logs = np.log(thickness)
+    z_hi = (logs.max() - head.d_mean[1].item()) / head.d_std[1].item()
+    z_lo = (logs.min() - head.d_mean[1].item()) / head.d_std[1].item()
+    assert head.d_high[1].item() == pytest.approx(z_hi + CLAMP_MARGIN * (z_hi - z_lo), rel=1e-5)
+    with torch.no_grad():
+        edge = float(np.exp(head.d_mean[1].item() + head.d_high[1].item() * head.d_std[1].item()))
+        at = lambda t: head(None, torch.tensor([[0.35, t]], dtype=torch.float32)).item()  # noqa: E731
+        assert at(48.0) == pytest.approx(at(edge), abs=1e-5) == pytest.approx(at(80.0), abs=1e-5)
+        assert at(39.0) != pytest.approx(at(39.3), abs=1e-6)  # inside the range it still follows thickness
+    # the clamp travels with the bundle; a bundle without it (older) loads unclamped
+    cfg = BundleConfig(
+        architecture="ncm_descriptors", task="regress", target_names=["q"], model_kwargs={"n_descriptors": 2}
+    )
+    save_bundle(head, cfg, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b").model
+    assert torch.equal(loaded.d_high, head.d_high)
+    state = {k: v for k, v in head.state_dict().items() if k not in ("d_low", "d_high")}
+    old = DescriptorRegressor(1, 2)
+    old.load_state_dict(state)
+    assert torch.isinf(old.d_high).all()
+
+
 def test_interval_calibration_on_a_known_case():
     from ncm_core.evaluation.intervals import interval_calibration
 

@@ -151,6 +151,7 @@ class PredictWidget(RunsInBackground, Container):
         self.cancel_button.changed.connect(self.cancel)
         self.prediction = None
         self._tmp_outputs: dict[str, Path] = {}
+        self._tmp_dirs: dict[str, tempfile.TemporaryDirectory] = {}
         self._init_runner()
 
     # ------------------------------------------------------------ running
@@ -174,9 +175,9 @@ class PredictWidget(RunsInBackground, Container):
         if out_text in ("", "."):  # one temporary output per layer, so that a cancelled run resumes
             out = self._tmp_outputs.get(layer.name)
             if out is None:
-                out = self._tmp_outputs[layer.name] = Path(tempfile.mkdtemp(prefix="ncm-")) / (
-                    f"{layer.name}_prediction.zarr"
-                )
+                # a TemporaryDirectory is removed when napari exits (its finalizer), unlike mkdtemp's
+                tmp = self._tmp_dirs[layer.name] = tempfile.TemporaryDirectory(prefix="ncm-")
+                out = self._tmp_outputs[layer.name] = Path(tmp.name) / f"{layer.name}_prediction.zarr"
         else:
             out = Path(out_text)
         rows = parse_band(self.exclude_rows.value) if self.exclude_rows.value.strip() else None

@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 DESCRIPTORS = ("porosity", "pore_chord", "solid_chord", "interface_density")
+#: share of a descriptor's training range (per side) within which a model still follows it: beyond, the
+#: descriptor model clamps it (models.hybrid) and a section counts as extrapolation (inference.ensemble)
+RANGE_MARGIN = 0.10
 #: Otsu's threshold is computed on at most this many pixels, sampled evenly from all crops.
 OTSU_SAMPLE = 2_000_000
 

@@ -31,13 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from ncm_core.data.descriptors import RANGE_MARGIN
 from ncm_core.errors import NcmError
 
 ENSEMBLE = "ensemble.json"
 #: z of a two-sided 90 % normal interval
 Z90 = 1.6448536269514722
-#: a descriptor this far outside the training range (share of the range's width) counts as extrapolation
-RANGE_TOLERANCE = 0.10
+#: a descriptor this far outside the training range (share of the range's width) counts as extrapolation:
+#: where the descriptor model stops following it (its clamp, :data:`ncm_core.models.hybrid.CLAMP_MARGIN`)
+RANGE_TOLERANCE = RANGE_MARGIN
 
 
 @dataclass

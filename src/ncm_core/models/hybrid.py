@@ -9,8 +9,14 @@ Their state is buffers and weights only, so a bundle stores them as safetensors 
   half its smallest positive training value, so a pore-free crop stays finite), standardised by the
   training crops' mean and standard deviation (buffers), and one linear map fitted in closed form by
   ridge regression (:func:`ncm_core.training.regression_models.fit_descriptor_model`). Logarithms make
-  the power laws of transport (a characteristic rate that scales with porosity over thickness) linear,
-  and they extrapolate gently. It ignores ``x``.
+  the power laws of transport (a characteristic rate that scales with porosity over thickness) linear.
+  It ignores ``x``. A standardised descriptor is clamped to the training crops' range widened by
+  :data:`CLAMP_MARGIN` of its width on each side: a descriptor that hardly varied in training (every
+  training section about as thick as the next) has a tiny standard deviation and an ill-determined
+  coefficient, and a new section far outside that range would otherwise move the prediction by tens of
+  percent on that coefficient alone. Clamped, such a section gets the prediction at the edge of what the
+  model knows; the extrapolation warning and the widened interval of :mod:`ncm_core.inference.ensemble`
+  tell the user (measured in ``make bench-rate``'s cross-family rows).
 * :class:`HybridRegressor` (``ncm_hybrid``): a backbone's pooled features (``ncm_vgg`` or any timm
   model built with ``num_classes=0``) concatenated with the standardised descriptors, then a small
   head (linear, leaky ReLU, dropout, linear) whose output is *added* to a fitted
@@ -26,10 +32,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ncm_core.data.descriptors import RANGE_MARGIN
+
 __all__ = ["HEADS", "DescriptorRegressor", "HybridRegressor", "build_head_model"]
 
 #: architectures of this module, as the bundle names them
 HEADS = ("ncm_descriptors", "ncm_hybrid")
+#: standardised descriptors are clamped to the training range widened by this share of its width per side
+CLAMP_MARGIN = RANGE_MARGIN
 
 
 class DescriptorRegressor(nn.Module):
@@ -43,10 +53,19 @@ class DescriptorRegressor(nn.Module):
         self.register_buffer("d_std", torch.ones(n_descriptors))
         self.register_buffer("coef", torch.zeros(num_outputs, n_descriptors))
         self.register_buffer("intercept", torch.zeros(num_outputs))
+        self.register_buffer("d_low", torch.full((n_descriptors,), -torch.inf))  # clamp range, standardised
+        self.register_buffer("d_high", torch.full((n_descriptors,), torch.inf))
 
     def standardised(self, d: torch.Tensor) -> torch.Tensor:
-        """``(N, D)`` raw descriptors -> standardised logarithms."""
-        return (torch.log(torch.maximum(d.float(), self.d_floor)) - self.d_mean) / self.d_std
+        """``(N, D)`` raw descriptors -> standardised logarithms, clamped to the (widened) training range."""
+        z = (torch.log(torch.maximum(d.float(), self.d_floor)) - self.d_mean) / self.d_std
+        return torch.minimum(torch.maximum(z, self.d_low), self.d_high)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # bundles written before the clamp was added have no range: they stay unclamped
+        for name in ("d_low", "d_high"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor | None, d: torch.Tensor) -> torch.Tensor:
         return self.standardised(d) @ self.coef.T + self.intercept

@@ -70,24 +70,32 @@ def log_floor(feats: np.ndarray) -> np.ndarray:
 
 def fit_descriptor_head(head: Any, feats: np.ndarray, z: np.ndarray) -> Any:
     """Fill a :class:`~ncm_core.models.hybrid.DescriptorRegressor`'s buffers from training crops: the floor,
-    mean and standard deviation of the descriptors' logarithms, and a ridge fit of ``z`` on them, its
+    mean and standard deviation of the descriptors' logarithms, their clamp range (the training range
+    widened by :data:`~ncm_core.models.hybrid.CLAMP_MARGIN`), and a ridge fit of ``z`` on them, its
     penalty picked by efficient leave-one-out cross-validation over the crops (scikit-learn ``RidgeCV``).
     Leave-one-*section*-out would be the stricter choice; on the benchmark's sections it picked penalties
     that did worse on held-out sections, since a crop's own porosity scatters around its section's."""
     import torch
     from sklearn.linear_model import RidgeCV
 
+    from ncm_core.models.hybrid import CLAMP_MARGIN
+
     floor = log_floor(feats)
     logs = np.log(np.maximum(feats, floor))
     mean, std = logs.mean(0), logs.std(0)
     std = np.where(std > 0, std, 1.0)
-    ridge = RidgeCV(alphas=np.logspace(-4, 3, 15)).fit((logs - mean) / std, z)
+    zs = (logs - mean) / std
+    ridge = RidgeCV(alphas=np.logspace(-4, 3, 15)).fit(zs, z)
+    lo, hi = zs.min(0), zs.max(0)
+    margin = CLAMP_MARGIN * (hi - lo)
     with torch.no_grad():
         head.d_floor.copy_(torch.as_tensor(floor))
         head.d_mean.copy_(torch.as_tensor(mean))
         head.d_std.copy_(torch.as_tensor(std))
         head.coef.copy_(torch.as_tensor(np.asarray(ridge.coef_).reshape(head.coef.shape)))
         head.intercept.copy_(torch.as_tensor(np.asarray(ridge.intercept_).reshape(-1)))
+        head.d_low.copy_(torch.as_tensor(lo - margin))
+        head.d_high.copy_(torch.as_tensor(hi + margin))
     return head
 
 
