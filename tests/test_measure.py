@@ -86,11 +86,11 @@ def test_a_profile_through_the_thickness(tmp_path, monkeypatch):
     lab = np.full((40, 30), 2, np.uint8)
     lab[:, :10] = 1  # pore on the left third
     monkeypatch.setattr(_labels, "BLOCK_PIXELS", 300)
-    p = phases.profile(lab, ["pore", "solid"], axis=1, pixel_size=2.0)
+    p = phases.profile(lab, 1, ["pore", "solid"], pixel_size=2.0)
     assert p["position"][0] == 1.0 and len(p["position"]) == 30
     np.testing.assert_array_equal(p["pore"], np.r_[np.ones(10), np.zeros(20)])
     # a coordinate map (e.g. the distance from the collector) bins pixels by it
-    q = phases.profile(lab, ["pore", "solid"], coordinate=lambda sl: np.arange(30)[None, :] // 10, bin_width=1)
+    q = phases.profile(lab, 0, ["pore", "solid"], coordinate=lambda sl: np.arange(30)[None, :] // 10, bin_width=1)
     np.testing.assert_array_equal(q["pore"], [1, 0, 0])
     assert list(q["pixels"]) == [400, 400, 400]
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -40,7 +42,8 @@ def lineal_path(
     chords = ps.filters.apply_chords(m, axis=axis % m.ndim, spacing=1, trim_edges=False) > 0 if m.any() else m
     if not chords.any():
         return {"length": np.zeros(0), "pdf": np.zeros(0), "cdf": np.zeros(0)}
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # PoreSpy 3.2 reads a property scikit-image 0.26 renamed
         r = ps.metrics.chord_length_distribution(chords, bins=bins, voxel_size=size)
     return {
         "length": np.asarray(r.L, np.float64),

@@ -10,8 +10,8 @@
   definition as ``data.descriptors``' ``interface_density``.
 * :func:`specific_surface_area`: surface of a phase per volume of the image from a marching-cubes
   mesh (scikit-image), for 3D volumes.
-* :func:`percolates`, :func:`connected_fraction`: whether a phase connects the two faces across an axis
-  (face connectivity), and the share of the phase that belongs to such paths (PoreSpy).
+* :func:`percolates`, :func:`connected_paths`, :func:`connected_fraction`: whether a phase connects
+  the two faces across an axis (face connectivity), its part on such paths and that part's share (PoreSpy).
 * :func:`local_thickness`: the diameter of the largest sphere (disc) that fits in the phase and covers
   each pixel (PoreSpy ``local_thickness``, which returns radii; doubled here to a thickness).
 """
@@ -128,18 +128,24 @@ def percolates(mask: np.ndarray, axis: int = 0) -> bool:
     return bool(ps.metrics.is_percolating(m, axis=axis % m.ndim, conn="min"))
 
 
-def connected_fraction(mask: np.ndarray, axis: int = 0) -> float:
-    """Share of the phase that lies on face-connected paths between the two faces across ``axis`` (1:
-    all of it percolates, 0: none); the rest are dead ends cut off from one face or isolated islands
-    (PoreSpy ``trim_nonpercolating_paths``)."""
+def connected_paths(mask: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The part of the phase on face-connected paths between the two faces across ``axis`` (PoreSpy
+    ``trim_nonpercolating_paths``): dead ends cut off from one face and isolated islands removed."""
     import porespy as ps
 
     m = np.asarray(mask, bool)
     _check_axis(m, axis)
     if not m.any():
-        return 0.0
-    kept = ps.filters.trim_nonpercolating_paths(m, axis=axis % m.ndim, conn="min")
-    return float(np.count_nonzero(kept)) / float(np.count_nonzero(m))
+        return m.copy()
+    return np.asarray(ps.filters.trim_nonpercolating_paths(m, axis=axis % m.ndim, conn="min"), bool)
+
+
+def connected_fraction(mask: np.ndarray, axis: int = 0) -> float:
+    """Share of the phase that lies on paths between the two faces across ``axis`` (1: all of it
+    percolates, 0: none); see :func:`connected_paths`."""
+    m = np.asarray(mask, bool)
+    n = np.count_nonzero(m)
+    return float(np.count_nonzero(connected_paths(m, axis))) / n if n else 0.0
 
 
 def local_thickness(mask: np.ndarray, pixel_size: float | None = None) -> np.ndarray:

@@ -88,9 +88,9 @@ def porosity(labels: Any, classes: Classes = None, pore: Any = None) -> float:
 
 def profile(
     labels: Any,
+    axis: int = 0,
     classes: Classes = None,
     *,
-    axis: int = 0,
     coordinate: Callable[[tuple[slice, ...]], np.ndarray] | None = None,
     bin_width: float = 1.0,
     pixel_size: float | None = None,
