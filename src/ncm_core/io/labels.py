@@ -98,9 +98,10 @@ def open_labels(
     labels: str | None = None,
     classes: str | Sequence[str] | None = None,
     pixel_size: float | None = None,
+    what: str = "segmentation",
 ) -> LabelImage:
     """The segmentation ``source`` as a :class:`LabelImage` (module docstring); ``classes`` and
-    ``pixel_size`` override what the file says."""
+    ``pixel_size`` override what the file says; ``what`` names the file in errors."""
     given = parse_classes(classes)
     if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
         raise NcmError(f"pixel size must be a finite number above 0, got {pixel_size}")
@@ -110,7 +111,7 @@ def open_labels(
         return _checked(img)
     path = Path(source)
     if not path.exists():
-        raise NcmError("segmentation not found", path)
+        raise NcmError(f"{what} not found", path)
     img = _open_path(path, labels)
     if given is not None:
         img.classes = given

@@ -84,7 +84,12 @@ def measure(
         warnings.warn("the segmentation has no pixel size: measures are in pixels (give --pixel-size)", stacklevel=2)
     unit = "um" if img.pixel_size else "px"
     _check_memory(sub, o)
-    inputs = [p for p in (segmentation, o.regions, o.sections) if isinstance(p, (str, Path))]
+    regions = _open_regions(o.regions, img) if o.regions else None
+    coordinate = _collector_distance(o.sections, img) if o.sections else None
+    sections = None if o.sections is None else Path(o.sections)
+    if sections is not None and sections.is_dir():
+        sections = sections / "sections.json"  # the file is the input: an output beside it is fine
+    inputs = [p for p in (segmentation, o.regions, sections) if isinstance(p, (str, Path))]
     ctx = _Context(img, classes, pores, solid, unit, axis, sub, stage, cancel)
     with atomic_output(out, o.overwrite, inputs=inputs) as part:
         ctx.part = part
@@ -92,9 +97,9 @@ def measure(
         summary.update(shape=list(img.shape), pixel_size=img.pixel_size, unit=unit, axis=axis)
         summary.update(classes={str(v): n for v, n in classes.items()}, pore=[classes[v] for v in pores])
         summary["fractions"] = _fractions(ctx, counts)
-        if o.regions:
-            summary["regions"] = _regions(ctx, o.regions)
-        summary["profile"] = _profile(ctx, o)
+        if regions is not None:
+            summary["regions"] = _regions(ctx, regions)
+        summary["profile"] = _profile(ctx, o, coordinate)
         summary["interfaces"] = _interfaces(ctx)
         summary["region"] = [[s.start, s.stop] for s in sub]
         summary["region_offset"] = [s.start for s in sub]
@@ -209,6 +214,8 @@ def _jsonable(x: Any) -> Any:
         return float(x) if math.isfinite(x) else None
     if isinstance(x, np.generic):
         return x.item()
+    if isinstance(x, Path):
+        return str(x)
     return x
 
 
@@ -230,14 +237,19 @@ def _fractions(ctx: _Context, counts: Mapping[int, int]) -> dict[str, Any]:
     return s
 
 
-def _regions(ctx: _Context, path: str) -> dict[str, Any]:
+def _open_regions(path: str, img: Any) -> Any:
     from ncm_core.io.labels import open_labels
+
+    reg = open_labels(path, what="regions image")
+    if reg.shape != img.shape:
+        raise NcmError(f"the regions image has shape {reg.shape}, the segmentation {img.shape}", path)
+    return reg
+
+
+def _regions(ctx: _Context, reg: Any) -> dict[str, Any]:
     from ncm_core.measure import phases
     from ncm_core.measure._labels import read
 
-    reg = open_labels(path)
-    if reg.shape != ctx.img.shape:
-        raise NcmError(f"the regions image has shape {reg.shape}, the segmentation {ctx.img.shape}", path)
     t = phases.profile(
         ctx.img.data,
         0,
@@ -258,7 +270,7 @@ def _regions(ctx: _Context, path: str) -> dict[str, Any]:
     return {"count": len(rows), "porosity": {r["region"]: r["porosity"] for r in rows}}
 
 
-def _collector_distance(sections: str, img: Any) -> tuple[Any, str]:
+def _collector_distance(sections: str, img: Any) -> Any:
     """``coordinate(slices)``: the distance of each pixel from the current collector (px, positive into
     the electrode), from the geometry ``ncm sections`` found for this image."""
     from ncm_core.io.mosaic import read_json
@@ -279,17 +291,15 @@ def _collector_distance(sections: str, img: Any) -> tuple[Any, str]:
     def coordinate(sl: tuple[slice, ...]) -> np.ndarray:
         yy = np.arange(sl[0].start, sl[0].stop, dtype=np.float64)[:, None]
         xx = np.arange(w, dtype=np.float64)[None, :]
-        return -((yy - oy) * dy + (xx - ox) * dx)
+        return -((yy - oy) * dy + (xx - ox) * dx) - 0.5  # row 0 is the collector's top row: its edge is at -0.5
 
-    return coordinate, "distance from the collector"
+    return coordinate
 
 
-def _profile(ctx: _Context, o: MeasureOptions) -> dict[str, Any]:
+def _profile(ctx: _Context, o: MeasureOptions, coordinate: Any) -> dict[str, Any]:
     from ncm_core.measure import phases
 
-    coordinate, label = None, f"position along axis {ctx.axis}"
-    if o.sections:
-        coordinate, label = _collector_distance(o.sections, ctx.img)
+    label = f"position along axis {ctx.axis}" if coordinate is None else "distance from the collector"
     t = phases.profile(
         ctx.img.data,
         ctx.axis,
