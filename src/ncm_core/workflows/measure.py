@@ -18,11 +18,10 @@ the segmentation (:func:`ncm_core.io.labels.open_labels`), then
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from ncm_core.measure.options import MeasureOptions, parse_region
 from ncm_core.options import merge_options
 from ncm_core.outputs import atomic_output
 from ncm_core.progress import ProgressFn, check_cancel, report
+from ncm_core.workflows.measure_tables import jsonable, write_table
 
 SUMMARY = "measure.json"
 FORMAT = "ncm-measure"
@@ -110,7 +110,7 @@ def measure(
 
             write_figures(ctx, summary)
         summary["options"] = {k: v for k, v in vars(o).items() if k != "overwrite"}
-        (part / SUMMARY).write_text(json.dumps(_jsonable(summary), indent=2))
+        (part / SUMMARY).write_text(json.dumps(jsonable(summary), indent=2))
     report(progress, 1, 1, "measured")
     return Path(out)
 
@@ -183,40 +183,6 @@ def _check_memory(sub: tuple[slice, ...], o: MeasureOptions) -> None:
             f"particles and tortuosity of {n / 1e6:.0f} Mpx need about {need / 2**30:.1f} GiB and "
             f"{free / 2**30:.1f} GiB is free: pick a region with --region y0:y1,x0:x1[,z0:z1]"
         )
-
-
-def write_table(part: Path, name: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
-    """``name.csv`` (one row per item) and ``name.json`` (the summary and the rows)."""
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    with open(part / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols or ["empty"])
-        w.writeheader()
-        w.writerows([{k: _fmt(v) for k, v in r.items()} for r in rows])
-    (part / f"{name}.json").write_text(json.dumps(_jsonable({**summary, "rows": list(rows)}), indent=2))
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, (float, np.floating)):
-        return "" if not math.isfinite(v) else f"{float(v):.6g}"
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _fractions(ctx: _Context, counts: Mapping[int, int]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def _tif(ctx: Any, name: str, data: np.ndarray) -> None:
 
 def _particles(ctx: Any, lab: np.ndarray, o: MeasureOptions) -> dict[str, Any]:
     from ncm_core.measure.particles import particle_sizes, particle_summary, separate_particles
-    from ncm_core.workflows.measure import write_table
+    from ncm_core.workflows.measure_tables import write_table
 
     stage = ctx.stage("particles")
     report(stage, 0, 2, "separating")
@@ -71,7 +71,7 @@ def _particles(ctx: Any, lab: np.ndarray, o: MeasureOptions) -> dict[str, Any]:
 
 def _thickness(ctx: Any, pore: np.ndarray) -> dict[str, Any]:
     from ncm_core.measure.interfaces import local_thickness
-    from ncm_core.workflows.measure import write_table
+    from ncm_core.workflows.measure_tables import write_table
 
     stage = ctx.stage("thickness")
     report(stage, 0, 1, "local thickness of the pores")
@@ -93,7 +93,7 @@ def _thickness(ctx: Any, pore: np.ndarray) -> dict[str, Any]:
 
 def _correlation(ctx: Any, pore: np.ndarray) -> dict[str, Any]:
     from ncm_core.measure.correlation import lineal_path, two_point_correlation
-    from ncm_core.workflows.measure import write_table
+    from ncm_core.workflows.measure_tables import write_table
 
     if not pore.any() or pore.all():
         return {"note": "one phase only: no correlation"}
@@ -117,7 +117,7 @@ def _correlation(ctx: Any, pore: np.ndarray) -> dict[str, Any]:
 def _tortuosity(ctx: Any, pore: np.ndarray, o: MeasureOptions) -> dict[str, Any]:
     from ncm_core.measure.interfaces import connected_paths
     from ncm_core.measure.tortuosity import tortuosity_factor
-    from ncm_core.workflows.measure import write_table
+    from ncm_core.workflows.measure_tables import write_table
 
     stage = ctx.stage("tortuosity")
     connected = connected_paths(pore, ctx.axis)
