@@ -84,7 +84,7 @@ def measure(
         warnings.warn("the segmentation has no pixel size: measures are in pixels (give --pixel-size)", stacklevel=2)
     unit = "um" if img.pixel_size else "px"
     _check_memory(sub, o)
-    regions = _open_regions(o.regions, img) if o.regions else None
+    regions = _open_regions(o.regions, img) if o.regions is not None else None
     coordinate = _collector_distance(o.sections, img) if o.sections else None
     sections = None if o.sections is None else Path(o.sections)
     if sections is not None and sections.is_dir():
@@ -109,7 +109,9 @@ def measure(
             from ncm_core.workflows.measure_figures import write_figures
 
             write_figures(ctx, summary)
-        summary["options"] = {k: v for k, v in vars(o).items() if k != "overwrite"}
+        summary["options"] = {
+            k: v if not hasattr(v, "shape") else "array" for k, v in vars(o).items() if k != "overwrite"
+        }
         (part / SUMMARY).write_text(json.dumps(jsonable(summary), indent=2))
     report(progress, 1, 1, "measured")
     return Path(out)
@@ -203,12 +205,13 @@ def _fractions(ctx: _Context, counts: Mapping[int, int]) -> dict[str, Any]:
     return s
 
 
-def _open_regions(path: str, img: Any) -> Any:
+def _open_regions(regions: Any, img: Any) -> Any:
     from ncm_core.io.labels import open_labels
 
-    reg = open_labels(path, what="regions image")
+    reg = open_labels(regions, what="regions image")
     if reg.shape != img.shape:
-        raise NcmError(f"the regions image has shape {reg.shape}, the segmentation {img.shape}", path)
+        where = regions if isinstance(regions, (str, Path)) else None
+        raise NcmError(f"the regions image has shape {reg.shape}, the segmentation {img.shape}", where)
     return reg
 
 
