@@ -160,3 +160,19 @@ def test_tortuosity_of_a_volume_too_large_for_memory_is_one_clear_error(monkeypa
     monkeypatch.setattr(tortuosity, "available_memory", lambda device: 1000)
     with pytest.raises(NcmError, match=r"needs about .* GiB .*--region"):
         tortuosity.tortuosity_factor(stripes((60, 40)), axis=0, device="cpu")
+
+
+def test_crop_descriptors_are_the_measures_of_each_crop():
+    from ncm_core.data.descriptors import mask_descriptors
+    from ncm_core.measure.correlation import mean_chord_length
+
+    rng = np.random.default_rng(3)
+    stack = np.stack([disc((40, 50), (20, 25), r) for r in (5, 9, 14)]) | (rng.random((3, 40, 50)) < 0.02)
+    d = mask_descriptors(stack, pixel_size=0.5)
+    for k, m in enumerate(stack):
+        assert d["interface_density"][k] == pytest.approx(interfaces.interface_density(m, 1, pixel_size=0.5))
+        assert d["pore_chord"][k] == pytest.approx(mean_chord_length(m, 0.5))
+        assert d["porosity"][k] == pytest.approx(phases.porosity(m))
+    square = np.zeros((30, 30), bool)
+    square[5:15, 5:15] = True
+    assert mean_chord_length(square) == 10.0  # every chord through a square crosses its side

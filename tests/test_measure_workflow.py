@@ -75,7 +75,10 @@ def test_regions_and_a_profile_from_the_collector(discs, tmp_path):
     regions[:, :100], regions[:, 100:] = 1, 2
     tifffile.imwrite(tmp_path / "regions.tif", regions)
     # the collector's top edge at row 140, running along x: d points down, towards it
-    geom = {"format": "ncm-sections", "mosaics": [{"name": "seg", "origin": [140.0, 0.0], "d": [1.0, 0.0]}]}
+    geom = {
+        "format": "ncm-sections",
+        "mosaics": [{"name": "seg", "origin": [140.0, 0.0], "d": [1.0, 0.0], "thickness_px": 100}],
+    }
     (tmp_path / "sections.json").write_text(json.dumps(geom))
     out = wf.measure(
         path, tmp_path / "m", regions=tmp_path / "regions.tif", sections=tmp_path, particles=False, tortuosity=False
@@ -88,6 +91,10 @@ def test_regions_and_a_profile_from_the_collector(discs, tmp_path):
     first = prof["rows"][0]
     assert first["position"] == pytest.approx(0.25) and first["collector"] == 0  # 0.5 px from the collector
     assert len(prof["rows"]) == 140
+    # the section's descriptors for rate capability: the active layer's porosity and thickness
+    sec = json.loads((out / "section_descriptors.json").read_text())["rows"][0]
+    assert sec["porosity"] == pytest.approx((lab[40:140] == 1).mean()) and sec["thickness"] == 50.0
+    assert sec["tortuosity"] is None and sec["d50"] is None  # not measured in this run
 
 
 def test_a_volume_without_pixel_size_is_measured_in_pixels_with_a_warning(tmp_path, capsys):
