@@ -104,11 +104,13 @@ def interface_counts_lazy(
     return counts
 
 
-def specific_surface_area(mask: np.ndarray, pixel_size: float | None = None, *, smooth: float = 0.0) -> float:
+def specific_surface_area(mask: np.ndarray, pixel_size: float | None = None, *, smooth: float = 0.7) -> float:
     """Surface of the phase ``mask`` (3D boolean) per volume of the whole volume (1/px or 1/um), from a
-    marching-cubes mesh at level 0.5 (scikit-image); ``smooth`` (sigma in voxels) blurs the mask first,
-    which brings a voxelised sphere's area to within about 1 % of ``4 pi r^2``. Faces on the volume's
-    border are not surface."""
+    marching-cubes mesh at level 0.5 (scikit-image). ``smooth`` (Gaussian sigma in voxels) blurs the mask
+    first: on the raw voxels the mesh's staircase overestimates the area (a ball of radius 6 voxels by
+    10 %), with 0.7 it is within 1 % of ``4 pi r^2`` for radii of 6 voxels and more (3 % low at 4,
+    where the blur eats into the ball); 0 meshes the raw voxels. Faces on the volume's border are not
+    surface."""
     from skimage.measure import marching_cubes, mesh_surface_area
 
     m = np.asarray(mask, bool)
