@@ -177,3 +177,14 @@ def test_crop_descriptors_are_the_measures_of_each_crop():
     square = np.zeros((30, 30), bool)
     square[5:15, 5:15] = True
     assert mean_chord_length(square) == 10.0  # every chord through a square crosses its side
+
+
+def test_a_region_is_y_x_then_z_in_the_array_axis_order():
+    from ncm_core.measure.options import parse_region
+
+    assert parse_region("10:20,:30", (100, 200)) == (slice(10, 20), slice(0, 30))
+    assert parse_region("10:20,0:30,5:", (8 + 5, 100, 200)) == (slice(5, 13), slice(10, 20), slice(0, 30))
+    assert parse_region(None, (4, 5)) == (slice(0, 4), slice(0, 5))
+    for bad in ("10:20", "a:b,0:3", "10:11,0:30"):
+        with pytest.raises(NcmError, match="region"):
+            parse_region(bad, (100, 200))
