@@ -30,7 +30,7 @@ import numpy as np
 from ncm_core.errors import NcmError
 from ncm_core.measure.options import MeasureOptions, parse_region
 from ncm_core.options import merge_options
-from ncm_core.outputs import atomic_output
+from ncm_core.outputs import atomic_output, check_output
 from ncm_core.progress import ProgressFn, check_cancel, report
 from ncm_core.workflows.measure_tables import jsonable, write_table
 
@@ -64,6 +64,11 @@ def measure(
         raise NcmError(f"axis {o.axis} is not an axis of a {img.ndim}-D segmentation (0 to {img.ndim - 1})")
     axis = o.axis % img.ndim
     sub = parse_region(o.region, img.shape)
+    sections = None if o.sections is None else Path(o.sections)
+    if sections is not None and sections.is_dir():
+        sections = sections / "sections.json"  # the file is the input: an output beside it is fine
+    inputs = [p for p in (segmentation, o.regions, sections) if isinstance(p, (str, Path))]
+    check_output(out, o.overwrite, inputs)  # before the first pass over the pixels, not after it
     stage = _Stages(progress)
     counts = phases.class_counts(img.data, progress=stage("counting phases"), cancel=cancel)
     classes = img.classes or class_map(None, list(counts))
@@ -86,10 +91,6 @@ def measure(
     _check_memory(sub, o)
     regions = _open_regions(o.regions, img) if o.regions is not None else None
     coordinate, section = _collector_distance(o.sections, img) if o.sections else (None, None)
-    sections = None if o.sections is None else Path(o.sections)
-    if sections is not None and sections.is_dir():
-        sections = sections / "sections.json"  # the file is the input: an output beside it is fine
-    inputs = [p for p in (segmentation, o.regions, sections) if isinstance(p, (str, Path))]
     ctx = _Context(img, classes, pores, solid, unit, axis, sub, stage, cancel)
     with atomic_output(out, o.overwrite, inputs=inputs) as part:
         ctx.part = part
