@@ -145,3 +145,17 @@ def test_bad_inputs_are_one_clear_line_and_nothing_written(discs, tmp_path, monk
         res = wf.measure(closed, out, classes="pore,solid", particles=False, figures=False)
     t = json.loads((res / "tortuosity.json").read_text())
     assert t["tau"] is None and "infinite" in t["note"] and not t["percolating"]
+
+
+def test_sample_volumes_carry_their_truth(tmp_path):
+    """``ncm sample volume``: a TIFF stack with its pixel size, class names and the truth it was built with."""
+    from ncm_core.io.labels import open_labels
+    from ncm_core.measure.phases import porosity
+
+    out = synth_volumes.write_volume_sample(tmp_path / "v", "blobs", (24, 24, 24), seed=1)
+    truth = json.loads((out / "truth.json").read_text())
+    img = open_labels(out / "volume.tif")
+    assert img.shape == (24, 24, 24) and img.pixel_size == pytest.approx(0.1) and img.classes == {1: "pore", 2: "solid"}
+    assert porosity(np.asarray(img.data[:]), img.classes) == pytest.approx(truth["porosity"], abs=0.02)
+    with pytest.raises(NcmError, match="kind must be one of"):
+        synth_volumes.make_sample("foam")

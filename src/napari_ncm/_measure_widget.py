@@ -21,6 +21,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Lin
 from napari_ncm._background import RunsInBackground
 from napari_ncm._fields import layer_choice
 from ncm_core.measure.options import MeasureOptions
+from ncm_core.measure.particles import SEPARATION_METHODS
 
 if TYPE_CHECKING:
     import napari
@@ -77,7 +78,7 @@ class MeasureWidget(RunsInBackground, Container):
         self.pore = LineEdit(value="", label="Pore class", tooltip="default: the class named pore, void, resin...")
         self.region = LineEdit(value="", label="Region", tooltip="y0:y1,x0:x1 for particles and tortuosity")
         self.axis = SpinBox(value=d.axis, min=0, max=2, label="Through-plane axis")
-        self.separation = ComboBox(choices=["snow", "watershed", "none"], value=d.separation, label="Separation")
+        self.separation = ComboBox(choices=list(SEPARATION_METHODS), value=d.separation, label="Separation")
         self.do_tortuosity = CheckBox(value=d.tortuosity, text="Tortuosity (TauFactor)")
         self.output = FileEdit(mode="d", label="Output folder")
         self.overwrite = CheckBox(value=False, text="Replace earlier measures there")
