@@ -78,3 +78,17 @@ def test_measure_widget_in_a_real_thread_worker(segmentation, tmp_path, qtbot):
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     assert w.status.value.startswith("Done"), w.status.value
     assert "phases particles" in viewer.layers and "tortuosity" not in w.summary
+
+
+def test_the_sample_volume_measures_to_its_truth(make_napari_viewer, tmp_path):
+    """File > Open Sample > Pore / solid volume, then Measure: the d50 and porosity it was built with."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ncm", "phase_volume")
+    layer = viewer.layers["phase volume"]
+    w = _widget(viewer, tmp_path)
+    w.do_tortuosity.value = False
+    w.run(sync=True)
+    truth = layer.metadata["truth"]
+    assert w.summary["particles"]["d50"] == pytest.approx(truth["d50_um"], rel=0.01)
+    assert w.summary["fractions"]["porosity"] == pytest.approx(truth["porosity"])
+    assert viewer.layers["phase volume particles"].data.ndim == 3
