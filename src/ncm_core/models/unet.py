@@ -178,11 +178,16 @@ class UnetSegmenter:
 
 
 def measure_reach(
-    segmenter: Any, images: list[np.ndarray], tol: float = 1e-3, patch: int | None = None, max_reach: int = MAX_REACH
+    segmenter: Any,
+    images: list[np.ndarray],
+    tol: float = 1e-3,
+    patch: int | None = None,
+    max_reach: int = MAX_REACH,
+    step: int = 16,
 ) -> dict[str, Any]:
-    """The practical receptive field of ``segmenter``: the smallest ``d`` (a multiple of 8 px) such that
-    replacing everything farther than ``d`` from a patch changes the patch's class probabilities by less
-    than ``tol`` (largest change over a few patches of normalised ``images``, ``(C, H, W)`` each).
+    """The practical receptive field of ``segmenter``: the smallest ``d`` (a multiple of ``step`` px) such
+    that replacing everything farther than ``d`` from a patch changes the patch's class probabilities by
+    less than ``tol`` (largest change over patches of the first two normalised ``images``, ``(C, H, W)``).
 
     Returns ``{"reach": d, "tol": tol, "changes": {d: largest change}}``; ``reach`` is ``max_reach`` when
     no tested distance gets below ``tol``."""
@@ -190,9 +195,9 @@ def measure_reach(
     patch = patch or max(m, 32)
     pad = math.ceil(max_reach / m) * m + m
     side = patch + 2 * pad  # a multiple of m, patch at a multiple of m from the origin
-    cands = list(range(8, max_reach + 1, 8))
+    cands = list(range(step, max_reach + 1, step))
     worst = dict.fromkeys(cands, 0.0)
-    for img in images[:3]:
+    for img in images[:2]:
         img = np.asarray(img, np.float32)
         big = np.pad(img, [(0, 0)] + [(0, max(0, side - s)) for s in img.shape[1:]], mode="symmetric")
         x = np.ascontiguousarray(big[:, :side, :side])
