@@ -141,8 +141,12 @@ def train_segmenter(
     if isinstance(data, LabelSet) and config.classes is not None and list(config.classes) != labels.classes:
         raise NcmError(f"classes {', '.join(config.classes)} given, the label set has {', '.join(labels.classes)}")
     if config.engine == "unet":
-        from ncm_core.training.segment_unet import fit_unet
-
+        try:
+            from ncm_core.training.segment_unet import fit_unet
+        except ModuleNotFoundError as exc:
+            if exc.name != "ncm_core.training.segment_unet":
+                raise
+            raise NcmError("the U-Net engine is not part of this installation; use --engine forest") from None
         return fit_unet(labels, out, config, progress=progress, cancel=cancel)
     return _fit_forest(labels, out, config, progress, cancel, inputs)
 
