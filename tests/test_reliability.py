@@ -102,6 +102,14 @@ CATALOGUE = [
     (["train", "{w}/frames", "{w}/b", "--pixel-size", "nan", "-q"], ["pixel size", "nan"]),
     (["sections", "{w}/m.zarr", "--out", "{w}/c", "--pixel-size", "-1", "-q"], ["pixel size", "-1"]),
     (["predict", "{w}/bundle", "{w}/neg.zarr", "{w}/p.zarr"], ["neg.zarr", "pixel size is -1", "--pixel-size"]),
+    # options of segmentation bundles (issue 19): checked at the boundary, refused for a tile classifier
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--window", "0"], ["--window", "at least 1"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--halo", "-8"], ["--halo", "0 or more"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--overlap", "x"], ["--overlap", "whole number"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--blend", "soft"], ["--blend", "'soft'"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--chunk", "0"], ["--chunk", "at least 1"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--probability-factor", "0"], ["--probability-factor"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--window", "64"], ["--window", "tile classifier"]),
     # options added with issue 15's items 1 and 4
     (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/p.zarr", "--missing-chunks", "zero"], ["--missing-chunks", "'zero'"]),
     (["explain", "{w}/bundle", "{w}/m.zarr", "{w}/h.zarr", "--missing-chunks", "zero"], ["--missing-chunks", "'zero'"]),

@@ -164,3 +164,17 @@ def test_resume_after_sigkill_is_byte_identical(unet_bundle, mosaic, tmp_path):
         b = zarr.open_array(str(ref / name), mode="r")[...]
         assert a.tobytes() == b.tobytes(), name
     assert (class_map(out) > 0).all()
+
+
+def test_ncm_predict_segments_with_a_segmentation_bundle(unet_bundle, mosaic, tmp_path, capsys):
+    from ncm_core.cli import main
+
+    _, path = mosaic
+    out = tmp_path / "s.zarr"
+    assert main(["predict", str(unet_bundle), str(path), str(out), "-q", "--window", "96", "--probabilities"]) == 0
+    printed = capsys.readouterr().out
+    assert f"segmentation: {out}/labels/segmentation  300 x 420 px, 3 classes (pore, binder, particle)" in printed
+    seg = open_segmentation(out)
+    assert seg.attrs["window"] == 96 and seg.attrs["halo"] == 16 and len(seg.probability_levels()) == 1
+    assert main(["predict", str(unet_bundle), str(path), str(tmp_path / "t.zarr"), "--tile", "32"]) == 2
+    assert "--tile: for tile classifiers, not for a segmentation bundle" in capsys.readouterr().err

@@ -124,7 +124,9 @@ class SegmentTask(WindowTask):
         import zarr
 
         labels = zarr.open_array(str(self.partial / self.labels_path), mode="r+")
-        probs = zarr.open_array(str(self.partial / self.probabilities_path), mode="r+") if self.probabilities_path else None
+        probs = (
+            zarr.open_array(str(self.partial / self.probabilities_path), mode="r+") if self.probabilities_path else None
+        )
         return labels, probs
 
     def process(self, ctx: Context, block: Block, prepared: Any, arrays: Any) -> dict[int, int]:
@@ -236,8 +238,7 @@ def _check(seg: Any, mosaic: Any) -> None:
     c = seg.config
     if mosaic.channels != c.channels:
         raise NcmError(
-            f"the mosaic has {mosaic.channels} channel(s) but the segmentation bundle was trained on "
-            f"{c.channels}",
+            f"the mosaic has {mosaic.channels} channel(s) but the segmentation bundle was trained on {c.channels}",
             mosaic.source,
         )
     H, W = mosaic.shape

@@ -43,7 +43,7 @@ def n_levels(shape: tuple[int, ...], min_side: int | None = None) -> int:
     """Levels of a 2x pyramid whose coarsest level's larger side is at most ``min_side`` (default :data:`MIN_SIDE`)."""
     min_side = MIN_SIDE if min_side is None else min_side
     n, s = 1, max(shape[-2:])
-    while s > min_side and min(shape[-2:]) >= 2 ** n:
+    while s > min_side and min(shape[-2:]) >= 2**n:
         s, n = -(-s // 2), n + 1
     return n
 
@@ -106,7 +106,9 @@ def write_probability_levels(partial: Path, classes: list[str], world: dict, fac
         "multiscales": [
             ngff_multiscales(n, scale, trans, leading=("c",), unit=world["unit"], name="class probabilities")  # type: ignore[arg-type]
         ],
-        "omero": {"channels": [{"label": k, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}} for k in classes]},
+        "omero": {
+            "channels": [{"label": k, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}} for k in classes]
+        },
     }
     return n
 

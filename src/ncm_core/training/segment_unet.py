@@ -42,42 +42,6 @@ MIN_PATCHES = 16  # batches per epoch at least, when the images are small
 CALIBRATION = 64  # patches whose statistics set the BatchNorm layers' before each validation
 
 
-def split_validation(
-    labels: list[np.ndarray], val_fraction: float, rng: np.random.Generator
-) -> tuple[list[int], list[np.ndarray], list[np.ndarray], str]:
-    """``(validation image indices, training labels, validation labels, how)``: whole images when there are
-    at least two, else whole strokes (connected components per class) of each image; ``how`` says which."""
-    n = len(labels)
-    if val_fraction <= 0:
-        return [], labels, [np.zeros_like(lab) for lab in labels], "none"
-    if n >= 2:
-        k = min(n - 1, max(1, round(val_fraction * n)))
-        val = sorted(int(i) for i in rng.permutation(n)[:k])
-        empty = [np.zeros_like(lab) for lab in labels]
-        train = [empty[i] if i in val else lab for i, lab in enumerate(labels)]
-        return val, train, [lab if i in val else empty[i] for i, lab in enumerate(labels)], "images"
-    import scipy.ndimage as ndi
-
-    train, held = [lab.copy() for lab in labels], [np.zeros_like(lab) for lab in labels]
-    for c in range(1, int(max(lab.max() for lab in labels)) + 1):
-        parts = []
-        for i, lab in enumerate(labels):
-            comp, m = ndi.label(lab == c, structure=np.ones((3, 3)))
-            parts += [(i, comp, j) for j in range(1, m + 1)]
-        if len(parts) < 2:
-            continue  # one stroke of this class: all of it trains
-        total = sum(int((lab == c).sum()) for lab in labels)
-        taken = 0
-        for k in rng.permutation(len(parts))[: len(parts) - 1]:
-            if taken >= val_fraction * total:
-                break
-            i, comp, j = parts[k]
-            sel = comp == j
-            held[i][sel], train[i][sel] = c, 0
-            taken += int(sel.sum())
-    return list(range(n)), train, held, "strokes"
-
-
 class PatchSampler:
     """Random labelled patches of normalised images: ``epoch(rng) -> (x (n, C, P, P), y (n, P, P))``."""
 
@@ -127,49 +91,34 @@ def class_weights(labels: list[np.ndarray], K: int) -> np.ndarray:
     return (w / w[n > 0].mean()).astype(np.float32)
 
 
-def confusion(probs: np.ndarray, labels: np.ndarray, K: int) -> np.ndarray:
-    """``(K, K)`` counts of (true class, predicted class) over the labelled pixels of ``labels``."""
-    sel = labels > 0
-    t, p = labels[sel] - 1, probs.argmax(0)[sel]
-    return np.bincount(t * K + p, minlength=K * K).reshape(K, K)
-
-
-def iou_scores(cm: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Per-class IoU (classes with labelled pixels), their mean ``miou`` and the pixel ``accuracy``."""
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - tp
-    per = {c: float(tp[k] / union[k]) for k, c in enumerate(classes) if cm[k].sum()}
-    return {
-        "miou": float(np.mean(list(per.values()))) if per else float("nan"),
-        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "per_class_iou": per,
-    }
-
-
 def evaluate_images(segmenter: Any, images: list[np.ndarray], labels: list[np.ndarray], margin: int) -> dict[str, Any]:
-    """IoU scores (and the mean cross-entropy ``loss``) of ``segmenter`` on the labelled pixels of ``labels``;
-    ``images`` raw ``(C, H, W)``; each image is predicted over the box of its labelled pixels and ``margin``."""
+    """Per-class IoU and ``mIoU`` (:func:`~ncm_core.training.segment.iou_scores`), pixel ``accuracy`` and mean
+    cross-entropy ``loss`` of ``segmenter`` on the labelled pixels of ``labels``; ``images`` raw ``(C, H, W)``,
+    each predicted over the box of its labelled pixels and ``margin``."""
     from ncm_core.inference.segment import predict_image
+    from ncm_core.training.segment_common import iou_scores
 
-    K = len(segmenter.config.classes)
-    cm = np.zeros((K, K), np.int64)
-    nll, n = 0.0, 0
+    preds, labs = [], []
+    nll, n, hits = 0.0, 0, 0
     for img, lab in zip(images, labels):
         ys, xs = np.nonzero(lab)
         if not len(ys):
             continue
         y0, y1 = max(0, ys.min() - margin), min(lab.shape[0], ys.max() + 1 + margin)
         x0, x1 = max(0, xs.min() - margin), min(lab.shape[1], xs.max() + 1 + margin)
-        box = img[:, y0:y1, x0:x1]
-        if min(box.shape[1:]) < segmenter.config.min_size:
-            box, (y0, x0) = img, (0, 0)
-        probs = predict_image(segmenter, box)
-        sub = lab[y0 : y0 + probs.shape[1], x0 : x0 + probs.shape[2]]
-        cm += confusion(probs, sub, K)
+        if min(y1 - y0, x1 - x0) < segmenter.config.min_size:
+            y0, y1, x0, x1 = 0, lab.shape[0], 0, lab.shape[1]
+        probs = predict_image(segmenter, img[:, y0:y1, x0:x1])
+        sub = lab[y0:y1, x0:x1]
         sel = sub > 0
         nll -= float(np.log(np.clip(probs[(sub[sel] - 1, *np.nonzero(sel))], 1e-7, 1)).sum())
+        pred = probs.argmax(0)
+        hits += int((pred[sel] == sub[sel] - 1).sum())
         n += int(sel.sum())
-    return {**iou_scores(cm, list(segmenter.config.classes)), "loss": nll / max(n, 1)}
+        preds.append(pred)
+        labs.append(sub)
+    scores = iou_scores(preds, labs, list(segmenter.config.classes))
+    return {"iou": scores, "miou": scores["mIoU"], "accuracy": hits / max(n, 1), "loss": nll / max(n, 1)}
 
 
 def recalibrate_batchnorm(model: Any, batches: list[np.ndarray], device: Any) -> None:
@@ -221,53 +170,56 @@ def fit_unet(
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    from ncm_core.data.label_images import fit_normalization
     from ncm_core.devices import amp_dtype, resolve_device
-    from ncm_core.io.colors import class_colors
     from ncm_core.models.backbone import load_encoder_weights
-    from ncm_core.models.unet import UnetSegmenter, UnetSpec, halo_for, measure_reach, unet_config
+    from ncm_core.models.unet import UnetSegmenter, UnetSpec, halo_for, measure_reach
     from ncm_core.outputs import remove
     from ncm_core.training.loop import LoopConfig, Task, open_checkpoint, run_epochs
+    from ncm_core.training.segment_common import segmenter_config, split_validation
 
     t0 = time.monotonic()
     out = Path(out)
     classes, K = list(label_set.classes), len(label_set.classes)
+    pretrained = None if config.pretrained is None else Path(config.pretrained).expanduser()
+    if pretrained is not None and pretrained.is_dir():  # an ``ncm pretrain`` folder
+        pretrained = pretrained / "backbone.safetensors"
     spec = UnetSpec(
         encoder=config.encoder,
         **{k: getattr(config, k) for k in ("depth", "decoder_channels") if getattr(config, k, None) is not None},
-        pretrained=None if config.pretrained is None else str(config.pretrained),
+        pretrained=None if pretrained is None else str(pretrained),
     )
     P = int(config.patch_size)
     if P % spec.multiple:
-        raise NcmError(f"the patch size ({P} px) must be a multiple of {spec.multiple} (the U-Net halves it {spec.depth} times)")
-    low, high = fit_normalization(label_set.images)
-    colors = list(getattr(config, "colors", None) or [])
-    if len(colors) != K:
-        colors = ["#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in c[:3])) for c in class_colors(classes)]
-    seg_config = unet_config(
-        spec, classes, label_set.channels, colors=colors, norm_low=low, norm_high=high, pixel_size=label_set.pixel_size
-    )
+        raise NcmError(
+            f"the patch size ({P} px) must be a multiple of {spec.multiple} (the U-Net halves it {spec.depth} times)"
+        )
+    split = split_validation(label_set, config.val_fraction, config.seed)
+    train_idx = [i for i, lab in split.train if lab.any()]
+    seg_config = segmenter_config(label_set, config, train_idx)
+    seg_config.min_size = seg_config.multiple = spec.multiple
+    seg_config.engine_config = spec.to_dict()
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    val_idx, train_labels, val_labels, how = split_validation(list(label_set.labels), config.val_fraction, rng)
-    train_idx = [i for i, lab in enumerate(train_labels) if lab.any()]
-    norm = [seg_config.normalize(im) for im in label_set.images]
+    norm = {i: seg_config.normalize(label_set.images[i]) for i in {i for i, _ in split.train + split.val}}
     area = sum(int(np.prod(label_set.images[i].shape[1:])) for i in train_idx)
-    n_patches = int(getattr(config, "patches_per_epoch", None) or max(-(-area // (P * P)), MIN_PATCHES * config.batch_size))
-    sampler = PatchSampler([norm[i] for i in train_idx], [train_labels[i] for i in train_idx], P, n_patches)
-    weights = class_weights([train_labels[i] for i in train_idx], K)
+    n_patches = int(
+        getattr(config, "patches_per_epoch", None) or max(-(-area // (P * P)), MIN_PATCHES * config.batch_size)
+    )
+    train_labels = [lab for _, lab in split.train if lab.any()]
+    sampler = PatchSampler([norm[i] for i in train_idx], train_labels, P, n_patches)
+    weights = class_weights(train_labels, K)
     settings = {
         "spec": spec.to_dict(),
-        **{k: getattr(config, k) for k in ("epochs", "batch_size", "patch_size", "lr", "val_fraction", "seed", "patience")},
+        **{k: getattr(config, k) for k in ("epochs", "batch_size", "patch_size", "lr", "val_fraction", "seed")},
+        "patience": config.patience,
         "amp": str(config.amp),
         "patches_per_epoch": n_patches,
-        "validation": how,
-        "val_images": [label_set.names[i] for i in val_idx] if how == "images" else [],
+        "validation": split.how,
+        "val_images": [label_set.names[i] for i, _ in split.val] if split.how == "images" else [],
         "classes": classes,
     }
-    fp = hashlib.sha1(
-        json.dumps({**settings, "data": _digest(list(label_set.images) + list(label_set.labels))}, sort_keys=True, default=str).encode()
-    ).hexdigest()
+    blob = {**settings, "data": _digest(list(label_set.images) + list(label_set.labels))}
+    fp = hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
     ckpt_dir = out / "checkpoint"
     ckpt = open_checkpoint(ckpt_dir, fp, config.resume)
 
@@ -275,8 +227,8 @@ def fit_unet(
     dtype = amp_dtype(config.amp, dev)
     segmenter = UnetSegmenter.build(seg_config)
     model = segmenter.model
-    if config.pretrained is not None:
-        load_encoder_weights(model, config.pretrained)
+    if pretrained is not None:
+        load_encoder_weights(model, pretrained)
     segmenter.to(dev)
     opt = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=1e-4)
     steps = max(1, -(-n_patches // config.batch_size))
@@ -297,7 +249,7 @@ def fit_unet(
         return {"train_accuracy": acc * len(yb)}
 
     margin = seg_config.halo
-    val_images, val_lab = [label_set.images[i] for i in val_idx], [val_labels[i] for i in val_idx]
+    val_images, val_lab = [label_set.images[i] for i, _ in split.val], [lab for _, lab in split.val]
 
     calib_x = sampler.epoch(np.random.default_rng(config.seed + 1))[0][:CALIBRATION]  # fixed: resume stays exact
     calib = [calib_x[k : k + config.batch_size] for k in range(0, len(calib_x), config.batch_size)]
@@ -347,7 +299,7 @@ def fit_unet(
     if not validated:
         recalibrate_batchnorm(model, calib, dev)
     model.eval()
-    probe = [norm[i] for i in (val_idx or train_idx)]
+    probe = [norm[i] for i in ([i for i, _ in split.val] or train_idx)]
     reach = measure_reach(segmenter, probe)
     seg_config.halo = halo_for(reach["reach"], spec.multiple)
     scores = evaluate_images(segmenter, val_images, val_lab, seg_config.halo) if validated else {}
@@ -357,8 +309,8 @@ def fit_unet(
         "epochs_run": len(st.history),
         "best_epoch": st.best_epoch,
         "kept_epoch": "best validation mIoU" if validated else "the last (no validation)",
+        "val_iou": scores.get("iou"),
         "val_miou": scores.get("miou"),
-        "per_class_iou": scores.get("per_class_iou"),
         "class_weights": [float(v) for v in weights],
         "reach": reach,
         "history": st.history,
