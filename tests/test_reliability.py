@@ -133,6 +133,18 @@ CATALOGUE = [
         ],
         ["neg.csv", "negative", "s1"],
     ),
+    # segmentation (issue 19): ncm train --task segment, ncm sample phases
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "-q"], ["frames", "no image with a label image"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--engine", "svm", "-q"], ["invalid choice", "'svm'"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--sigmas", "0,2", "-q"], ["feature sigmas"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--sigmas", "a", "-q"], ["--sigmas", "numbers"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--features", "hue", "-q"], ["feature groups", "hue"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--classes", "pore", "-q"], ["2 or more distinct"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--colors", "red", "-q"], ["#rrggbb", "'red'"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--leaves", "1", "-q"], ["leaves at least 2"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--trees", "0", "-q"], ["--trees", "at least 1"]),
+    (["sample", "phases", "{w}/s", "--strokes", "0"], ["--strokes", "above 0"]),
+    (["sample", "phase-mosaic", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),
 ]
 
 

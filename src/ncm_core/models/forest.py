@@ -16,7 +16,7 @@ import numpy as np
 
 from ncm_core.errors import NcmError
 from ncm_core.models.pixel_features import GROUPS, feature_halo, feature_names, pixel_features
-from ncm_core.models.segmenter import CONFIG, SegmenterConfig, write_config
+from ncm_core.models.segmenter_config import CONFIG, SegmenterConfig, write_config
 
 MODEL = "forest.txt"
 
@@ -124,7 +124,7 @@ class ForestSegmenter:
     def load(cls, path: str | Path, config: SegmenterConfig | None = None) -> ForestSegmenter:
         import lightgbm as lgb
 
-        from ncm_core.models.segmenter import read_segmenter_config
+        from ncm_core.models.segmenter_config import read_segmenter_config
 
         path = Path(path)
         config = config or read_segmenter_config(path)
