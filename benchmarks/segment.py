@@ -57,27 +57,36 @@ def otsu_row(train: Path, work: Path, quick: bool, k: int) -> Callable[[np.ndarr
     return predict
 
 
-def bundle_row(engine: str, **options) -> Callable:
-    """A row for an engine of :func:`ncm_core.training.segment.train_segmenter` (its bundle predicts)."""
+def bundle_row(engine: str, quick_options: dict | None = None, **options) -> Callable:
+    """A row for an engine of :func:`ncm_core.training.segment.train_segmenter` (its bundle predicts the whole
+    image, :func:`ncm_core.inference.segment.predict_image`); ``quick_options`` replace options in --quick."""
 
     def row(train: Path, work: Path, quick: bool, k: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        from ncm_core.inference.segment import predict_image
         from ncm_core.models.segmenter import load_segmenter
         from ncm_core.training.segment import train_segmenter
 
         t = time.monotonic()
-        bundle = train_segmenter(train, work / f"{engine}-{train.name}", engine=engine, **options)
+        chosen = {**options, **(quick_options or {})} if quick else options
+        bundle = train_segmenter(train, work / f"{engine}-{train.name}", engine=engine, **chosen)
         row.seconds = time.monotonic() - t
         seg = load_segmenter(bundle)
-        return lambda raw, truth: seg.predict_proba(seg.config.normalize(raw)[None])[0].argmax(0)
+        return lambda raw, truth: predict_image(seg, raw).argmax(0)
 
     return row
+
+
+#: the U-Net's training in this benchmark: sized for a few minutes on two CPU cores (a GPU, when present,
+#: is used and faster); the defaults of ``ncm train --engine unet`` train longer
+UNET = dict(epochs=8, batch_size=8, patch_size=128, lr=2e-3, patience=0)
+UNET_QUICK = dict(epochs=2, patch_size=64)
 
 
 #: name -> row: ``row(train folder, work folder, quick, classes)`` returns ``predict(raw, truth)``
 ROWS: dict[str, Callable] = {
     "multi-Otsu (best class order)": otsu_row,
     "forest": bundle_row("forest"),
-    "U-Net": bundle_row("unet"),
+    "U-Net": bundle_row("unet", UNET_QUICK, **UNET),
 }
 
 
@@ -145,6 +154,10 @@ def main() -> None:
     try:
         results = {kind: accuracy(work, kind, n_train, n_test, size, a.quick) for kind in ("sem", "section")}
         live = live_timing(live_size, repeats)
+        from segment_mosaic import section as mosaic_section
+
+        bundles = [work / f"{e}-train-sem" for e in ("forest", "unet") if (work / f"{e}-train-sem").is_dir()]
+        mosaic_text = mosaic_section(bundles, work, a.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = []
@@ -188,7 +201,11 @@ Live mode ({live_size} x {live_size} px view, SEM-like image, {a.threads} thread
 computes the view's features ({live["first_s"]:.2f} s, once); after each further stroke, retrain + repredict
 takes {live["stride1_s"]:.2f} s at full resolution (goal <= 1.5 s) and {live["stride2_s"]:.2f} s as a
 stride-2 preview (median of {repeats}).
-"""
+
+U-Net: `{", ".join(f"{k}={v}" for k, v in UNET.items())}` (`ncm train --engine unet`), the halo of mosaic
+windows set by the network's measured reach.
+
+{mosaic_text}"""
     if not a.quick:
         write_section(Path(a.out), "segment", text)
     print(text)
