@@ -178,3 +178,37 @@ def test_ncm_predict_segments_with_a_segmentation_bundle(unet_bundle, mosaic, tm
     assert seg.attrs["window"] == 96 and seg.attrs["halo"] == 16 and len(seg.probability_levels()) == 1
     assert main(["predict", str(unet_bundle), str(path), str(tmp_path / "t.zarr"), "--tile", "32"]) == 2
     assert "--tile: for tile classifiers, not for a segmentation bundle" in capsys.readouterr().err
+
+
+def test_a_missing_chunk_is_reported_and_left_not_predicted(mosaic, tmp_path):
+    import shutil
+
+    from ncm_core.inference.engine import RunIncomplete
+
+    img, path = mosaic
+    damaged = tmp_path / "damaged.ome.zarr"
+    shutil.copytree(path, damaged)
+    (damaged / "0" / "c" / "2" / "3").unlink()  # the chunk of pixels y 128:192, x 192:256 is gone
+    cut = dict(window=64, chunk=96, retries=0)
+    with pytest.raises(RunIncomplete, match="could not be read"):
+        segment_mosaic(SmoothThreshold(), damaged, tmp_path / "s.zarr", **cut)
+    with pytest.warns(UserWarning, match="marked as not computed"):
+        out = segment_mosaic(SmoothThreshold(), damaged, tmp_path / "s.zarr", allow_incomplete=True, **cut)
+    labels = class_map(out)
+    assert (labels[136:184, 200:248] == 0).all()  # not predicted: every window there reads the lost chunk
+    whole = predict_image(SmoothThreshold(), img).argmax(0) + 1
+    assert (labels[:96] == whole[:96]).all()  # the rest as before
+    assert open_segmentation(out).attrs["failed_regions"]
+
+
+@pytest.mark.slow
+def test_segmentation_on_a_local_cluster_equals_the_single_process_result(unet_bundle, mosaic, tmp_path):
+    path = write_ome_zarr(tmp_path / "m.ome.zarr", mosaic[0][:150, :250], chunks=64)  # 2 x 2 blocks
+    kw = dict(window=96, chunk=128, probabilities=True, device="cpu")
+    ref = segment_mosaic(unet_bundle, path, tmp_path / "ref.zarr", **kw)
+    out = segment_mosaic(unet_bundle, path, tmp_path / "d.zarr", scheduler="local:2", **kw)
+    assert open_segmentation(out).attrs["complete"] and not (tmp_path / "d.zarr.partial").exists()
+    # workers run torch with one thread each, this process with two: sums in another order, ties may differ
+    assert (class_map(out) == class_map(ref)).mean() >= 0.999
+    a, b = (zarr.open_array(str(p / "probabilities" / "0"), mode="r")[...] for p in (out, ref))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

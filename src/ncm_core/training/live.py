@@ -70,7 +70,7 @@ class LiveSegmenter:
 
     def _segmenter_config(self) -> SegmenterConfig:
         from ncm_core.data.label_images import fit_normalization
-        from ncm_core.training.segment import _hex
+        from ncm_core.training.segment_common import _hex
 
         h, w = self.shape
         step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
