@@ -38,7 +38,8 @@ def _mosaic(work: Path, side: int, seed: int = 5):
     from ncm_core.io.mosaic import write_ome_zarr
 
     s = phase_sample("sem", (side, side), seed=seed)
-    return s, write_ome_zarr(work / f"mosaic-{side}.ome.zarr", s.image, chunks=256)
+    path = work / f"mosaic-{side}-{seed}.ome.zarr"
+    return s, path if path.exists() else write_ome_zarr(path, s.image, chunks=256)
 
 
 def seams_and_speed(bundle: Path, work: Path, side: int) -> dict:
