@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     import napari
 
 DEFAULT_CLASSES = "pore, active, binder"
+#: the live forest predicts at most this many pixels a side around the view's centre, at stride 2 beyond
+#: a quarter of that area (a preview; zoom in for full resolution)
+LIVE_MAX_SIDE = 2048
+#: pixels of context kept around the strokes when an image is cropped for training (>= the forest's halo)
+TRAIN_MARGIN = 256
 #: ms after the last paint event before the live forest retrains (a stroke ends, then it runs once)
 DEBOUNCE_MS = 300
 
@@ -45,6 +50,18 @@ def channels_first(layer: Any) -> Any:
 
         raise NcmError(f"segmentation works on 2D images; {layer.name!r} has shape {data.shape}")
     return data[None]
+
+
+def coarse_norm(layer: Any) -> tuple[float, float] | None:
+    """The intensity range of a multiscale layer from its coarsest level (None for one level: the live
+    segmenter then samples the image itself)."""
+    if not layer.multiscale:
+        return None
+    from ncm_core.data.label_images import fit_normalization
+
+    data = np.asarray(layer.data[-1], np.float32)
+    data = np.moveaxis(data, -1, 0) if layer.rgb else data[None]
+    return fit_normalization([data])
 
 
 class SegmentWidget(RunsInBackground, Container):
@@ -197,8 +214,14 @@ class SegmentWidget(RunsInBackground, Container):
         y0, x0 = (int(v) for v in corners[0])
         y1, x1 = (int(v) + 1 for v in corners[1])
         if y1 - y0 <= 1 or x1 - x0 <= 1:
-            return 0, h, 0, w
-        return max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+            y0, y1, x0, x1 = 0, h, 0, w
+        y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+        cy, cx, half = (y0 + y1) // 2, (x0 + x1) // 2, LIVE_MAX_SIDE // 2
+        if y1 - y0 > LIVE_MAX_SIDE:
+            y0, y1 = max(cy - half, 0), min(cy + half, h)
+        if x1 - x0 > LIVE_MAX_SIDE:
+            x0, x1 = max(cx - half, 0), min(cx + half, w)
+        return y0, y1, x0, x1
 
     def live_update(self, sync: bool = False) -> Any:
         """Retrain the live forest on the strokes and repredict the view; ``sync`` runs it here (tests)."""
@@ -210,7 +233,7 @@ class SegmentWidget(RunsInBackground, Container):
             if self.live_segmenter is None or self._live_key != key:
                 from ncm_core.training.live import LiveSegmenter
 
-                self.live_segmenter = LiveSegmenter(channels_first(image), names)
+                self.live_segmenter = LiveSegmenter(channels_first(image), names, norm=coarse_norm(image))
                 self._live_key = key
             strokes = np.asarray(labels.data)
             rect = self.view_rect(image)
@@ -219,10 +242,13 @@ class SegmentWidget(RunsInBackground, Container):
             return None
         live = self.live_segmenter
 
+        y0, y1, x0, x1 = rect
+        stride = 2 if (y1 - y0) * (x1 - x0) > (LIVE_MAX_SIDE // 2) ** 2 else 1
+
         def work() -> Any:
             if not live.update(strokes):
                 return None
-            return rect, live.predict_view(*rect), dict(live.timing)
+            return rect, live.predict_view(*rect, stride=stride), dict(live.timing)
 
         if sync:
             try:
@@ -298,11 +324,17 @@ class SegmentWidget(RunsInBackground, Container):
         from ncm_core.data.label_images import LabelSet, check_labels
 
         image, labels, names = self._checked_inputs()
-        lab = np.asarray(labels.data).astype(np.int32)
+        lab = np.asarray(labels.data)
         check_labels([lab], names, labels.name)
-        pixels = np.asarray(channels_first(image), np.float32)
+        # a large mosaic is read only around its strokes (with room for the features' and patches' context)
+        rows, cols = np.flatnonzero(lab.any(1)), np.flatnonzero(lab.any(0))
+        h, w = lab.shape
+        y0, y1 = max(int(rows[0]) - TRAIN_MARGIN, 0), min(int(rows[-1]) + 1 + TRAIN_MARGIN, h)
+        x0, x1 = max(int(cols[0]) - TRAIN_MARGIN, 0), min(int(cols[-1]) + 1 + TRAIN_MARGIN, w)
+        pixels = np.asarray(channels_first(image)[:, y0:y1, x0:x1], np.float32)
         pixel_size = (image.metadata or {}).get("pixel_size")
-        return LabelSet([pixels], [lab], [image.name], names, None, pixel_size)
+        part = lab[y0:y1, x0:x1].astype(np.int32)
+        return LabelSet([pixels], [part], [image.name], names, None, pixel_size)
 
     def _job(self) -> Any:
         if self._job_kind == "segment":

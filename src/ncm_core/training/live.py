@@ -33,6 +33,8 @@ class LiveSegmenter:
     ``config`` gives the feature sigmas and groups, threads and seed (:class:`SegmentConfig`); ``forest``
     overrides the live forest's ``trees``, ``leaves`` and ``max_per_class`` (:data:`LIVE_FOREST`).
     ``tile`` is the side of the cached feature tiles; at most ``cache_mb`` MB of features are kept.
+    ``norm`` is the raw ``(low, high)`` intensity range (default: robust percentiles of a subsample of the
+    image; give it for a large lazy mosaic, e.g. from a coarse pyramid level).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class LiveSegmenter:
         forest: dict[str, Any] | None = None,
         tile: int = 512,
         cache_mb: float = 1500,
+        norm: tuple[float, float] | None = None,
     ) -> None:
         if image.ndim == 2:
             image = image[None]
@@ -64,20 +67,22 @@ class LiveSegmenter:
         self._max_tiles = max(2, int(cache_mb * 2**20 // (n_feat * self.tile * self.tile * 4)))
         self._features: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._samples: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.config = self._segmenter_config()
+        self.config = self._segmenter_config(norm)
         self.booster: Any = None
         self.timing: dict[str, float] = {}
 
-    def _segmenter_config(self) -> SegmenterConfig:
+    def _segmenter_config(self, norm: tuple[float, float] | None) -> SegmenterConfig:
         from ncm_core.data.label_images import fit_normalization
-        from ncm_core.training.segment import _hex
 
-        h, w = self.shape
-        step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
-        low, high = fit_normalization([np.asarray(self.image[:, ::step, ::step], np.float32)])
+        if norm is None:
+            h, w = self.shape
+            step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
+            norm = fit_normalization([np.asarray(self.image[:, ::step, ::step], np.float32)])
+        low, high = (float(v) for v in norm)
         from ncm_core.io.colors import class_colors
 
-        colors = list(self.options.colors or [_hex(c) for c in class_colors(self.classes)])
+        hexes = ["#" + "".join(f"{round(v * 255):02x}" for v in c[:3]) for c in class_colors(self.classes)]
+        colors = list(self.options.colors or hexes)
         return SegmenterConfig(
             engine="forest",
             classes=self.classes,
