@@ -128,6 +128,8 @@ class SegmentWidget(RunsInBackground, Container):
         self._watched: Any = None
         self._timer: Any = None
         self._job_kind = "train"
+        self.history: list[dict[str, float]] = []
+        self.figure: Any = None  # the U-Net's live curves, made at its first epoch
         self._init_runner()
 
     # ------------------------------------------------------------------------------ strokes
@@ -347,8 +349,26 @@ class SegmentWidget(RunsInBackground, Container):
         kw = {"engine": self.engine.value, "val_fraction": SegmentConfig.val_fraction}
         if self.engine.value == "unet":
             kw.update(encoder=self.encoder.value.strip(), epochs=self.epochs.value)
-        cancel, progress = self._cancel, self.progress_fn()
-        return lambda: train_segmenter(ls, out, progress=progress, cancel=cancel, **kw)
+        cancel, progress, on_epoch = self._cancel, self.progress_fn(), self.post("epoch")
+        return lambda: train_segmenter(
+            ls, out, progress=progress, cancel=cancel, on_epoch=lambda rec: on_epoch(dict(rec)), **kw
+        )
+
+    def _on_epoch(self, record: dict[str, float]) -> None:
+        """The U-Net's loss and accuracy curves, redrawn after each epoch (main thread)."""
+        from ncm_core.viz.figures import draw_training_curves
+
+        if self.figure is None:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+
+            self.figure = Figure(figsize=(4.5, 2.6), dpi=80)
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.canvas.setMinimumHeight(200)
+            self.inner.layout().addWidget(self.canvas)
+        self.history.append(record)
+        draw_training_curves(self.figure, self.history)
+        self.canvas.draw_idle()
 
     def run(self, sync: bool = False) -> Any:
         """Train a segmenter on the image's strokes (the chosen engine). ``sync`` runs it here (tests)."""
@@ -356,7 +376,7 @@ class SegmentWidget(RunsInBackground, Container):
         work = self._prepare()
         if work is None:
             return None
-        self.result = None
+        self.result, self.history = None, []
         return self._run_function(work, sync, "Training a segmenter", "Training...")
 
     # ------------------------------------------------------------------------------ mosaic
