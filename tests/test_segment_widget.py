@@ -69,13 +69,29 @@ def test_strokes_of_one_class_are_refused_in_one_line(painted, notifications, tm
 
 def test_segment_mosaic_opens_aligned_labels(painted, tmp_path):
     pytest.importorskip("ncm_core.inference.segment")  # the streaming engine's segmentation task
-    viewer, widget, layer, s = painted
-    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)
-    widget.engine.value = "forest"
-    widget.output.value = str(tmp_path / "forest")
-    assert widget.run(sync=True) is not None, widget.status.value
+    from ncm_core.data.synth_phases import write_phase_dataset
+    from ncm_core.training.segment import train_segmenter
+
+    viewer, widget, _, _ = painted
+    data = write_phase_dataset(tmp_path / "phases", 2, "sem", (128, 128), fraction=0.02, seed=5)
+    widget.bundle.value = str(train_segmenter(data, tmp_path / "forest", trees=10))
     widget.mosaic_out.value = str(tmp_path / "seg.zarr")
-    out = widget.segment(sync=True)
+    out = widget.segment(sync=True)  # the image layer's own pixels: it came from no file
     assert out is not None, widget.status.value
     added = [ly for ly in viewer.layers if ly.name.startswith("seg ")]
     assert added and all(np.allclose(ly.scale[-2:], (0.05, 0.05)) for ly in added)
+    assert all(np.allclose(ly.translate[-2:], (3.0, -1.0)) for ly in added)
+
+
+def test_train_unet_draws_live_curves(painted, tmp_path):
+    pytest.importorskip("ncm_core.training.segment_unet")  # the U-Net engine
+    viewer, widget, layer, s = painted
+    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)
+    widget.engine.value = "unet"
+    assert widget.run_button.text == "Train U-Net"
+    widget.epochs.value = 2
+    widget.output.value = str(tmp_path / "unet")
+    bundle = widget.run(sync=True)
+    assert bundle is not None, widget.status.value
+    assert (bundle / "model.safetensors").is_file() and str(widget.bundle.value) == str(bundle)
+    assert len(widget.history) == 2 and widget.figure.axes  # one point per epoch on the dock's curves
