@@ -89,7 +89,7 @@ def test_train_unet_draws_live_curves(painted, tmp_path):
     layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)
     widget.engine.value = "unet"
     assert widget.run_button.text == "Train U-Net"
-    widget.epochs.value = 2
+    widget.epochs.value, widget.patch_size.value = 2, 64
     widget.output.value = str(tmp_path / "unet")
     bundle = widget.run(sync=True)
     assert bundle is not None, widget.status.value

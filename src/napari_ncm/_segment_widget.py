@@ -84,6 +84,9 @@ class SegmentWidget(RunsInBackground, Container):
         self.engine = ComboBox(choices=["forest", "unet"], value="unet", label="Engine")
         self.encoder = LineEdit(value=SegmentConfig.encoder, label="Encoder", tooltip="U-Net: any timm encoder")
         self.epochs = SpinBox(value=SegmentConfig.epochs, min=1, max=10000, label="Epochs")
+        self.patch_size = SpinBox(
+            value=SegmentConfig.patch_size, min=32, max=2048, step=32, label="Patch (px)", tooltip="U-Net patch side"
+        )
         self.output = FileEdit(mode="d", label="Bundle folder", tooltip="empty = a temporary folder")
         self.run_button = PushButton(text="Train")
         self.bundle = FileEdit(mode="d", label="Segmenter bundle", tooltip="a forest or U-Net bundle")
@@ -102,6 +105,7 @@ class SegmentWidget(RunsInBackground, Container):
                 self.engine,
                 self.encoder,
                 self.epochs,
+                self.patch_size,
                 self.output,
                 self.run_button,
                 self.bundle,
@@ -318,7 +322,7 @@ class SegmentWidget(RunsInBackground, Container):
     # ------------------------------------------------------------------------------ training
     def _engine_changed(self, *_: Any) -> None:
         unet = self.engine.value == "unet"
-        self.encoder.visible = self.epochs.visible = unet
+        self.encoder.visible = self.epochs.visible = self.patch_size.visible = unet
         self.run_button.text = "Train U-Net" if unet else "Train forest"
 
     def label_set(self) -> Any:
@@ -348,7 +352,7 @@ class SegmentWidget(RunsInBackground, Container):
         out = Path(tempfile.mkdtemp(prefix="ncm-segmenter-")) if text in ("", ".") else Path(text)
         kw = {"engine": self.engine.value, "val_fraction": SegmentConfig.val_fraction}
         if self.engine.value == "unet":
-            kw.update(encoder=self.encoder.value.strip(), epochs=self.epochs.value)
+            kw.update(encoder=self.encoder.value.strip(), epochs=self.epochs.value, patch_size=self.patch_size.value)
         cancel, progress, on_epoch = self._cancel, self.progress_fn(), self.post("epoch")
         return lambda: train_segmenter(
             ls, out, progress=progress, cancel=cancel, on_epoch=lambda rec: on_epoch(dict(rec)), **kw
