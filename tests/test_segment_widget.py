@@ -83,6 +83,7 @@ def test_segment_mosaic_opens_aligned_labels(painted, tmp_path):
     assert all(np.allclose(ly.translate[-2:], (3.0, -1.0)) for ly in added)
 
 
+@pytest.mark.slow
 def test_train_unet_draws_live_curves(painted, tmp_path):
     pytest.importorskip("ncm_core.training.segment_unet")  # the U-Net engine
     viewer, widget, layer, s = painted
