@@ -3,7 +3,7 @@
 * **New stroke layer**: a Labels layer aligned with the image (same scale and translate), one value per
   class of *Classes* (value k = class k), coloured by class name, in paint mode.
 * **Live**: each finished stroke (the layer's ``paint`` or ``data`` event, debounced) retrains a small
-  forest on all strokes and repredicts the part of the image in view
+  forest on all strokes and repredicts the part of the image in view (a pan or zoom repredicts the new view)
   (:class:`ncm_core.training.live.LiveSegmenter`), shown as the semi-transparent Labels layer
   ``<image> live``, aligned with the image. The work runs in a thread worker; the layer is changed on the
   main thread.
@@ -123,6 +123,10 @@ class SegmentWidget(RunsInBackground, Container):
         self.segment_button.changed.connect(lambda: self.segment())
         self.cancel_button.changed.connect(self.cancel)
         self.engine.changed.connect(self._engine_changed)
+        scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+        camera = scene.camera if scene is not None else viewer.camera
+        camera.events.center.connect(self._view_changed)
+        camera.events.zoom.connect(self._view_changed)
         self._engine_changed()
         self.result: Any = None
         self.live_segmenter: Any = None
@@ -212,6 +216,11 @@ class SegmentWidget(RunsInBackground, Container):
             self._timer.setSingleShot(True)
             self._timer.timeout.connect(lambda: self.live_update())
         self._timer.start(DEBOUNCE_MS)
+
+    def _view_changed(self, *_: Any) -> None:
+        """Panned or zoomed: repredict the new view once the camera rests (the forest stands)."""
+        if self.live_segmenter is not None and self.live_segmenter.booster is not None:
+            self._stroke_finished()
 
     def view_rect(self, image: Any) -> tuple[int, int, int, int]:
         """Rows and columns ``(y0, y1, x0, x1)`` of the image in view (the whole image without a canvas)."""

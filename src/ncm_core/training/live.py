@@ -123,8 +123,8 @@ class LiveSegmenter:
 
     # ------------------------------------------------------------------------------------------ training
     def update(self, labels: np.ndarray) -> bool:
-        """Refit the forest on ``labels`` (``(H, W)``: 0 unlabelled, k = class k). False (and the forest
-        unchanged) while fewer than two classes are painted."""
+        """Refit the forest on ``labels`` (``(H, W)``: 0 unlabelled, k = class k); the same strokes as last
+        time keep the forest. False (and no forest) while fewer than two classes are painted."""
         t0 = time.perf_counter()
         labels = np.asarray(labels)
         if labels.shape != self.shape:
@@ -134,6 +134,7 @@ class LiveSegmenter:
         for ty in sorted({int(r) // t for r in np.flatnonzero(labels.any(axis=1))}):
             cols = np.flatnonzero(labels[ty * t : (ty + 1) * t].any(axis=0))
             painted |= {(ty, int(c) // t) for c in cols}
+        changed = set(self._samples) != painted
         self._samples = {k: v for k, v in self._samples.items() if k in painted}
         t_feat = 0.0
         for key in sorted(painted):
@@ -142,18 +143,24 @@ class LiveSegmenter:
             old = self._samples.get(key)
             if old is not None and np.array_equal(old[0], lab):
                 continue
+            changed = True
             tf = time.perf_counter()
             feats = self.tile_features(*key)
             t_feat += time.perf_counter() - tf
             m = lab > 0
             self._samples[key] = (lab.copy(), feats[:, m].T.copy(), lab[m].astype(np.int32) - 1)
         if not self._samples:
+            self.booster = None
             return False
+        if not changed and self.booster is not None:  # the same strokes: the forest stands
+            self.timing = {"features_s": 0.0, "train_s": 0.0, "update_s": time.perf_counter() - t0}
+            return True
         y = np.concatenate([s[2] for s in self._samples.values()])
         top = len(self.classes)
         if y.max(initial=-1) >= top:
             raise NcmError(f"label value {int(y.max()) + 1} has no class: there are {top} classes")
         if len(np.unique(y)) < 2:
+            self.booster = None
             return False
         x = np.concatenate([s[1] for s in self._samples.values()])
         cap = int(self.settings["max_per_class"])
