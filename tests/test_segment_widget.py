@@ -96,3 +96,16 @@ def test_train_unet_draws_live_curves(painted, tmp_path):
     assert bundle is not None, widget.status.value
     assert (bundle / "model.safetensors").is_file() and str(widget.bundle.value) == str(bundle)
     assert len(widget.history) == 2 and widget.figure.axes  # one point per epoch on the dock's curves
+
+
+def test_sample_phases_open_with_truth_and_strokes_aligned(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ncm", "phases_section")  # through npe2, as from the File menu
+    image, truth, strokes = (viewer.layers[n] for n in ("cross-section phases", "phases (truth)", "strokes"))
+    assert image.rgb and image.data.shape[:2] == truth.data.shape == strokes.data.shape
+    assert np.allclose(truth.scale, image.scale) and np.allclose(strokes.scale, image.scale)
+    painted = np.asarray(strokes.data) > 0
+    assert (
+        0.005 < painted.mean() < 0.02 and (np.asarray(strokes.data)[painted] == np.asarray(truth.data)[painted]).all()
+    )
+    assert list(strokes.features["class"]) == ["unlabelled", "pore", "active", "binder", "collector"]
