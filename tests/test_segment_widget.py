@@ -109,3 +109,20 @@ def test_sample_phases_open_with_truth_and_strokes_aligned(make_napari_viewer):
         0.005 < painted.mean() < 0.02 and (np.asarray(strokes.data)[painted] == np.asarray(truth.data)[painted]).all()
     )
     assert list(strokes.features["class"]) == ["unlabelled", "pore", "active", "binder", "collector"]
+
+
+def test_the_view_is_read_in_full_resolution_pixels_and_capped(make_napari_viewer):
+    from napari_ncm._segment_widget import LIVE_MAX_SIDE
+
+    viewer = make_napari_viewer()
+    base = np.zeros((256, 384), np.uint8)
+    image = viewer.add_image([base, base[::2, ::2]], multiscale=True, name="pyramid")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Segment")
+    image._data_level = 1  # napari shows the coarser level: the corners are its pixels
+    image.corner_pixels = np.array([[10, 20], [63, 95]])
+    assert widget.view_rect(image) == (20, 128, 40, 192)
+    big = viewer.add_image(np.zeros((1, 1), np.uint8), name="big")
+    big.data = np.zeros((LIVE_MAX_SIDE * 2, 100), np.uint8)
+    big.corner_pixels = np.array([[0, 0], [LIVE_MAX_SIDE * 2 - 1, 99]])
+    y0, y1, x0, x1 = widget.view_rect(big)
+    assert (y1 - y0, x0, x1) == (LIVE_MAX_SIDE, 0, 100) and y0 == LIVE_MAX_SIDE // 2  # the centre of the view

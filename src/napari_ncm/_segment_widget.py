@@ -225,9 +225,14 @@ class SegmentWidget(RunsInBackground, Container):
     def view_rect(self, image: Any) -> tuple[int, int, int, int]:
         """Rows and columns ``(y0, y1, x0, x1)`` of the image in view (the whole image without a canvas)."""
         h, w = channels_first(image).shape[1:]
-        corners = np.asarray(image.corner_pixels)[:, -2:]
-        y0, x0 = (int(v) for v in corners[0])
-        y1, x1 = (int(v) + 1 for v in corners[1])
+        corners = np.asarray(image.corner_pixels, float)[:, -2:]
+        corners[1] += 1  # the last pixel in view -> the end of the range
+        if image.multiscale:  # the corners are pixels of the level on screen: scale them to level 0
+            level = image.data[image.data_level]
+            lh, lw = level.shape[-3:-1] if image.rgb else level.shape[-2:]
+            corners = corners * np.array([h / lh, w / lw])
+        y0, x0 = (int(np.floor(v)) for v in corners[0])
+        y1, x1 = (int(np.ceil(v)) for v in corners[1])
         if y1 - y0 <= 1 or x1 - x0 <= 1:
             y0, y1, x0, x1 = 0, h, 0, w
         y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
@@ -250,7 +255,7 @@ class SegmentWidget(RunsInBackground, Container):
 
                 self.live_segmenter = LiveSegmenter(channels_first(image), names, norm=coarse_norm(image))
                 self._live_key = key
-            strokes = np.asarray(labels.data)
+            strokes = np.array(labels.data)  # a copy: painting goes on while the worker reads it
             rect = self.view_rect(image)
         except NcmError as exc:
             self._live_error(exc)
