@@ -104,3 +104,30 @@ def test_classes_argument_wins_and_unlabelled_classes_are_noted(tmp_path):
     assert ls.classes == ["pore", "solid", "binder"] and list(ls.counts()) == [5, 5, 0]
     assert any("binder" in n for n in ls.notes)
     assert load_label_set(d).classes == ["class_1", "class_2"]
+
+
+def test_sample_commands_write_phase_folders_and_a_chunked_mosaic(tmp_path, capsys):
+    import zarr
+
+    from ncm_core.cli import main
+    from ncm_core.io.mosaic import open_mosaic
+
+    assert main(["sample", "phases", str(tmp_path / "p"), "--frames", "1", "--shape", "64", "80"]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "classes.txt",
+        "ncm-sample.json",
+        "phases.json",
+        "sem_000.png",
+        "sem_000_labels.png",
+        "sem_000_truth.png",
+    ]
+    args = ["sample", "phase-mosaic", str(tmp_path / "m.zarr"), "--shape", "300", "260", "--chunks", "128"]
+    assert main(args) == 0
+    m = open_mosaic(tmp_path / "m.zarr")
+    assert m.shape[:2] == (300, 260) and m.data.chunksize[:2] == (128, 128) and m.pixel_size == 0.05
+    root = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")
+    truth, strokes = np.asarray(root["labels/truth/0"]), np.asarray(root["labels/strokes/0"])
+    painted = strokes > 0
+    assert set(np.unique(truth)) == {1, 2, 3} and (strokes[painted] == truth[painted]).all()
+    assert len(root.attrs["phases"]["radii_px"]) > 10
+    assert "phase mosaic" in capsys.readouterr().out

@@ -143,6 +143,9 @@ CATALOGUE = [
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--colors", "red", "-q"], ["#rrggbb", "'red'"]),
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--leaves", "1", "-q"], ["leaves at least 2"]),
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--trees", "0", "-q"], ["--trees", "at least 1"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--max-per-class", "0", "-q"], ["--max-per-class"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--threads", "0", "-q"], ["--threads", "at least 1"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--patch-size", "16", "-q"], ["patch size 32 px"]),
     (["sample", "phases", "{w}/s", "--strokes", "0"], ["--strokes", "above 0"]),
     (["sample", "phase-mosaic", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),
 ]

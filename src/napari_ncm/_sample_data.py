@@ -60,7 +60,7 @@ def _phases(kind: str, name: str) -> list[LayerData]:
     img_kw: dict[str, Any] = {"name": name, "scale": scale, "rgb": s.image.ndim == 3, "metadata": meta}
     labels = class_labels_kwargs(names, class_colors(names))
     truth_kw = {"name": "phases (truth)", "scale": scale, "opacity": 0.4, "visible": False, **labels}
-    strokes_kw = {"name": "strokes", "scale": scale, **labels}
+    strokes_kw = {"name": "strokes", "scale": scale, **class_labels_kwargs(names, class_colors(names), "unlabelled")}
     strokes = paint_strokes(s.truth, len(names), seed=0)
     return [(s.image, img_kw, "image"), (s.truth + 1, truth_kw, "labels"), (strokes, strokes_kw, "labels")]
 

@@ -3,7 +3,7 @@
 * **New stroke layer**: a Labels layer aligned with the image (same scale and translate), one value per
   class of *Classes* (value k = class k), coloured by class name, in paint mode.
 * **Live**: each finished stroke (the layer's ``paint`` or ``data`` event, debounced) retrains a small
-  forest on all strokes and repredicts the part of the image in view
+  forest on all strokes and repredicts the part of the image in view (a pan or zoom repredicts the new view)
   (:class:`ncm_core.training.live.LiveSegmenter`), shown as the semi-transparent Labels layer
   ``<image> live``, aligned with the image. The work runs in a thread worker; the layer is changed on the
   main thread.
@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     import napari
 
 DEFAULT_CLASSES = "pore, active, binder"
+#: the live forest predicts at most this many pixels a side around the view's centre, at stride 2 beyond
+#: a quarter of that area (a preview; zoom in for full resolution)
+LIVE_MAX_SIDE = 2048
+#: pixels of context kept around the strokes when an image is cropped for training (>= the forest's halo)
+TRAIN_MARGIN = 256
 #: ms after the last paint event before the live forest retrains (a stroke ends, then it runs once)
 DEBOUNCE_MS = 300
 
@@ -45,6 +50,18 @@ def channels_first(layer: Any) -> Any:
 
         raise NcmError(f"segmentation works on 2D images; {layer.name!r} has shape {data.shape}")
     return data[None]
+
+
+def coarse_norm(layer: Any) -> tuple[float, float] | None:
+    """The intensity range of a multiscale layer from its coarsest level (None for one level: the live
+    segmenter then samples the image itself)."""
+    if not layer.multiscale:
+        return None
+    from ncm_core.data.label_images import fit_normalization
+
+    data = np.asarray(layer.data[-1], np.float32)
+    data = np.moveaxis(data, -1, 0) if layer.rgb else data[None]
+    return fit_normalization([data])
 
 
 class SegmentWidget(RunsInBackground, Container):
@@ -67,6 +84,9 @@ class SegmentWidget(RunsInBackground, Container):
         self.engine = ComboBox(choices=["forest", "unet"], value="unet", label="Engine")
         self.encoder = LineEdit(value=SegmentConfig.encoder, label="Encoder", tooltip="U-Net: any timm encoder")
         self.epochs = SpinBox(value=SegmentConfig.epochs, min=1, max=10000, label="Epochs")
+        self.patch_size = SpinBox(
+            value=SegmentConfig.patch_size, min=32, max=2048, step=32, label="Patch (px)", tooltip="U-Net patch side"
+        )
         self.output = FileEdit(mode="d", label="Bundle folder", tooltip="empty = a temporary folder")
         self.run_button = PushButton(text="Train")
         self.bundle = FileEdit(mode="d", label="Segmenter bundle", tooltip="a forest or U-Net bundle")
@@ -85,6 +105,7 @@ class SegmentWidget(RunsInBackground, Container):
                 self.engine,
                 self.encoder,
                 self.epochs,
+                self.patch_size,
                 self.output,
                 self.run_button,
                 self.bundle,
@@ -102,6 +123,10 @@ class SegmentWidget(RunsInBackground, Container):
         self.segment_button.changed.connect(lambda: self.segment())
         self.cancel_button.changed.connect(self.cancel)
         self.engine.changed.connect(self._engine_changed)
+        scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+        camera = scene.camera if scene is not None else viewer.camera
+        camera.events.center.connect(self._view_changed)
+        camera.events.zoom.connect(self._view_changed)
         self._engine_changed()
         self.result: Any = None
         self.live_segmenter: Any = None
@@ -111,6 +136,8 @@ class SegmentWidget(RunsInBackground, Container):
         self._watched: Any = None
         self._timer: Any = None
         self._job_kind = "train"
+        self.history: list[dict[str, float]] = []
+        self.figure: Any = None  # the U-Net's live curves, made at its first epoch
         self._init_runner()
 
     # ------------------------------------------------------------------------------ strokes
@@ -190,15 +217,31 @@ class SegmentWidget(RunsInBackground, Container):
             self._timer.timeout.connect(lambda: self.live_update())
         self._timer.start(DEBOUNCE_MS)
 
+    def _view_changed(self, *_: Any) -> None:
+        """Panned or zoomed: repredict the new view once the camera rests (the forest stands)."""
+        if self.live_segmenter is not None and self.live_segmenter.booster is not None:
+            self._stroke_finished()
+
     def view_rect(self, image: Any) -> tuple[int, int, int, int]:
         """Rows and columns ``(y0, y1, x0, x1)`` of the image in view (the whole image without a canvas)."""
         h, w = channels_first(image).shape[1:]
-        corners = np.asarray(image.corner_pixels)[:, -2:]
-        y0, x0 = (int(v) for v in corners[0])
-        y1, x1 = (int(v) + 1 for v in corners[1])
+        corners = np.asarray(image.corner_pixels, float)[:, -2:]
+        corners[1] += 1  # the last pixel in view -> the end of the range
+        if image.multiscale:  # the corners are pixels of the level on screen: scale them to level 0
+            level = image.data[image.data_level]
+            lh, lw = level.shape[-3:-1] if image.rgb else level.shape[-2:]
+            corners = corners * np.array([h / lh, w / lw])
+        y0, x0 = (int(np.floor(v)) for v in corners[0])
+        y1, x1 = (int(np.ceil(v)) for v in corners[1])
         if y1 - y0 <= 1 or x1 - x0 <= 1:
-            return 0, h, 0, w
-        return max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+            y0, y1, x0, x1 = 0, h, 0, w
+        y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+        cy, cx, half = (y0 + y1) // 2, (x0 + x1) // 2, LIVE_MAX_SIDE // 2
+        if y1 - y0 > LIVE_MAX_SIDE:
+            y0, y1 = max(cy - half, 0), min(cy + half, h)
+        if x1 - x0 > LIVE_MAX_SIDE:
+            x0, x1 = max(cx - half, 0), min(cx + half, w)
+        return y0, y1, x0, x1
 
     def live_update(self, sync: bool = False) -> Any:
         """Retrain the live forest on the strokes and repredict the view; ``sync`` runs it here (tests)."""
@@ -210,19 +253,22 @@ class SegmentWidget(RunsInBackground, Container):
             if self.live_segmenter is None or self._live_key != key:
                 from ncm_core.training.live import LiveSegmenter
 
-                self.live_segmenter = LiveSegmenter(channels_first(image), names)
+                self.live_segmenter = LiveSegmenter(channels_first(image), names, norm=coarse_norm(image))
                 self._live_key = key
-            strokes = np.asarray(labels.data)
+            strokes = np.array(labels.data)  # a copy: painting goes on while the worker reads it
             rect = self.view_rect(image)
         except NcmError as exc:
             self._live_error(exc)
             return None
         live = self.live_segmenter
 
+        y0, y1, x0, x1 = rect
+        stride = 2 if (y1 - y0) * (x1 - x0) > (LIVE_MAX_SIDE // 2) ** 2 else 1
+
         def work() -> Any:
             if not live.update(strokes):
                 return None
-            return rect, live.predict_view(*rect), dict(live.timing)
+            return rect, live.predict_view(*rect, stride=stride), dict(live.timing)
 
         if sync:
             try:
@@ -290,7 +336,7 @@ class SegmentWidget(RunsInBackground, Container):
     # ------------------------------------------------------------------------------ training
     def _engine_changed(self, *_: Any) -> None:
         unet = self.engine.value == "unet"
-        self.encoder.visible = self.epochs.visible = unet
+        self.encoder.visible = self.epochs.visible = self.patch_size.visible = unet
         self.run_button.text = "Train U-Net" if unet else "Train forest"
 
     def label_set(self) -> Any:
@@ -298,11 +344,17 @@ class SegmentWidget(RunsInBackground, Container):
         from ncm_core.data.label_images import LabelSet, check_labels
 
         image, labels, names = self._checked_inputs()
-        lab = np.asarray(labels.data).astype(np.int32)
+        lab = np.asarray(labels.data)
         check_labels([lab], names, labels.name)
-        pixels = np.asarray(channels_first(image), np.float32)
+        # a large mosaic is read only around its strokes (with room for the features' and patches' context)
+        rows, cols = np.flatnonzero(lab.any(1)), np.flatnonzero(lab.any(0))
+        h, w = lab.shape
+        y0, y1 = max(int(rows[0]) - TRAIN_MARGIN, 0), min(int(rows[-1]) + 1 + TRAIN_MARGIN, h)
+        x0, x1 = max(int(cols[0]) - TRAIN_MARGIN, 0), min(int(cols[-1]) + 1 + TRAIN_MARGIN, w)
+        pixels = np.asarray(channels_first(image)[:, y0:y1, x0:x1], np.float32)
         pixel_size = (image.metadata or {}).get("pixel_size")
-        return LabelSet([pixels], [lab], [image.name], names, None, pixel_size)
+        part = lab[y0:y1, x0:x1].astype(np.int32)
+        return LabelSet([pixels], [part], [image.name], names, None, pixel_size)
 
     def _job(self) -> Any:
         if self._job_kind == "segment":
@@ -314,9 +366,27 @@ class SegmentWidget(RunsInBackground, Container):
         out = Path(tempfile.mkdtemp(prefix="ncm-segmenter-")) if text in ("", ".") else Path(text)
         kw = {"engine": self.engine.value, "val_fraction": SegmentConfig.val_fraction}
         if self.engine.value == "unet":
-            kw.update(encoder=self.encoder.value.strip(), epochs=self.epochs.value)
-        cancel, progress = self._cancel, self.progress_fn()
-        return lambda: train_segmenter(ls, out, progress=progress, cancel=cancel, **kw)
+            kw.update(encoder=self.encoder.value.strip(), epochs=self.epochs.value, patch_size=self.patch_size.value)
+        cancel, progress, on_epoch = self._cancel, self.progress_fn(), self.post("epoch")
+        return lambda: train_segmenter(
+            ls, out, progress=progress, cancel=cancel, on_epoch=lambda rec: on_epoch(dict(rec)), **kw
+        )
+
+    def _on_epoch(self, record: dict[str, float]) -> None:
+        """The U-Net's loss and accuracy curves, redrawn after each epoch (main thread)."""
+        from ncm_core.viz.figures import draw_training_curves
+
+        if self.figure is None:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+
+            self.figure = Figure(figsize=(4.5, 2.6), dpi=80)
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.canvas.setMinimumHeight(200)
+            self.inner.layout().addWidget(self.canvas)
+        self.history.append(record)
+        draw_training_curves(self.figure, self.history)
+        self.canvas.draw_idle()
 
     def run(self, sync: bool = False) -> Any:
         """Train a segmenter on the image's strokes (the chosen engine). ``sync`` runs it here (tests)."""
@@ -324,7 +394,7 @@ class SegmentWidget(RunsInBackground, Container):
         work = self._prepare()
         if work is None:
             return None
-        self.result = None
+        self.result, self.history = None, []
         return self._run_function(work, sync, "Training a segmenter", "Training...")
 
     # ------------------------------------------------------------------------------ mosaic

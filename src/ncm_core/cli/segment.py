@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ncm_core.cli._args import positive, progress
 from ncm_core.errors import NcmError
@@ -62,6 +63,10 @@ def train_segment(a: argparse.Namespace) -> None:
             device=None if a.device == "auto" else a.device,
         ),
     )
+    from ncm_core.models.segmenter import read_segmenter_config
+
+    for note in read_segmenter_config(out).training.get("notes", []):
+        print(f"ncm: note: {note}", file=sys.stderr)
     print(f"bundle: {out}  {describe(out)}")
 
 

@@ -325,7 +325,9 @@ def write_phase_mosaic(
     import zarr
 
     from ncm_core.io.mosaic import write_ome_zarr
+    from ncm_core.outputs import check_output
 
+    check_output(out, overwrite)  # before the image is made
     s = phase_sample(kind, shape, seed=seed)
     strokes = paint_strokes(s.truth, len(s.classes), fraction=fraction, seed=seed)
     names = list(s.classes)

@@ -33,6 +33,8 @@ class LiveSegmenter:
     ``config`` gives the feature sigmas and groups, threads and seed (:class:`SegmentConfig`); ``forest``
     overrides the live forest's ``trees``, ``leaves`` and ``max_per_class`` (:data:`LIVE_FOREST`).
     ``tile`` is the side of the cached feature tiles; at most ``cache_mb`` MB of features are kept.
+    ``norm`` is the raw ``(low, high)`` intensity range (default: robust percentiles of a subsample of the
+    image; give it for a large lazy mosaic, e.g. from a coarse pyramid level).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class LiveSegmenter:
         forest: dict[str, Any] | None = None,
         tile: int = 512,
         cache_mb: float = 1500,
+        norm: tuple[float, float] | None = None,
     ) -> None:
         if image.ndim == 2:
             image = image[None]
@@ -64,20 +67,22 @@ class LiveSegmenter:
         self._max_tiles = max(2, int(cache_mb * 2**20 // (n_feat * self.tile * self.tile * 4)))
         self._features: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._samples: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.config = self._segmenter_config()
+        self.config = self._segmenter_config(norm)
         self.booster: Any = None
         self.timing: dict[str, float] = {}
 
-    def _segmenter_config(self) -> SegmenterConfig:
+    def _segmenter_config(self, norm: tuple[float, float] | None) -> SegmenterConfig:
         from ncm_core.data.label_images import fit_normalization
-        from ncm_core.training.segment_common import _hex
 
-        h, w = self.shape
-        step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
-        low, high = fit_normalization([np.asarray(self.image[:, ::step, ::step], np.float32)])
+        if norm is None:
+            h, w = self.shape
+            step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
+            norm = fit_normalization([np.asarray(self.image[:, ::step, ::step], np.float32)])
+        low, high = (float(v) for v in norm)
         from ncm_core.io.colors import class_colors
 
-        colors = list(self.options.colors or [_hex(c) for c in class_colors(self.classes)])
+        hexes = ["#" + "".join(f"{round(v * 255):02x}" for v in c[:3]) for c in class_colors(self.classes)]
+        colors = list(self.options.colors or hexes)
         return SegmenterConfig(
             engine="forest",
             classes=self.classes,
@@ -118,8 +123,8 @@ class LiveSegmenter:
 
     # ------------------------------------------------------------------------------------------ training
     def update(self, labels: np.ndarray) -> bool:
-        """Refit the forest on ``labels`` (``(H, W)``: 0 unlabelled, k = class k). False (and the forest
-        unchanged) while fewer than two classes are painted."""
+        """Refit the forest on ``labels`` (``(H, W)``: 0 unlabelled, k = class k); the same strokes as last
+        time keep the forest. False (and no forest) while fewer than two classes are painted."""
         t0 = time.perf_counter()
         labels = np.asarray(labels)
         if labels.shape != self.shape:
@@ -129,6 +134,7 @@ class LiveSegmenter:
         for ty in sorted({int(r) // t for r in np.flatnonzero(labels.any(axis=1))}):
             cols = np.flatnonzero(labels[ty * t : (ty + 1) * t].any(axis=0))
             painted |= {(ty, int(c) // t) for c in cols}
+        changed = set(self._samples) != painted
         self._samples = {k: v for k, v in self._samples.items() if k in painted}
         t_feat = 0.0
         for key in sorted(painted):
@@ -137,18 +143,24 @@ class LiveSegmenter:
             old = self._samples.get(key)
             if old is not None and np.array_equal(old[0], lab):
                 continue
+            changed = True
             tf = time.perf_counter()
             feats = self.tile_features(*key)
             t_feat += time.perf_counter() - tf
             m = lab > 0
             self._samples[key] = (lab.copy(), feats[:, m].T.copy(), lab[m].astype(np.int32) - 1)
         if not self._samples:
+            self.booster = None
             return False
+        if not changed and self.booster is not None:  # the same strokes: the forest stands
+            self.timing = {"features_s": 0.0, "train_s": 0.0, "update_s": time.perf_counter() - t0}
+            return True
         y = np.concatenate([s[2] for s in self._samples.values()])
         top = len(self.classes)
         if y.max(initial=-1) >= top:
             raise NcmError(f"label value {int(y.max()) + 1} has no class: there are {top} classes")
         if len(np.unique(y)) < 2:
+            self.booster = None
             return False
         x = np.concatenate([s[1] for s in self._samples.values()])
         cap = int(self.settings["max_per_class"])

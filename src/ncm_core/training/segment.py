@@ -34,6 +34,7 @@ def train_segmenter(
     *,
     progress: ProgressFn | None = None,
     cancel: CancelFlag = None,
+    on_epoch: Any = None,
     **overrides: Any,
 ) -> Path:
     """Train a segmenter (``engine`` ``"forest"`` or ``"unet"``) and write its bundle to ``out``.
@@ -41,6 +42,7 @@ def train_segmenter(
     ``data``: a folder of images and ``<stem>_labels`` images (``classes.txt`` or ``classes`` names the
     classes) or a :class:`LabelSet`. Keywords override fields of :class:`SegmentConfig`. The validation
     IoU per class and the mIoU are in the bundle's ``config.json`` (``training``). Returns ``out``.
+    ``on_epoch(record)`` (U-Net) receives each epoch's losses and scores: live curves.
     """
     config = merge_options(SegmentConfig, config, overrides).validate()
     from ncm_core.outputs import check_output, check_training_output
@@ -59,7 +61,7 @@ def train_segmenter(
             if exc.name != "ncm_core.training.segment_unet":
                 raise
             raise NcmError("the U-Net engine is not part of this installation; use --engine forest") from None
-        return fit_unet(labels, out, config, progress=progress, cancel=cancel)
+        return fit_unet(labels, out, config, progress=progress, cancel=cancel, on_epoch=on_epoch)
     return _fit_forest(labels, out, config, progress, cancel, inputs)
 
 
