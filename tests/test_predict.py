@@ -459,7 +459,8 @@ def test_options_are_the_one_home_of_the_defaults(tiny_bundle, mosaic_path, tmp_
 
     a = build_parser().parse_args(["predict", "b", "m", "o"])
     d = PredictOptions()
-    assert (a.batch_size, a.backend, a.dense_recheck, a.device) == (d.batch_size, d.backend, d.dense_recheck, d.device)
+    assert (a.backend, a.dense_recheck, a.device) == (d.backend, d.dense_recheck, d.device)
+    assert a.batch_size is None  # the task's own default: PredictOptions (tiles) or SegmentOptions (windows)
     with pytest.raises(NcmError, match="did you mean 'batch_size'"):
         predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", batchsize=8)
     p = predict_mosaic(tiny_bundle, mosaic_path, tmp_path / "p.zarr", PredictOptions(batch_size=9), stride=16)

@@ -107,6 +107,14 @@ CATALOGUE = [
     (["train", "{w}/frames", "{w}/b", "--pixel-size", "nan", "-q"], ["pixel size", "nan"]),
     (["sections", "{w}/m.zarr", "--out", "{w}/c", "--pixel-size", "-1", "-q"], ["pixel size", "-1"]),
     (["predict", "{w}/bundle", "{w}/neg.zarr", "{w}/p.zarr"], ["neg.zarr", "pixel size is -1", "--pixel-size"]),
+    # options of segmentation bundles (issue 19): checked at the boundary, refused for a tile classifier
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--window", "0"], ["--window", "at least 1"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--halo", "-8"], ["--halo", "0 or more"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--overlap", "x"], ["--overlap", "whole number"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--blend", "soft"], ["--blend", "'soft'"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--chunk", "0"], ["--chunk", "at least 1"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--probability-factor", "0"], ["--probability-factor"]),
+    (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/s.zarr", "--window", "64"], ["--window", "tile classifier"]),
     # options added with issue 15's items 1 and 4
     (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/p.zarr", "--missing-chunks", "zero"], ["--missing-chunks", "'zero'"]),
     (["explain", "{w}/bundle", "{w}/m.zarr", "{w}/h.zarr", "--missing-chunks", "zero"], ["--missing-chunks", "'zero'"]),
@@ -151,6 +159,21 @@ CATALOGUE = [
         ],
         ["neg.csv", "negative", "s1"],
     ),
+    # segmentation (issue 19): ncm train --task segment, ncm sample phases
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "-q"], ["frames", "no image with a label image"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--engine", "svm", "-q"], ["invalid choice", "'svm'"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--sigmas", "0,2", "-q"], ["feature sigmas"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--sigmas", "a", "-q"], ["--sigmas", "numbers"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--features", "hue", "-q"], ["feature groups", "hue"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--classes", "pore", "-q"], ["2 or more distinct"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--colors", "red", "-q"], ["#rrggbb", "'red'"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--leaves", "1", "-q"], ["leaves at least 2"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--trees", "0", "-q"], ["--trees", "at least 1"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--max-per-class", "0", "-q"], ["--max-per-class"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--threads", "0", "-q"], ["--threads", "at least 1"]),
+    (["train", "{w}/frames", "{w}/b", "--task", "segment", "--patch-size", "16", "-q"], ["patch size 32 px"]),
+    (["sample", "phases", "{w}/s", "--strokes", "0"], ["--strokes", "above 0"]),
+    (["sample", "phase-mosaic", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),
 ]
 
 

@@ -253,3 +253,42 @@ def heatmap_layers(heatmap: Any, name: str | None = None) -> list[LayerData]:
         }
         out.append((data if len(data) > 1 else data[0], kw, "image"))
     return out
+
+
+def segmentation_layers(seg: Any, classes: dict[str, int] | None = None) -> list[LayerData]:
+    """The class map of a :class:`ncm_core.inference.segmentation.Segmentation` as a multiscale Labels layer
+    (class names on hover, the bundle's colours), and its class probabilities, when written, as one hidden
+    Image layer per class at their coarser scale; all aligned with the mosaic. With ``classes`` (the
+    viewer's ``{name: label value}``) the label values follow the names, as for predictions."""
+    values = class_values(list(seg.classes), classes)
+    scale, trans = seg.world_transform("labels")
+    levels = [remap_labels(lv, values) for lv in seg.label_levels()]
+    meta = {"ncm_segmentation": str(seg.path), "class_names": list(seg.classes), "class_values": values}
+    kw = {
+        "name": seg.name,
+        "scale": scale,
+        "translate": trans,
+        "opacity": 0.5,
+        "multiscale": len(levels) > 1,
+        "metadata": meta,
+        **class_labels_kwargs(list(seg.classes), list(seg.colors), "not predicted", values),
+    }
+    out: list[LayerData] = [(levels if len(levels) > 1 else levels[0], kw, "labels")]
+    probs = seg.probability_levels()
+    if probs:
+        pscale, ptrans = seg.world_transform("probabilities")
+        for k, c in enumerate(seg.classes):
+            data = [lv[k] for lv in probs]
+            pkw = {
+                "name": f"{seg.name} P({c})",
+                "scale": pscale,
+                "translate": ptrans,
+                "colormap": "viridis",
+                "contrast_limits": (0.0, 1.0),
+                "opacity": 0.6,
+                "visible": False,
+                "multiscale": len(data) > 1,
+                "metadata": {**meta, "class": c},
+            }
+            out.append((data if len(data) > 1 else data[0], pkw, "image"))
+    return out

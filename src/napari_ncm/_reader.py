@@ -1,4 +1,5 @@
-"""Reader: mosaics (zarr, OME-Zarr with its labels, TIFF/OME-TIFF) lazily, and napari-ncm predictions."""
+"""Reader: mosaics (zarr, OME-Zarr with its labels, TIFF/OME-TIFF) lazily, and napari-ncm predictions,
+heatmaps and segmentations."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from napari_ncm._layers import LayerData, class_labels_kwargs, heatmap_layers, mosaic_layers, prediction_layers
+from napari_ncm._layers import (
+    LayerData,
+    class_labels_kwargs,
+    heatmap_layers,
+    mosaic_layers,
+    prediction_layers,
+    segmentation_layers,
+)
 
 SUFFIXES = (".zarr", ".tif", ".tiff")
 
@@ -98,6 +106,10 @@ def read(path: str | list[str]) -> list[LayerData]:
 
     if is_heatmap(p):
         return heatmap_layers(open_heatmap(p), name=p.name.split(".")[0])
+    from ncm_core.inference.segmentation import is_segmentation, open_segmentation
+
+    if is_segmentation(p):
+        return segmentation_layers(open_segmentation(p), classes=_open_viewer_classes())
     layers = mosaic_layers(open_mosaic(p))
     if p.is_dir():
         layers += _ngff_labels(p)

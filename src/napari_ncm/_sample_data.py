@@ -65,3 +65,31 @@ def phase_volume() -> list[LayerData]:
         **class_labels_kwargs(names, class_colors(names)),
     }
     return [(s.labels, kw, "labels")]
+
+
+def _phases(kind: str, name: str) -> list[LayerData]:
+    from ncm_core.data.synth_phases import paint_strokes, phase_sample
+    from ncm_core.io.colors import class_colors
+
+    s = phase_sample(kind, (768, 1024), seed=0)
+    names = list(s.classes)
+    scale = (s.pixel_size, s.pixel_size)
+    meta = {"pixel_size": s.pixel_size, "unit": "micrometer", "porosity": s.porosity, "layer_rows": s.layer}
+    img_kw: dict[str, Any] = {"name": name, "scale": scale, "rgb": s.image.ndim == 3, "metadata": meta}
+    labels = class_labels_kwargs(names, class_colors(names))
+    truth_kw = {"name": "phases (truth)", "scale": scale, "opacity": 0.4, "visible": False, **labels}
+    strokes_kw = {"name": "strokes", "scale": scale, **class_labels_kwargs(names, class_colors(names), "unlabelled")}
+    strokes = paint_strokes(s.truth, len(names), seed=0)
+    return [(s.image, img_kw, "image"), (s.truth + 1, truth_kw, "labels"), (strokes, strokes_kw, "labels")]
+
+
+def phases_sem() -> list[LayerData]:
+    """A 768 x 1024 px SEM-like view of pores, active particles and carbon-binder, with its phase map
+    and painted strokes (about 1 % of the pixels) to train a segmenter from."""
+    return _phases("sem", "SEM phases")
+
+
+def phases_section() -> list[LayerData]:
+    """A 768 x 1024 px RGB light-microscopy-like cross-section (resin/pores, particles, binder,
+    collector), with its phase map and painted strokes."""
+    return _phases("section", "cross-section phases")

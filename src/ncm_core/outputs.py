@@ -66,6 +66,7 @@ def _files(*names: str) -> Callable[[Path], bool]:
 MARKERS: list[tuple[str, Callable[[Path], bool]]] = [
     ("a zarr group written by napari-ncm", _zarr_ours),
     ("a model bundle", _format("config.json", "ncm-bundle")),
+    ("a segmentation bundle", _format("config.json", "ncm-segmenter")),
     ("a tile set", _format("manifest.json", "ncm-tiles")),
     ("a pretrained backbone", _format("backbone.json", "ncm-backbone")),
     ("a sections folder", _format("sections.json", "ncm-sections")),
@@ -275,7 +276,8 @@ def check_training_output(out: str | Path, overwrite: bool, inputs: Iterable[Any
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise NcmError(f"the output is {_what(out)}, not a folder for a model bundle", out)
-        finished = _format("config.json", "ncm-bundle")(out) and not (out / "checkpoint" / "state.json").exists()
+        bundle = _format("config.json", "ncm-bundle")(out) or _format("config.json", "ncm-segmenter")(out)
+        finished = bundle and not (out / "checkpoint" / "state.json").exists()
         if finished and not overwrite:
             raise NcmError(
                 "holds a finished model bundle; choose another folder or pass --overwrite to replace it "

@@ -56,6 +56,16 @@ def positive(value: str) -> int:
     return v
 
 
+def nonnegative(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
 def progress(label: str, quiet: bool):
     from ncm_core.progress import ConsoleProgress
 

@@ -13,6 +13,17 @@ from ncm_core.data.crops import CropOptions
 K = CropOptions
 
 
+def fraction(value: str) -> float:
+    """A share above 0 and at most 1 (argparse type)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {v:g}")
+    return v
+
+
 def cmd_sample(a: argparse.Namespace) -> None:
     from ncm_core.data import synth
     from ncm_core.io.mosaic import write_ome_zarr
@@ -43,6 +54,35 @@ def cmd_sample(a: argparse.Namespace) -> None:
         write_volume_sample(out, a.structure, (a.side,) * 3, seed=a.seed, overwrite=a.overwrite)
         print(f"wrote a {a.side}^3 voxel {a.structure} volume to {out / 'volume.tif'} (truth: {out / 'truth.json'})")
         return
+    elif a.kind in ("phases", "phase-sections"):
+        from ncm_core.data.synth_phases import write_phase_dataset
+
+        kind = "sem" if a.kind == "phases" else "section"
+        write_phase_dataset(
+            out,
+            a.frames,
+            kind,
+            tuple(a.shape) if a.shape else None,
+            fraction=a.strokes,
+            seed=a.seed,
+            overwrite=a.overwrite,
+        )
+        print(
+            f"wrote {a.frames} {kind} images with stroke labels (<stem>_labels.png), truth (<stem>_truth.png), "
+            f"classes.txt and particle radii (phases.json) to {out}"
+        )
+    elif a.kind == "phase-mosaic":
+        from ncm_core.data.synth_phases import write_phase_mosaic
+
+        write_phase_mosaic(
+            out,
+            tuple(a.shape) if a.shape else (2048, 2048),
+            chunks=a.chunks,
+            fraction=a.strokes,
+            seed=a.seed,
+            overwrite=a.overwrite,
+        )
+        print(f"wrote a phase mosaic with labels/truth and labels/strokes to {out}")
     elif a.kind == "section-set-spheres":  # the second family: PoreSpy pores, another microscope
         from ncm_core.data.synth_spheres import write_sphere_section_dataset
 
@@ -79,7 +119,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
             f"wrote {5 * a.per_porosity} cross-section mosaics and their rate capability "
             f"({out / 'targets.csv'}) to {out}"
         )
-    else:
+    elif a.kind == "section":
         s = synth.cross_section(a.porosity, tuple(a.shape) if a.shape else (600, 1800), tilt_deg=a.tilt, seed=a.seed)
         write_ome_zarr(
             out, s.image, pixel_size=s.pixel_size, chunks=a.chunks, overwrite=a.overwrite, name="cross_section"
@@ -155,10 +195,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="write embedded sample data")
     s.add_argument(
         "kind",
-        choices=["sem-frames", "sem-sessions", "sem-mosaic", "section", "section-set", "section-set-spheres", "volume"],
+        choices=[
+            "sem-frames",
+            "sem-sessions",
+            "sem-mosaic",
+            "section",
+            "section-set",
+            "section-set-spheres",
+            "phases",
+            "phase-sections",
+            "phase-mosaic",
+            "volume",
+        ],
         help="section-set-spheres: a second family of cross-sections (PoreSpy pores, binder, cracks, "
-        "scratches, 0.2 um/px, thickness 30-48 um); volume: a small pore/solid volume with known truth "
-        "(for ncm measure)",
+        "scratches, 0.2 um/px, thickness 30-48 um); phases / phase-sections: SEM views / cross-sections with "
+        "known phase maps and particle radii, stroke labels for segmentation (--frames images); phase-mosaic: "
+        "a chunked zarr of the same (--shape, default 2048 2048); volume: a small pore/solid volume with known "
+        "truth (for ncm measure)",
     )
     s.add_argument("out", help="output folder (sem-frames) or .zarr path")
     s.add_argument(
@@ -179,6 +232,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--side", type=positive, default=64, help="volume: voxels along each side (default 64)")
     s.add_argument("--per-porosity", type=positive, default=4, help="mosaics per porosity (section-set)")
     s.add_argument("--chunks", type=positive, default=512, help="zarr chunk size")
+    s.add_argument(
+        "--strokes",
+        type=fraction,
+        default=0.01,
+        help="share of the pixels painted as stroke labels (phases, phase-sections, phase-mosaic; default 0.01)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_sample)

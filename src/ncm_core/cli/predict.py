@@ -8,13 +8,20 @@ import sys
 from pathlib import Path
 
 from ncm_core.cli._args import band, common, finish_batch, positive, progress, strict, truth
+from ncm_core.cli.predict_segment import SEGMENT_ONLY, add_segment_arguments, flags, predict_segmentation
 from ncm_core.errors import NcmError
-from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions
+from ncm_core.inference.options import OOD_WARN_FRACTION, PredictOptions, SegmentOptions
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from ncm_core.models.bundle import load_bundle, read_bundle_config
+    from ncm_core.models.segmenter import is_segmenter
 
+    if is_segmenter(a.bundle):
+        return predict_segmentation(a)
+    given_ = flags(a, SEGMENT_ONLY)
+    if given_:
+        raise NcmError(f"{', '.join(given_)}: for segmentation bundles; this is a tile classifier", a.bundle)
     if len(a.mosaics) > 1:
         return _predict_several(a)
     a.mosaic = a.mosaics[0]  # one mosaic: as before batches, OUT is its prediction
@@ -245,7 +252,11 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``ncm`` parser."""
-    r = sub.add_parser("predict", help="classify every tile of a mosaic, or predict values along a cross-section")
+    r = sub.add_parser(
+        "predict",
+        help="classify every tile of a mosaic, segment every pixel of it (segmentation bundles), or predict "
+        "values along a cross-section",
+    )
     r.add_argument("bundle", help="model bundle folder")
     r.add_argument(
         "mosaics",
@@ -260,9 +271,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--tile", type=positive, help="tile size in pixels (default: the bundle's)")
     r.add_argument("--stride", type=positive, help="tile stride in pixels (default: tile)")
-    d = PredictOptions()
+    d, sd = PredictOptions(), SegmentOptions()
     r.add_argument(
-        "--batch-size", type=positive, default=d.batch_size, help=f"tiles per batch (default {d.batch_size})"
+        "--batch-size",
+        type=positive,
+        help=f"tiles per batch (default {d.batch_size}); segmentation bundles: windows per batch "
+        f"(default {sd.batch_size})",
     )
     r.add_argument(
         "--exclude-rows",
@@ -341,6 +355,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ignore the record of an interrupted run and start again (by default the same command resumes it)",
     )
+    add_segment_arguments(r)
     strict(
         r,
         "tile with NaN/inf pixels or an unreadable or missing chunk (by default such tiles are left out, counted and "

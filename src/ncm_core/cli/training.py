@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ncm_core.cli._args import BAND_HELP, band, common, list_, positive, progress, rows, size
+from ncm_core.cli.segment import add_arguments as add_segment_arguments
 from ncm_core.data.augment import AUGMENTATIONS
 from ncm_core.errors import NcmError
 from ncm_core.options import given
@@ -60,6 +61,10 @@ def _kept(r: Any, metric: str, fmt: str, unit: str = "") -> str:
 def cmd_train(a: argparse.Namespace) -> None:
     if a.task == "regress":
         return _train_regress(a)
+    if a.task == "segment":
+        from ncm_core.cli.segment import train_segment
+
+        return train_segment(a)
     from ncm_core.training.classify import train
 
     if a.targets or a.folds:
@@ -234,9 +239,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("out", help="bundle folder to write (an interrupted run resumes from its checkpoint there)")
     t.add_argument(
         "--task",
-        choices=["classify", "regress"],
+        choices=["classify", "regress", "segment"],
         default="classify",
-        help="classify tiles (class folders, tile sets) or regress values of cross-section crops",
+        help="classify tiles (class folders, tile sets), regress values of cross-section crops, or segment "
+        "phases pixel by pixel (images with <stem>_labels images)",
     )
     t.add_argument("--arch", help=f"timm architecture (default {C.architecture}; regress: {R.architecture})")
     t.add_argument("--tile", type=positive, help="tile size in image pixels (default: the tile set's, or 96)")
@@ -365,6 +371,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "the pixel size from --pixel-size or the frames' metadata",
     )
     t.add_argument("--seed", type=int, default=C.seed)
+    add_segment_arguments(t)
     common(t)
     t.set_defaults(func=cmd_train)
     u = sub.add_parser("tune", help="tune training hyperparameters with ASHA (Optuna)")

@@ -25,7 +25,7 @@ from ncm_core.progress import CancelFlag, is_cancelled
 
 def check_distributable(bundle: Any, mosaic: Any) -> None:
     """Workers load the bundle and the mosaic from paths they can read: refuse anything else early."""
-    if bundle.path is None:
+    if getattr(bundle, "path", None) is None:
         raise NcmError("distributed runs need a bundle saved on disk (a path every worker can read)")
     src = mosaic.source
     if not src or not Path(src).exists():
@@ -74,11 +74,17 @@ class ModelOnWorker(WorkerPlugin):
 
         from ncm_core.devices import resolve_device
         from ncm_core.models.bundle import load_bundle
+        from ncm_core.models.segmenter import is_segmenter, load_segmenter
 
         torch.set_num_threads(self.threads)
         self.dev = resolve_device(self.device)
-        self.bundle = load_bundle(self.bundle_path)
-        self.bundle.model.to(self.dev).eval()
+        if is_segmenter(self.bundle_path):  # a segmentation bundle (forest or U-Net)
+            self.bundle = load_segmenter(self.bundle_path, device=str(self.dev))
+            if getattr(self.bundle, "path", None) is None:
+                self.bundle.path = Path(self.bundle_path)
+        else:
+            self.bundle = load_bundle(self.bundle_path)
+            self.bundle.model.to(self.dev).eval()
         self.mosaics: dict[str, Any] = {}
 
     def mosaic(self, source: str) -> Any:

@@ -10,12 +10,13 @@ from ncm_core.errors import NcmError
 from ncm_core.inference.engine import RUN_ONLY as ENGINE_RUN_ONLY
 from ncm_core.models.ood import OOD_WARN_FRACTION  # one home; re-exported for the CLI and widgets
 
-__all__ = ["PredictOptions", "Backend", "MemoryFormat", "OOD_WARN_FRACTION", "RUN_ONLY"]
+__all__ = ["PredictOptions", "SegmentOptions", "Backend", "MemoryFormat", "OOD_WARN_FRACTION", "RUN_ONLY"]
 
 Backend = Literal["auto", "torch", "onnxruntime"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 Edge = Literal["pad", "drop"]
 MissingChunks = Literal["report", "fill"]
+Blend = Literal["cosine", "gaussian", "constant"]
 
 
 #: options that change how a run goes, not what it writes: left out of the run fingerprint
@@ -87,3 +88,51 @@ class PredictOptions:
         d = options_dict(self)
         d["mask"] = None if self.mask is None else "given"
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How :func:`~ncm_core.inference.segment.segment_mosaic` cuts, blends and runs a segmentation.
+
+    Sizes are mosaic pixels. ``None`` means "from the bundle" (halo) or "chosen from the window" (chunk).
+    """
+
+    window: int = 1024  # window side fed to the segmenter (rounded up to the network's multiple; the halo is paid
+    # in every window: at 1024 px and an 80 px halo, 71 % of a window's pixels are kept, at 512 px 47 %)
+    halo: int | None = None  # context dropped at each side of a window (None: the bundle's; never less)
+    overlap: int = 0  # pixels shared by neighbouring window cores, blended
+    blend: Blend = "cosine"  # weight of overlapping cores: "cosine", "gaussian" or "constant"
+    batch_size: int = 2  # windows per forward pass
+    chunk: int | None = None  # output chunk and block side (None: whole strides near 1024 px)
+    probabilities: bool = False  # also write the class probabilities, at a coarser scale
+    probability_factor: int = 4  # mosaic pixels per probability pixel along each axis
+    name: str = "segmentation"  # the label image: labels/<name>
+    pixel_size: float | None = None  # micrometres per mosaic pixel, when the file does not say
+    device: str = "auto"
+    overwrite: bool = False
+    resume: bool = True  # continue an interrupted run of the same segmentation from <out>.partial
+    retries: int = 2  # re-reads of a block whose pixels cannot be read
+    retry_delay: float = 0.5  # seconds, times the attempt number
+    strict: bool = False  # NaN/inf pixels or an unreadable or missing chunk stop the run (else: windows left out)
+    allow_incomplete: bool = False  # finish with unreadable regions marked 0, not predicted (else: RunIncomplete)
+    missing_chunks: MissingChunks = "report"  # absent zarr chunks: "report" (not predicted), "fill" (fill value)
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.batch_size < 1:
+            raise NcmError(f"window and batch size must be positive, got {self.window} / {self.batch_size}")
+        if (self.halo is not None and self.halo < 0) or self.overlap < 0:
+            raise NcmError(f"halo and overlap must not be negative, got {self.halo} / {self.overlap}")
+        if self.blend not in ("cosine", "gaussian", "constant"):
+            raise NcmError(f"blend must be 'cosine', 'gaussian' or 'constant', got {self.blend!r}")
+        if self.chunk is not None and self.chunk < 16:
+            raise NcmError(f"chunk must be at least 16 px, got {self.chunk}")
+        if self.probability_factor < 1:
+            raise NcmError(f"probability factor must be positive, got {self.probability_factor}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise NcmError(f"the label image name must be a plain name (no '/'), got {self.name!r}")
+        if self.retries < 0:
+            raise NcmError(f"retries must be >= 0, got {self.retries}")
+        if self.missing_chunks not in ("report", "fill"):
+            raise NcmError(f"missing_chunks must be 'report' or 'fill', got {self.missing_chunks!r}")
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise NcmError(f"pixel size must be positive, got {self.pixel_size}")

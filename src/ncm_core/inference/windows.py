@@ -75,9 +75,9 @@ def pad_to(region: np.ndarray, want: tuple[int, int, int, int], image_shape: tup
     pad = [(max(0, -y0), max(0, y1 - H)), (max(0, -x0), max(0, x1 - W))] + [(0, 0)] * (region.ndim - 2)
     if not any(p for pp in pad[:2] for p in pp):
         return region
+    # reflection, continued back and forth past a short region (numpy does), so the pixels next to the image
+    # border are padded as the whole image would be, however few rows of it a block read
     mode = "reflect" if min(region.shape[:2]) > 1 else "edge"
-    if any(max(p) >= region.shape[k] for k, p in enumerate(pad[:2])):
-        mode = "symmetric"
     return np.pad(region, pad, mode=mode)
 
 

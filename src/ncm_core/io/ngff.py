@@ -124,13 +124,19 @@ def write_label_group(
     colors: dict[int, tuple[float, float, float, float]] | None = None,
     properties: dict[int, dict[str, Any]] | None = None,
     source: str = "../../",
+    written: int = 0,
 ) -> Any:
-    """Write a label image as an NGFF ``image-label`` group ``name`` under ``parent`` (``None``: into ``parent``)."""
-    g = parent if name is None else parent.create_group(name)
+    """Write a label image as an NGFF ``image-label`` group ``name`` under ``parent`` (``None``: into ``parent``).
+
+    ``written``: the first levels already in the group (e.g. level 0 written block by block by the
+    streaming engine, with ``data`` read from it); only the coarser levels and the metadata are written."""
+    g = parent if name is None else parent.require_group(name) if written else parent.create_group(name)
     lv = pyramid(data, levels, labels=True)
     ms = ngff_multiscales(len(lv), scale, translate, unit=unit, name=name or "labels")
     ch = (chunks, chunks) if isinstance(chunks, int) else tuple(chunks)
     for k, level in enumerate(lv):
+        if k < written:
+            continue
         z = g.create_array(str(k), shape=level.shape, dtype=level.dtype, chunks=ch, dimension_names=["y", "x"])
         da.store(level.rechunk(ch), z, lock=False, compute=True)
     image_label: dict[str, Any] = {"version": NGFF_VERSION, "source": {"image": source}}

@@ -1,0 +1,475 @@
+"""The Segment dock widget: paint phases, watch a forest learn them live, train, segment a whole mosaic.
+
+* **New stroke layer**: a Labels layer aligned with the image (same scale and translate), one value per
+  class of *Classes* (value k = class k), coloured by class name, in paint mode.
+* **Live**: each finished stroke (the layer's ``paint`` or ``data`` event, debounced) retrains a small
+  forest on all strokes and repredicts the part of the image in view (a pan or zoom repredicts the new view)
+  (:class:`ncm_core.training.live.LiveSegmenter`), shown as the semi-transparent Labels layer
+  ``<image> live``, aligned with the image. The work runs in a thread worker; the layer is changed on the
+  main thread.
+* **Train** (forest or U-Net): :func:`ncm_core.training.segment.train_segmenter` on the image and its
+  strokes, in a thread worker with progress and Cancel; the bundle becomes the one *Segment mosaic* uses.
+* **Segment mosaic**: :func:`ncm_core.inference.segment.segment_mosaic` (the streaming engine) on the
+  mosaic file (or the image layer's own file, or its pixels), into an OME-Zarr whose labels are then
+  opened aligned with the image.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+
+from napari_ncm._background import RunsInBackground, one_line, show_task_error
+from napari_ncm._fields import layer_choice
+from ncm_core.training.segment_config import SegmentConfig
+
+if TYPE_CHECKING:
+    import napari
+
+DEFAULT_CLASSES = "pore, active, binder"
+#: the live forest predicts at most this many pixels a side around the view's centre, at stride 2 beyond
+#: a quarter of that area (a preview; zoom in for full resolution)
+LIVE_MAX_SIDE = 2048
+#: pixels of context kept around the strokes when an image is cropped for training (>= the forest's halo)
+TRAIN_MARGIN = 256
+#: ms after the last paint event before the live forest retrains (a stroke ends, then it runs once)
+DEBOUNCE_MS = 300
+
+
+def channels_first(layer: Any) -> Any:
+    """The pixels of an Image layer (level 0) as ``(C, H, W)`` (a view: lazy data stays lazy)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    if layer.rgb:
+        return data.transpose(2, 0, 1) if hasattr(data, "transpose") else np.moveaxis(data, -1, 0)
+    if data.ndim != 2:
+        from ncm_core.errors import NcmError
+
+        raise NcmError(f"segmentation works on 2D images; {layer.name!r} has shape {data.shape}")
+    return data[None]
+
+
+def coarse_norm(layer: Any) -> tuple[float, float] | None:
+    """The intensity range of a multiscale layer from its coarsest level (None for one level: the live
+    segmenter then samples the image itself)."""
+    if not layer.multiscale:
+        return None
+    from ncm_core.data.label_images import fit_normalization
+
+    data = np.asarray(layer.data[-1], np.float32)
+    data = np.moveaxis(data, -1, 0) if layer.rgb else data[None]
+    return fit_normalization([data])
+
+
+class SegmentWidget(RunsInBackground, Container):
+    """Paint, live forest, train (forest or U-Net), segment a mosaic."""
+
+    task_name = "Segment"
+    cancelled_text = "Cancelled"
+    dock_words = {"pass --overwrite to replace it": "choose another folder"}
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        import napari.layers
+
+        super().__init__(labels=True, scrollable=True)
+        self._viewer = viewer = napari_viewer
+        self.image = layer_choice(viewer, napari.layers.Image, "Image")
+        self.classes = LineEdit(value=DEFAULT_CLASSES, label="Classes", tooltip="names of label values 1, 2, ...")
+        self.new_labels = PushButton(text="New stroke layer")
+        self.labels = layer_choice(viewer, napari.layers.Labels, "Strokes", nullable=True, preselect=False)
+        self.live = CheckBox(value=False, text="Live: retrain and repredict the view after each stroke")
+        self.engine = ComboBox(choices=["forest", "unet"], value="unet", label="Engine")
+        self.encoder = LineEdit(value=SegmentConfig.encoder, label="Encoder", tooltip="U-Net: any timm encoder")
+        self.epochs = SpinBox(value=SegmentConfig.epochs, min=1, max=10000, label="Epochs")
+        self.patch_size = SpinBox(
+            value=SegmentConfig.patch_size, min=32, max=2048, step=32, label="Patch (px)", tooltip="U-Net patch side"
+        )
+        self.output = FileEdit(mode="d", label="Bundle folder", tooltip="empty = a temporary folder")
+        self.run_button = PushButton(text="Train")
+        self.bundle = FileEdit(mode="d", label="Segmenter bundle", tooltip="a forest or U-Net bundle")
+        self.mosaic = FileEdit(mode="r", label="Mosaic", tooltip="empty = the image layer's file (or its pixels)")
+        self.mosaic_out = FileEdit(mode="w", filter="*.zarr", label="Output (.zarr)", tooltip="empty = temporary")
+        self.segment_button = PushButton(text="Segment mosaic")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend(
+            [
+                self.image,
+                self.classes,
+                self.new_labels,
+                self.labels,
+                self.live,
+                self.engine,
+                self.encoder,
+                self.epochs,
+                self.patch_size,
+                self.output,
+                self.run_button,
+                self.bundle,
+                self.mosaic,
+                self.mosaic_out,
+                self.segment_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
+        self.new_labels.changed.connect(lambda: self.new_stroke_layer())
+        self.live.changed.connect(self._live_toggled)
+        self.labels.changed.connect(self._watch_labels)
+        self.run_button.changed.connect(lambda: self.run())
+        self.segment_button.changed.connect(lambda: self.segment())
+        self.cancel_button.changed.connect(self.cancel)
+        self.engine.changed.connect(self._engine_changed)
+        scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+        camera = scene.camera if scene is not None else viewer.camera
+        camera.events.center.connect(self._view_changed)
+        camera.events.zoom.connect(self._view_changed)
+        self._engine_changed()
+        self.result: Any = None
+        self.live_segmenter: Any = None
+        self._live_key: Any = None
+        self._live_worker: Any = None
+        self._live_pending = False
+        self._watched: Any = None
+        self._timer: Any = None
+        self._job_kind = "train"
+        self.history: list[dict[str, float]] = []
+        self.figure: Any = None  # the U-Net's live curves, made at its first epoch
+        self._init_runner()
+
+    # ------------------------------------------------------------------------------ strokes
+    def class_names(self) -> list[str]:
+        return [n.strip() for n in self.classes.value.split(",") if n.strip()]
+
+    def new_stroke_layer(self) -> Any:
+        """A Labels layer over the chosen image, one value per class (colours by class name), to paint on."""
+        from napari_ncm._layers import class_labels_kwargs
+        from ncm_core.io.colors import class_colors
+
+        image = self.image.value
+        if image is None:
+            self.status.value = "Choose the image to paint on first."
+            return None
+        names = self.class_names()
+        shape = channels_first(image).shape[1:]
+        layer = self._viewer.add_labels(
+            np.zeros(shape, np.uint8),
+            name=f"{image.name} strokes",
+            scale=image.scale[-2:],
+            translate=image.translate[-2:],
+            **class_labels_kwargs(names, class_colors(names), "unlabelled"),
+        )
+        layer.brush_size = 5
+        layer.selected_label = 1
+        layer.mode = "paint"
+        self.labels.value = layer
+        self.status.value = (
+            f"Paint a few lines inside each phase ({', '.join(f'{k + 1} {n}' for k, n in enumerate(names))})."
+        )
+        return layer
+
+    def _checked_inputs(self) -> tuple[Any, Any, list[str]]:
+        from ncm_core.errors import NcmError
+
+        image, labels = self.image.value, self.labels.value
+        if image is None or labels is None:
+            raise NcmError("choose the image and its stroke layer (New stroke layer)")
+        shape = channels_first(image).shape[1:]
+        aligned = (
+            tuple(labels.data.shape[-2:]) == tuple(shape)
+            and np.allclose(labels.scale[-2:], image.scale[-2:])
+            and np.allclose(labels.translate[-2:], image.translate[-2:])
+        )
+        if not aligned:
+            raise NcmError(f"the stroke layer {labels.name!r} is not aligned with the image {image.name!r}")
+        names = self.class_names()
+        if len(names) < 2:
+            raise NcmError("name at least two classes (comma separated)")
+        return image, labels, names
+
+    # ------------------------------------------------------------------------------ live
+    def _watch_labels(self, *_: Any) -> None:
+        if self._watched is not None:
+            for ev in (self._watched.events.paint, self._watched.events.data):
+                ev.disconnect(self._stroke_finished)
+        self._watched = self.labels.value
+        if self._watched is not None:
+            self._watched.events.paint.connect(self._stroke_finished)
+            self._watched.events.data.connect(self._stroke_finished)
+
+    def _live_toggled(self, *_: Any) -> None:
+        if self.live.value:
+            self._watch_labels()
+            self._stroke_finished()
+
+    def _stroke_finished(self, *_: Any) -> None:
+        """A stroke ended (or the strokes were replaced): retrain once the painting pauses."""
+        if not self.live.value:
+            return
+        from qtpy.QtCore import QTimer
+
+        if self._timer is None:
+            self._timer = QTimer()
+            self._timer.setSingleShot(True)
+            self._timer.timeout.connect(lambda: self.live_update())
+        self._timer.start(DEBOUNCE_MS)
+
+    def _view_changed(self, *_: Any) -> None:
+        """Panned or zoomed: repredict the new view once the camera rests (the forest stands)."""
+        if self.live_segmenter is not None and self.live_segmenter.booster is not None:
+            self._stroke_finished()
+
+    def view_rect(self, image: Any) -> tuple[int, int, int, int]:
+        """Rows and columns ``(y0, y1, x0, x1)`` of the image in view (the whole image without a canvas)."""
+        h, w = channels_first(image).shape[1:]
+        corners = np.asarray(image.corner_pixels, float)[:, -2:]
+        corners[1] += 1  # the last pixel in view -> the end of the range
+        if image.multiscale:  # the corners are pixels of the level on screen: scale them to level 0
+            level = image.data[image.data_level]
+            lh, lw = level.shape[-3:-1] if image.rgb else level.shape[-2:]
+            corners = corners * np.array([h / lh, w / lw])
+        y0, x0 = (int(np.floor(v)) for v in corners[0])
+        y1, x1 = (int(np.ceil(v)) for v in corners[1])
+        if y1 - y0 <= 1 or x1 - x0 <= 1:
+            y0, y1, x0, x1 = 0, h, 0, w
+        y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+        cy, cx, half = (y0 + y1) // 2, (x0 + x1) // 2, LIVE_MAX_SIDE // 2
+        if y1 - y0 > LIVE_MAX_SIDE:
+            y0, y1 = max(cy - half, 0), min(cy + half, h)
+        if x1 - x0 > LIVE_MAX_SIDE:
+            x0, x1 = max(cx - half, 0), min(cx + half, w)
+        return y0, y1, x0, x1
+
+    def live_update(self, sync: bool = False) -> Any:
+        """Retrain the live forest on the strokes and repredict the view; ``sync`` runs it here (tests)."""
+        from ncm_core.errors import NcmError
+
+        try:
+            image, labels, names = self._checked_inputs()
+            key = (id(image), id(labels), tuple(names))
+            if self.live_segmenter is None or self._live_key != key:
+                from ncm_core.training.live import LiveSegmenter
+
+                self.live_segmenter = LiveSegmenter(channels_first(image), names, norm=coarse_norm(image))
+                self._live_key = key
+            strokes = np.array(labels.data)  # a copy: painting goes on while the worker reads it
+            rect = self.view_rect(image)
+        except NcmError as exc:
+            self._live_error(exc)
+            return None
+        live = self.live_segmenter
+
+        y0, y1, x0, x1 = rect
+        stride = 2 if (y1 - y0) * (x1 - x0) > (LIVE_MAX_SIDE // 2) ** 2 else 1
+
+        def work() -> Any:
+            if not live.update(strokes):
+                return None
+            return rect, live.predict_view(*rect, stride=stride), dict(live.timing)
+
+        if sync:
+            try:
+                result = work()
+            except NcmError as exc:
+                self._live_error(exc)
+                return None
+            self._show_live(result)
+            return result
+        if self._live_worker is not None:
+            self._live_pending = True
+            return None
+        from superqt.utils import create_worker
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._show_live)
+        worker.errored.connect(self._live_error)
+        worker.finished.connect(self._live_finished)
+        self._live_worker = worker
+        worker.start()
+        return worker
+
+    def _live_finished(self) -> None:
+        self._live_worker = None
+        if self._live_pending:
+            self._live_pending = False
+            self.live_update()
+
+    def _live_error(self, exc: BaseException) -> None:
+        self.live.value = False  # one line once, not one per stroke
+        self.status.value = f"Error: {one_line(exc)}"
+        show_task_error("Live segmentation", exc)
+
+    def _show_live(self, result: Any) -> None:
+        """Put the view's prediction into the ``<image> live`` layer (main thread)."""
+        image = self.image.value
+        if result is None or image is None:
+            if result is None:
+                self.status.value = "Live: paint strokes of at least two classes."
+            return
+        (y0, y1, x0, x1), classes, timing = result
+        name = f"{image.name} live"
+        if name not in self._viewer.layers:
+            from napari_ncm._layers import class_labels_kwargs
+            from ncm_core.io.colors import class_colors
+
+            names = self.live_segmenter.classes
+            self._viewer.add_labels(
+                np.zeros(channels_first(image).shape[1:], np.uint8),
+                name=name,
+                scale=image.scale[-2:],
+                translate=image.translate[-2:],
+                opacity=0.5,
+                metadata={"ncm_prediction": True},
+                **class_labels_kwargs(names, class_colors(names)),
+            )
+        layer = self._viewer.layers[name]
+        data = layer.data
+        data[:] = 0
+        data[y0:y1, x0:x1] = classes
+        layer.refresh()
+        seconds = timing.get("update_s", 0) + timing.get("predict_s", 0)
+        self.status.value = f"Live: {y1 - y0}x{x1 - x0} px repredicted in {seconds:.2f} s"
+
+    # ------------------------------------------------------------------------------ training
+    def _engine_changed(self, *_: Any) -> None:
+        unet = self.engine.value == "unet"
+        self.encoder.visible = self.epochs.visible = self.patch_size.visible = unet
+        self.run_button.text = "Train U-Net" if unet else "Train forest"
+
+    def label_set(self) -> Any:
+        """The image and its strokes as a :class:`~ncm_core.data.label_images.LabelSet` (checked)."""
+        from ncm_core.data.label_images import LabelSet, check_labels
+
+        image, labels, names = self._checked_inputs()
+        lab = np.asarray(labels.data)
+        check_labels([lab], names, labels.name)
+        # a large mosaic is read only around its strokes (with room for the features' and patches' context)
+        rows, cols = np.flatnonzero(lab.any(1)), np.flatnonzero(lab.any(0))
+        h, w = lab.shape
+        y0, y1 = max(int(rows[0]) - TRAIN_MARGIN, 0), min(int(rows[-1]) + 1 + TRAIN_MARGIN, h)
+        x0, x1 = max(int(cols[0]) - TRAIN_MARGIN, 0), min(int(cols[-1]) + 1 + TRAIN_MARGIN, w)
+        pixels = np.asarray(channels_first(image)[:, y0:y1, x0:x1], np.float32)
+        pixel_size = (image.metadata or {}).get("pixel_size")
+        part = lab[y0:y1, x0:x1].astype(np.int32)
+        return LabelSet([pixels], [part], [image.name], names, None, pixel_size)
+
+    def _job(self) -> Any:
+        if self._job_kind == "segment":
+            return self._segment_job()
+        from ncm_core.training.segment import train_segmenter
+
+        ls = self.label_set()
+        text = str(self.output.value)
+        out = Path(tempfile.mkdtemp(prefix="ncm-segmenter-")) if text in ("", ".") else Path(text)
+        kw = {"engine": self.engine.value, "val_fraction": SegmentConfig.val_fraction}
+        if self.engine.value == "unet":
+            kw.update(encoder=self.encoder.value.strip(), epochs=self.epochs.value, patch_size=self.patch_size.value)
+        cancel, progress, on_epoch = self._cancel, self.progress_fn(), self.post("epoch")
+        return lambda: train_segmenter(
+            ls, out, progress=progress, cancel=cancel, on_epoch=lambda rec: on_epoch(dict(rec)), **kw
+        )
+
+    def _on_epoch(self, record: dict[str, float]) -> None:
+        """The U-Net's loss and accuracy curves, redrawn after each epoch (main thread)."""
+        from ncm_core.viz.figures import draw_training_curves
+
+        if self.figure is None:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+
+            self.figure = Figure(figsize=(4.5, 2.6), dpi=80)
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.canvas.setMinimumHeight(200)
+            self.inner.layout().addWidget(self.canvas)
+        self.history.append(record)
+        draw_training_curves(self.figure, self.history)
+        self.canvas.draw_idle()
+
+    def run(self, sync: bool = False) -> Any:
+        """Train a segmenter on the image's strokes (the chosen engine). ``sync`` runs it here (tests)."""
+        self._job_kind = "train"
+        work = self._prepare()
+        if work is None:
+            return None
+        self.result, self.history = None, []
+        return self._run_function(work, sync, "Training a segmenter", "Training...")
+
+    # ------------------------------------------------------------------------------ mosaic
+    def segment(self, sync: bool = False) -> Any:
+        """Segment the mosaic with the bundle (streaming engine); its labels are then opened, aligned."""
+        self._job_kind = "segment"
+        work = self._prepare()
+        if work is None:
+            return None
+        self.result = None
+        return self._run_function(work, sync, "Segmenting the mosaic", "Segmenting...")
+
+    def _segment_job(self) -> Any:
+        from ncm_core.errors import NcmError
+
+        if str(self.bundle.value) in ("", "."):
+            raise NcmError("choose a segmenter bundle (train one, or a forest or U-Net bundle folder)")
+        bundle = Path(str(self.bundle.value))
+        image = self.image.value
+        text = str(self.mosaic.value)
+        if text not in ("", "."):
+            mosaic: Any = text
+        elif image is not None and getattr(image.source, "path", None):
+            mosaic = image.source.path
+        elif image is not None:
+            data = image.data[0] if image.multiscale else image.data
+            mosaic = data
+        else:
+            raise NcmError("choose the mosaic file or an image layer")
+        out_text = str(self.mosaic_out.value)
+        out = (
+            Path(tempfile.mkdtemp(prefix="ncm-seg-")) / "segmentation.zarr" if out_text in ("", ".") else Path(out_text)
+        )
+        cancel, progress = self._cancel, self.progress_fn()
+
+        def task() -> Any:
+            from ncm_core.inference.segment import segment_mosaic
+
+            return segment_mosaic(bundle, mosaic, out, progress=progress, cancel=cancel)
+
+        return task
+
+    # ------------------------------------------------------------------------------ results (main thread)
+    def _on_done(self, value: Any) -> None:
+        if value is None:
+            return
+        self.result = Path(value)
+        if self._job_kind == "segment":
+            self._open_segmentation(self.result)
+            return
+        from ncm_core.training.segment import describe
+
+        self.bundle.value = str(self.result)
+        self.status.value = f"Done: {describe(self.result)} -> {self.result}"
+
+    def _open_segmentation(self, path: Path) -> None:
+        from napari_ncm._reader import _ngff_labels
+
+        image = self.image.value
+        layers = _ngff_labels(path)
+        if not layers:
+            show_task_error(self.task_name, RuntimeError(f"{path}: no labels to open"))
+            return
+        for data, kw, _kind in layers:
+            kw = {**kw, "name": f"{path.name.split('.')[0]} {kw['name']}", "visible": True, "opacity": 0.5}
+            if image is not None:  # level 0 is at pixel resolution: align it with the image
+                kw.update(scale=image.scale[-2:], translate=image.translate[-2:])
+            if kw["name"] in self._viewer.layers:
+                self._viewer.layers.remove(kw["name"])
+            self._viewer.add_labels(data, **kw)
+        self.status.value = f"Done: segmentation {path}"
+
+    def _finished_hook(self) -> None:
+        self.segment_button.enabled = True
+
+    def _run_function(self, work: Any, sync: bool, description: str, running_text: str) -> Any:
+        self.segment_button.enabled = sync
+        return super()._run_function(work, sync, description, running_text)

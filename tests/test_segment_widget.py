@@ -1,0 +1,128 @@
+"""The Segment widget in a real napari viewer (run under xvfb-run): strokes painted programmatically, the
+live forest's prediction appears aligned with the image and agrees with the known phases, a forest bundle
+trained from the strokes, a real thread worker, one line for bad strokes."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from ncm_core.data.synth_phases import paint_strokes, phase_sample  # noqa: E402
+
+
+@pytest.fixture
+def painted(make_napari_viewer):
+    """A viewer with a 192 x 256 SEM-like phase image (scaled and shifted, as a real mosaic), the Segment
+    dock, and a stroke layer it created, not yet painted."""
+    viewer = make_napari_viewer()
+    s = phase_sample("sem", (192, 256), seed=4)
+    image = viewer.add_image(s.image, name="phases", scale=(0.05, 0.05), translate=(3.0, -1.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Segment")
+    widget.image.value = image
+    layer = widget.new_stroke_layer()
+    return viewer, widget, layer, s
+
+
+def test_live_prediction_appears_aligned_and_learns_the_phases(painted, tmp_path):
+    viewer, widget, layer, s = painted
+    assert np.allclose(layer.scale, (0.05, 0.05)) and np.allclose(layer.translate, (3.0, -1.0))
+    assert list(layer.features["class"]) == ["unlabelled", "pore", "active", "binder"]
+    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)  # a person's strokes, about 2 % of the pixels
+    result = widget.live_update(sync=True)
+    assert result is not None, widget.status.value
+    live = viewer.layers["phases live"]
+    assert np.allclose(live.scale, (0.05, 0.05)) and np.allclose(live.translate, (3.0, -1.0))
+    assert live.data.shape == s.truth.shape and live.opacity < 1
+    assert (np.asarray(live.data) == s.truth + 1).mean() > 0.75  # the known phase map, from the strokes alone
+    assert widget.status.value.startswith("Live:")
+    # the strokes train a full forest bundle (validation on held-out strokes), ready to segment a mosaic
+    widget.engine.value = "forest"
+    widget.output.value = str(tmp_path / "forest")
+    bundle = widget.run(sync=True)
+    assert bundle is not None, widget.status.value
+    assert (bundle / "forest.txt").is_file() and str(widget.bundle.value) == str(bundle)
+    assert "mIoU" in widget.status.value
+
+
+def test_live_mode_in_a_real_thread_worker(painted, qtbot):
+    viewer, widget, layer, s = painted
+    widget.live.value = True
+    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)  # the data event of a finished stroke
+    qtbot.waitUntil(lambda: "phases live" in viewer.layers, timeout=120_000)
+    qtbot.waitUntil(lambda: widget._live_worker is None, timeout=120_000)
+    assert (np.asarray(viewer.layers["phases live"].data) > 0).mean() > 0.99
+
+
+def test_strokes_of_one_class_are_refused_in_one_line(painted, notifications, tmp_path):
+    notifications.expect(r"^error: Segment: .*only class 'active' is labelled", times=1)
+    viewer, widget, layer, s = painted
+    one = np.zeros(s.truth.shape, np.uint8)
+    one[s.truth == 1] = 2
+    layer.data = one
+    widget.engine.value = "forest"
+    widget.output.value = str(tmp_path / "b")
+    assert widget.run(sync=True) is None
+    assert widget.status.value.startswith("Error:") and not (tmp_path / "b").exists()
+    assert "\n" not in notifications.new()[0].message
+
+
+def test_segment_mosaic_opens_aligned_labels(painted, tmp_path):
+    pytest.importorskip("ncm_core.inference.segment")  # the streaming engine's segmentation task
+    from ncm_core.data.synth_phases import write_phase_dataset
+    from ncm_core.training.segment import train_segmenter
+
+    viewer, widget, _, _ = painted
+    data = write_phase_dataset(tmp_path / "phases", 2, "sem", (128, 128), fraction=0.02, seed=5)
+    widget.bundle.value = str(train_segmenter(data, tmp_path / "forest", trees=10))
+    widget.mosaic_out.value = str(tmp_path / "seg.zarr")
+    out = widget.segment(sync=True)  # the image layer's own pixels: it came from no file
+    assert out is not None, widget.status.value
+    added = [ly for ly in viewer.layers if ly.name.startswith("seg ")]
+    assert added and all(np.allclose(ly.scale[-2:], (0.05, 0.05)) for ly in added)
+    assert all(np.allclose(ly.translate[-2:], (3.0, -1.0)) for ly in added)
+
+
+@pytest.mark.slow
+def test_train_unet_draws_live_curves(painted, tmp_path):
+    pytest.importorskip("ncm_core.training.segment_unet")  # the U-Net engine
+    viewer, widget, layer, s = painted
+    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)
+    widget.engine.value = "unet"
+    assert widget.run_button.text == "Train U-Net"
+    widget.epochs.value, widget.patch_size.value = 2, 64
+    widget.output.value = str(tmp_path / "unet")
+    bundle = widget.run(sync=True)
+    assert bundle is not None, widget.status.value
+    assert (bundle / "model.safetensors").is_file() and str(widget.bundle.value) == str(bundle)
+    assert len(widget.history) == 2 and widget.figure.axes  # one point per epoch on the dock's curves
+
+
+def test_sample_phases_open_with_truth_and_strokes_aligned(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ncm", "phases_section")  # through npe2, as from the File menu
+    image, truth, strokes = (viewer.layers[n] for n in ("cross-section phases", "phases (truth)", "strokes"))
+    assert image.rgb and image.data.shape[:2] == truth.data.shape == strokes.data.shape
+    assert np.allclose(truth.scale, image.scale) and np.allclose(strokes.scale, image.scale)
+    painted = np.asarray(strokes.data) > 0
+    assert (
+        0.005 < painted.mean() < 0.02 and (np.asarray(strokes.data)[painted] == np.asarray(truth.data)[painted]).all()
+    )
+    assert list(strokes.features["class"]) == ["unlabelled", "pore", "active", "binder", "collector"]
+
+
+def test_the_view_is_read_in_full_resolution_pixels_and_capped(make_napari_viewer):
+    from napari_ncm._segment_widget import LIVE_MAX_SIDE
+
+    viewer = make_napari_viewer()
+    base = np.zeros((256, 384), np.uint8)
+    image = viewer.add_image([base, base[::2, ::2]], multiscale=True, name="pyramid")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Segment")
+    image._data_level = 1  # napari shows the coarser level: the corners are its pixels
+    image.corner_pixels = np.array([[10, 20], [63, 95]])
+    assert widget.view_rect(image) == (20, 128, 40, 192)
+    big = viewer.add_image(np.zeros((1, 1), np.uint8), name="big")
+    big.data = np.zeros((LIVE_MAX_SIDE * 2, 100), np.uint8)
+    big.corner_pixels = np.array([[0, 0], [LIVE_MAX_SIDE * 2 - 1, 99]])
+    y0, y1, x0, x1 = widget.view_rect(big)
+    assert (y1 - y0, x0, x1) == (LIVE_MAX_SIDE, 0, 100) and y0 == LIVE_MAX_SIDE // 2  # the centre of the view
