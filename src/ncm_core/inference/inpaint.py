@@ -1,12 +1,12 @@
 """Inpainting: fill masked regions of an image with microstructure that matches their surroundings.
 
 Patch-based texture synthesis (Efros & Leung 1999; Efros & Freeman 2001, "image quilting"), which needs
-no training and works on grey-level images and phase maps alike: the masked region is covered by
-``patch``-sized windows on a grid of half a patch, each filling its middle half; the window with the
-largest known share is filled first (the region fills from its boundary inwards, like peeling an onion), from a source patch taken
-from the unmasked image whose pixels best match the window's known pixels (sum of squared differences on
-grey levels, or of phase mismatches on a phase map; one of the ``choices`` best at random, so repeated
-structure is not copied verbatim). Only masked pixels change; unmasked pixels are returned as they were.
+no training and works on grey-level images and phase maps alike. The masked region is covered by
+``patch``-sized windows on a grid of half a patch, each filling its middle half. The window with the
+largest known share is filled first (the region fills from its boundary inwards, like peeling an
+onion), from a source patch of the unmasked image whose pixels best match the window's known pixels
+(sum of squared differences on grey levels, of phase mismatches on a phase map; one of the ``choices``
+best at random, so that structure is not copied verbatim). Only masked pixels change.
 
 What it is not: the lost ground truth. Filled regions are statistically like the image around them
 (``benchmarks/generate.py`` compares their statistics with those of unmasked regions of the same size).
