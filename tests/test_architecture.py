@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ncm_core"
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"_version", "errors", "progress", "outputs", "devices", "options", "batch"}),
     ("io", {"io"}),
+    ("measure", {"measure"}),
     ("data", {"data"}),
     ("models", {"models"}),
     ("inference", {"inference"}),

@@ -49,6 +49,7 @@ def world(tmp_path_factory, tiny_bundle, sem_folders) -> Path:
 
 
 # (arguments, words the one error line must hold); {w} is the world folder
+C12 = "a,b,c,d,e,f,g,h,i,j,k,l"  # names for the 12 classes of the sample mosaic's truth labels
 CATALOGUE = [
     # outputs never touch inputs
     (["predict", "{w}/bundle", "{w}/m.zarr", "{w}/m.zarr", "--overwrite"], ["m.zarr", "the output is an input"]),
@@ -110,6 +111,35 @@ CATALOGUE = [
         ["predict", "{w}/bundle", "{w}/m.zarr", "{w}/neg.zarr", "{w}/preds", "--regions", "{w}/m.zarr/labels/truth"],
         ["--regions is a map of one mosaic"],
     ),
+    # ncm measure (issue 19): the pore class, the parts measured, the side files
+    (["measure", "{w}/m.zarr", "{w}/meas", "-q"], ["m.zarr", "say which class is pore: --pore CLASS"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--classes", "a,b", "-q"], ["m.zarr", "no class name", "--classes"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "z", "-q"], ["'z' is not one of"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "a", "--particle-class", "z", "-q"], ["'z'"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "a", "--region", "5:2,0:9"], ["leaves 0"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "a", "--axis", "4", "-q"], ["axis 4"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--pixel-size", "-1", "-q"], ["--pixel-size", "above 0"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--profile-bin", "0", "-q"], ["--profile-bin", "above 0"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--separation", "blob", "-q"], ["invalid choice", "'blob'"]),
+    (["measure", "{w}/m.zarr", "{w}/meas", "--labels", "nope", "-q"], ["no label image 'nope'"]),
+    (
+        ["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "a", "--regions", "{w}/no.tif", "-q"],
+        ["no.tif", "regions image not found"],
+    ),
+    (
+        ["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "a", "--sections", "{w}/no.json", "-q"],
+        ["no.json", "sections summary not found"],
+    ),
+    (
+        ["measure", "{w}/m.zarr", "{w}/m.zarr", "--classes", C12, "--pore", "a", "--overwrite"],
+        ["the output is an input"],
+    ),
+    (
+        ["measure", "{w}/m.zarr", "{w}/mine", "--classes", C12, "--pore", "a", "--overwrite"],
+        ["not written by napari-ncm"],
+    ),
+    (["sample", "volume", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),
+    (["sample", "volume", "{w}/v", "--structure", "foam"], ["invalid choice", "'foam'"]),
     (
         [
             "train",

@@ -76,6 +76,7 @@ MARKERS: list[tuple[str, Callable[[Path], bool]]] = [
     ("a tuning study", _files("study.journal")),
     ("an evaluation or cross-validation folder", _format("metrics.json")),
     ("a section prediction", _files("crops.csv", "summary.json")),
+    ("a measurement folder", _format("measure.json", "ncm-measure")),
     ("the demo folder", _files("data/sem_frames")),
 ]
 

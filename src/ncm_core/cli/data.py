@@ -37,6 +37,12 @@ def cmd_sample(a: argparse.Namespace) -> None:
             seed=a.seed,
             overwrite=a.overwrite,
         )
+    elif a.kind == "volume":  # a small phase volume with known truth, for ncm measure
+        from ncm_core.data.synth_volumes import write_volume_sample
+
+        write_volume_sample(out, a.structure, (a.side,) * 3, seed=a.seed, overwrite=a.overwrite)
+        print(f"wrote a {a.side}^3 voxel {a.structure} volume to {out / 'volume.tif'} (truth: {out / 'truth.json'})")
+        return
     elif a.kind == "section-set-spheres":  # the second family: PoreSpy pores, another microscope
         from ncm_core.data.synth_spheres import write_sphere_section_dataset
 
@@ -149,9 +155,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="write embedded sample data")
     s.add_argument(
         "kind",
-        choices=["sem-frames", "sem-sessions", "sem-mosaic", "section", "section-set", "section-set-spheres"],
+        choices=["sem-frames", "sem-sessions", "sem-mosaic", "section", "section-set", "section-set-spheres", "volume"],
         help="section-set-spheres: a second family of cross-sections (PoreSpy pores, binder, cracks, "
-        "scratches, 0.2 um/px, thickness 30-48 um)",
+        "scratches, 0.2 um/px, thickness 30-48 um); volume: a small pore/solid volume with known truth "
+        "(for ncm measure)",
     )
     s.add_argument("out", help="output folder (sem-frames) or .zarr path")
     s.add_argument(
@@ -163,6 +170,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--shape", type=positive, nargs=2, metavar=("H", "W"), help="mosaic or section shape")
     s.add_argument("--porosity", type=float, default=0.35, help="active-layer porosity (section)")
     s.add_argument("--tilt", type=float, default=1.0, help="tilt in degrees (section)")
+    s.add_argument(
+        "--structure",
+        choices=["tubes", "spheres", "blobs"],
+        default="blobs",
+        help="volume: straight pores (tortuosity 1), separate solid spheres (known d50) or random blobs",
+    )
+    s.add_argument("--side", type=positive, default=64, help="volume: voxels along each side (default 64)")
     s.add_argument("--per-porosity", type=positive, default=4, help="mosaics per porosity (section-set)")
     s.add_argument("--chunks", type=positive, default=512, help="zarr chunk size")
     s.add_argument("--seed", type=int, default=0)
