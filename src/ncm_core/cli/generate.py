@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ncm_core.cli._args import common, positive, progress
+from ncm_core.evaluation.generate import CheckOptions
 from ncm_core.inference.generate import VolumeOptions
 from ncm_core.inference.inpaint import InpaintOptions
 from ncm_core.inference.superres import SuperresOptions
@@ -13,7 +14,7 @@ from ncm_core.options import given
 from ncm_core.training.generate import GenerateConfig
 from ncm_core.training.superres import SuperresConfig
 
-G, V, IP, S, SO = GenerateConfig, VolumeOptions, InpaintOptions, SuperresConfig, SuperresOptions
+G, V, C, IP, S, SO = GenerateConfig, VolumeOptions, CheckOptions, InpaintOptions, SuperresConfig, SuperresOptions
 
 
 def zyx(value: str) -> tuple[int, int, int]:
@@ -82,6 +83,37 @@ def cmd_volume(a: argparse.Namespace) -> None:
         ),
     )
     print(f"volume: {out}")
+
+
+def cmd_check(a: argparse.Namespace) -> None:
+    from ncm_core.evaluation.generate import check_generator
+
+    r = check_generator(
+        a.bundle,
+        a.out,
+        progress=progress("generate check", a.quiet),
+        **given(
+            volumes=a.volumes,
+            size=a.size,
+            slices=a.slices,
+            seed=a.seed,
+            tortuosity=False if a.no_tortuosity else None,
+            device=a.device,
+            overwrite=True if a.overwrite else None,
+        ),
+    )
+    head = ("phase", "axis", "fraction gen-real", "S2 RMSE", "chord RMSE", "interf. ratio", "d50 ratio")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (6, 4, 17, 8, 10, 13, 9))))
+    for axis, comp in zip("zyx", r["comparison"]):
+        for ph, c in comp.items():
+            print(
+                f"{ph:>6} {axis:>4} {c['fraction_difference']:>+17.3f} {c['s2_rmse']:>8.3f} "
+                f"{c['chord_cdf_rmse']:>10.3f} {c['interface_density_ratio']:>13.2f} {c['d50_ratio']:>9.2f}"
+            )
+    for ph, vol in r["volumetric"].items():
+        text = ", ".join(f"{k.replace('_', ' ')} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in vol.items())
+        print(f"phase {ph} in 3D over {len(next(iter(vol.values()))['values'])} volumes: {text}")
+    print(f"check: {a.out}/check.json, figure {a.out}/check.png")
 
 
 def cmd_inpaint(a: argparse.Namespace) -> None:
@@ -188,6 +220,21 @@ def _generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     common(p)
     p.set_defaults(func=cmd_volume)
+    _check(gs)
+
+
+def _check(gs: argparse._SubParsersAction) -> None:
+    p = gs.add_parser("check", help="measure generated volumes against the training images")
+    p.add_argument("bundle", help="generator bundle")
+    p.add_argument("out", help="folder for check.json, check.png and the generated volumes")
+    p.add_argument("--volumes", type=positive, help=f"volumes generated (default {C.volumes})")
+    p.add_argument("--size", type=positive, help=f"voxels a side (default {C.size})")
+    p.add_argument("--slices", type=positive, help=f"slices per axis measured in 2D (default {C.slices})")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-tortuosity", action="store_true", help="skip TauFactor (the slowest part)")
+    p.add_argument("--overwrite", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_check)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -299,4 +299,6 @@ def recalibrate(gen: Any, batch: int, channels: int, device: Any, batches: int =
 
 def training_measures(maps: list[np.ndarray], phases: list[int]) -> dict[str, Any]:
     """The training images' measures recorded in the bundle (what ``ncm generate check`` compares)."""
-    return {"phase_fractions": [phase_fractions_of(m, phases) for m in maps]}
+    from ncm_core.evaluation.generate import image_measures
+
+    return {"images": [image_measures(m, phases) for m in maps]}
