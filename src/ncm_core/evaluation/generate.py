@@ -43,10 +43,11 @@ class CheckOptions:
     overwrite: bool = False
 
 
-def _curve(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> list[float]:
+def _curve(x: np.ndarray, y: np.ndarray, grid: np.ndarray, right: float | None = None) -> list[float]:
+    """``y(x)`` on ``grid`` (held at the ends, or ``right`` past the last ``x``)."""
     if len(x) == 0:
         return [float("nan")] * len(grid)
-    return np.interp(grid, x, y).tolist()
+    return np.interp(grid, x, y, right=right).tolist()
 
 
 def image_measures(labels: np.ndarray, phases: list[int]) -> dict[str, dict[str, Any]]:
@@ -66,7 +67,7 @@ def image_measures(labels: np.ndarray, phases: list[int]) -> dict[str, dict[str,
         out[str(v)] = {
             "fraction": float(m.mean()),
             "s2": _curve(s2["distance"], s2["probability"], grid),
-            "chord_cdf": _curve(chords["length"], chords["cdf"], grid),
+            "chord_cdf": _curve(chords["length"], chords["cdf"], grid, right=0.0),  # no chord is longer
             "interface_density": float(interface_density(labels, v)),
             "d50": size_quantiles(d)["d50"],
         }

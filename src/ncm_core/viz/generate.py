@@ -41,6 +41,6 @@ def check_figure(record: dict[str, Any]) -> Any:
         vol = record["volumetric"][ph]
         text = ", ".join(f"{k.replace('_', ' ')} {v['mean']:.3g} ± {v['std']:.2g}" for k, v in vol.items())
         row[1].legend(fontsize=7)
-        row[0].text(0.98, 0.95, text, transform=row[0].transAxes, ha="right", va="top", fontsize=6, wrap=True)
+        row[0].set_title(f"phase {ph}: two-point correlation S2\n3D: {text}", fontsize=7)
     fig.tight_layout()
     return fig
