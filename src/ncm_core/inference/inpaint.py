@@ -154,6 +154,9 @@ def inpaint(
     from ncm_core.io.pixels import check_finite, read_pixels
 
     o = merge_options(InpaintOptions, options, overrides)
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".tif", ".tiff", ".png"):
+        raise NcmError("the output must be a .tif, .tiff or .png file", out)
     img = check_finite(read_pixels(open_mosaic(image)), image)
     m = read_pixels(open_mosaic(mask))
     if m.ndim == 3:
@@ -168,9 +171,6 @@ def inpaint(
         if exc.path is None:  # a problem of the mask (it covers everything, it leaves no free patch)
             raise NcmError(str(exc), mask) from None
         raise
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".tif", ".tiff", ".png"):
-        raise NcmError("the output must be a .tif, .tiff or .png file", out)
     with atomic_output(out, o.overwrite, folder=False, inputs=[image, mask]) as tmp:
         if suffix == ".png":
             from PIL import Image
