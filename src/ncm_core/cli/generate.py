@@ -128,6 +128,7 @@ def cmd_inpaint(a: argparse.Namespace) -> None:
             patch=a.patch,
             candidates=a.candidates,
             kind=a.kind,
+            refine=a.refine,
             seed=a.seed,
             overwrite=True if a.overwrite else None,
         ),
@@ -247,6 +248,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=positive, help=f"patch side in pixels (default {IP.patch})")
     p.add_argument("--candidates", type=positive, help=f"source patches compared (default {IP.candidates})")
     p.add_argument("--kind", choices=("auto", "grey", "labels"), help=f"default {IP.kind}")
+    p.add_argument("--refine", type=int, choices=range(0, 6), metavar="0..5", help=f"seam passes (default {IP.refine})")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true")
     common(p, device=False)

@@ -36,6 +36,7 @@ class InpaintOptions:
     patch: int = 16  # pixels a side of the copied patches (larger than the structure's features)
     candidates: int = 4000  # source patches compared per window (drawn from the unmasked image)
     choices: int = 3  # one of the best few source patches, at random
+    refine: int = 1  # passes that re-fill the seams between patches with patches matched on all sides
     kind: Kind = "auto"  # "labels": a phase map; "grey": grey levels; auto: labels for <= 8 integer values
     seed: int = 0
     overwrite: bool = False
@@ -111,6 +112,16 @@ def inpaint_array(
     src = np.stack([image[y : y + p, x : x + p] for y, x in zip(ys[pick], xs[pick])])
     feats = _features(src, phases)
     sq = feats**2 if phases is None else None
+
+    def best(t: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """A source patch matching window ``t`` on its pixels where ``m`` (one of the best ``choices``)."""
+        w = m.reshape(-1).astype(np.float32)
+        if phases is None:
+            d = sq @ w - 2 * feats @ (w * t.reshape(-1).astype(np.float32))  # sum of (s - t)^2 on m, less a constant
+        else:
+            d = -feats @ (np.tile(w, len(phases)) * _features(t[None], phases)[0])  # fewer matching phases: larger
+        return src[rng.choice(np.argsort(d)[: max(1, o.choices)])]
+
     known = ~mask
     cores = [(y, x, _core(y, H, p), _core(x, W, p)) for y in _grid(H, p) for x in _grid(W, p)]
     todo = [c for c in cores if mask[c[0] + c[2].start : c[0] + c[2].stop, c[1] + c[3].start : c[1] + c[3].stop].any()]
@@ -119,23 +130,24 @@ def inpaint_array(
         check_cancel(cancel)
         k = int(np.argmax([known[y : y + p, x : x + p].mean() for y, x, _, _ in todo]))
         y, x, cy, cx = todo.pop(k)
-        m = known[y : y + p, x : x + p]
-        t = out[y : y + p, x : x + p]
-        w = m.reshape(-1).astype(np.float32)
-        if phases is None:
-            tv = t.reshape(-1).astype(np.float32)
-            d = sq @ w - 2 * feats @ (w * tv)  # sum over known pixels of (s - t)^2, less a constant
-        else:
-            wt = np.tile(w, len(phases))
-            d = -feats @ (wt * _features(t[None], phases)[0])  # fewer matching phases: larger
-        best = np.argsort(d)[: max(1, o.choices)]
-        s = src[rng.choice(best)]
+        m, t = known[y : y + p, x : x + p], out[y : y + p, x : x + p]
         fill = np.zeros((p, p), bool)
         fill[cy, cx] = True
         fill &= ~m
-        t[fill] = s[fill]
+        t[fill] = best(t, m)[fill]
         m[fill] = True
         report(progress, total - int((~known).sum()), total, "inpainting")
+    q, h = p // 4, p // 2  # refinement: windows shifted by a quarter patch, so their middles cover the seams
+    for _ in range(o.refine):
+        for y in sorted({min(max(g + q, 0), H - p) for g in _grid(H, p)}):
+            for x in sorted({min(max(g + q, 0), W - p) for g in _grid(W, p)}):
+                fill = np.zeros((p, p), bool)
+                fill[q : q + h, q : q + h] = True
+                fill &= mask[y : y + p, x : x + p]
+                if fill.any():
+                    check_cancel(cancel)
+                    t = out[y : y + p, x : x + p]
+                    t[fill] = best(t, np.ones((p, p), bool))[fill]
     return out
 
 
