@@ -24,10 +24,11 @@ import numpy as np
 
 from ncm_core.errors import NcmError
 from ncm_core.options import merge_options
-from ncm_core.outputs import atomic_output
+from ncm_core.outputs import atomic_output, register_marker
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 
 CURVE_POINTS = 24  # distances (px) of the S2 curves and lengths of the chord CDFs
+register_marker("a generator check", lambda p: (p / "check.json").is_file() and (p / "check.png").is_file())
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ncm_core.errors import NcmError
+from ncm_core.outputs import register_marker
 
 FORMAT = "ncm-generator"
 FORMAT_VERSION = 1
@@ -161,6 +162,9 @@ def is_generator(path: str | Path) -> bool:
         return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
     except (OSError, ValueError):
         return False
+
+
+register_marker("a generator bundle", is_generator)
 
 
 def load_generator(path: str | Path, device: Any = "cpu") -> GeneratorBundle:

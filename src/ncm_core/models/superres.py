@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ncm_core.errors import NcmError
+from ncm_core.outputs import register_marker
 
 FORMAT = "ncm-superres"
 CONFIG = "config.json"
@@ -87,6 +88,17 @@ class SuperresBundle:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(folder / WEIGHTS))
         (folder / CONFIG).write_text(json.dumps(self.spec.to_dict(), indent=2))
         return folder
+
+
+def is_superres(path: str | Path) -> bool:
+    cfg = Path(path) / CONFIG
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+register_marker("a super-resolution bundle", is_superres)
 
 
 def load_superres(path: str | Path, device: Any = "cpu") -> SuperresBundle:
