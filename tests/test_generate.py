@@ -116,6 +116,31 @@ def test_reader_opens_a_generated_volume_in_3d(tmp_path):
     assert kind == "labels" and data.shape == (20, 24, 28) and len(kw["scale"]) == 3
 
 
+def test_check_measures_known_inputs_and_writes_its_record(tmp_path):
+    import json
+
+    from ncm_core.evaluation.generate import check_generator, compare, image_measures, slice_measures
+    from ncm_core.models.slicegan import GeneratorBundle, load_generator
+
+    image = phase_map((48, 48), fraction=0.35)
+    real = image_measures(image, [0, 1])
+    assert real["1"]["fraction"] == pytest.approx(image.mean())
+    assert real["1"]["s2"][0] == pytest.approx(image.mean(), abs=0.02)  # S2(0) is the phase fraction
+    stacked = np.repeat(image[None], 8, axis=0)  # every slice normal to z is the image itself
+    along_z = slice_measures(stacked, [0, 1], slices=3)[0]
+    c = compare(real, along_z)["1"]
+    assert c["fraction_difference"] == 0 and c["s2_rmse"] < 1e-9 and c["chord_cdf_rmse"] < 1e-9
+    assert c["interface_density_ratio"] == pytest.approx(1) and c["d50_ratio"] == pytest.approx(1)
+
+    b = load_generator(random_generator(tmp_path))
+    b.spec.training["measures"] = {"images": [real]}
+    bundle = GeneratorBundle(b.spec, b.model).save(tmp_path / "with-measures")
+    record = check_generator(bundle, tmp_path / "check", volumes=2, size=16, slices=2, tortuosity=False, device="cpu")
+    assert len(record["comparison"]) == 3 and len(record["volumetric"]["1"]["fraction"]["values"]) == 2
+    assert json.loads((tmp_path / "check" / "check.json").read_text())["phases"] == [0, 1]
+    assert (tmp_path / "check" / "check.png").stat().st_size > 0
+
+
 # ------------------------------------------------------------------------------------------------ inpainting
 
 
