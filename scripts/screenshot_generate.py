@@ -13,6 +13,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
+from qtpy.QtWidgets import QApplication
 from screenshot import save  # scripts/ is on sys.path when this script runs
 
 from ncm_core.data.synth_volumes import blobs
@@ -29,9 +30,16 @@ def volume_3d(bundle: str, out: Path) -> None:
     layer.show_selected_label = True
     layer.selected_label = 1  # the pore phase (value k + 1 for phase k)
     viewer.dims.ndisplay = 3
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.reset_view()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
-    camera.angles = (20, -35, 60)
-    save(viewer, str(out / "napari-generated-volume.png"))
+    camera.angles = (15, -30, 55)
+    camera.zoom *= 0.55
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.screenshot(str(out / "napari-generated-volume.png"), canvas_only=False)
+    viewer.close()
 
 
 def inpaint_dock(out: Path) -> None:
