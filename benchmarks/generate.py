@@ -69,6 +69,7 @@ def two_d_to_three_d(a: argparse.Namespace, work: Path) -> tuple[dict, str]:
     import zarr
 
     from ncm_core.data.synth_volumes import blobs
+    from ncm_core.devices import resolve_device
     from ncm_core.evaluation.generate import check_generator
     from ncm_core.inference.generate import generate_volume, read_volume
     from ncm_core.training.generate import train_generator
@@ -132,7 +133,7 @@ def two_d_to_three_d(a: argparse.Namespace, work: Path) -> tuple[dict, str]:
         f"{G['tau'][1]:.3f} ({rel['tau']:+.0%}) | within 10 %: {mark['tau']} |",
     ]
     text = f"""**2D to 3D** (one 128 x 128 slice of a 128^3 PoreSpy blobs truth, pore fraction 0.4; generator trained at
-{a.size}^3, widths {a.width}, batch 2, {a.iterations} steps, lr {a.lr:g}, phase-fraction weight 10, on {a.device}:
+{a.size}^3, widths {a.width}, batch 2, {a.iterations} steps, lr {a.lr:g}, phase-fraction weight 10, on {resolve_device(a.device)}:
 {train_s:.0f} s, {per_step:.2f} s per step; at the 64^3 training size {per_step64:.1f} s per step, so SliceGAN's
 usual ~10^4 steps would take {per_step64 * 1e4 / 3600:.0f} h on this machine). {a.volumes} generated volumes of 64^3
 against {a.volumes} 64^3 sub-volumes of the truth (mean ± standard deviation):
