@@ -106,3 +106,15 @@ def test_gpu_explanations_match_the_cpu(tiny_bundle, rng):
         np.testing.assert_array_equal(c.targets, g.targets)
         scale = np.abs(c.maps).max()
         assert np.abs(c.maps - g.maps).max() <= 1e-3 * scale + 1e-6, method
+
+
+@cuda
+def test_tortuosity_on_the_gpu_equals_the_cpu():
+    """TauFactor on CUDA (what ``tortuosity_factor`` picks when a GPU is present) gives the CPU's value."""
+    from ncm_core.data.synth_volumes import blobs
+    from ncm_core.measure.tortuosity import tortuosity_factor
+
+    pore = blobs((40, 40, 40), porosity=0.45, seed=0).pore
+    gpu, cpu = tortuosity_factor(pore, 0), tortuosity_factor(pore, 0, "cpu")
+    assert gpu.device.startswith("cuda") and gpu.converged
+    assert gpu.tau == pytest.approx(cpu.tau, rel=1e-3)

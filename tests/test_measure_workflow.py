@@ -75,7 +75,10 @@ def test_regions_and_a_profile_from_the_collector(discs, tmp_path):
     regions[:, :100], regions[:, 100:] = 1, 2
     tifffile.imwrite(tmp_path / "regions.tif", regions)
     # the collector's top edge at row 140, running along x: d points down, towards it
-    geom = {"format": "ncm-sections", "mosaics": [{"name": "seg", "origin": [140.0, 0.0], "d": [1.0, 0.0]}]}
+    geom = {
+        "format": "ncm-sections",
+        "mosaics": [{"name": "seg", "origin": [140.0, 0.0], "d": [1.0, 0.0], "thickness_px": 100}],
+    }
     (tmp_path / "sections.json").write_text(json.dumps(geom))
     out = wf.measure(
         path, tmp_path / "m", regions=tmp_path / "regions.tif", sections=tmp_path, particles=False, tortuosity=False
@@ -88,6 +91,10 @@ def test_regions_and_a_profile_from_the_collector(discs, tmp_path):
     first = prof["rows"][0]
     assert first["position"] == pytest.approx(0.25) and first["collector"] == 0  # 0.5 px from the collector
     assert len(prof["rows"]) == 140
+    # the section's descriptors for rate capability: the active layer's porosity and thickness
+    sec = json.loads((out / "section_descriptors.json").read_text())["rows"][0]
+    assert sec["porosity"] == pytest.approx((lab[40:140] == 1).mean()) and sec["thickness"] == 50.0
+    assert sec["tortuosity"] is None and sec["d50"] is None  # not measured in this run
 
 
 def test_a_volume_without_pixel_size_is_measured_in_pixels_with_a_warning(tmp_path, capsys):
@@ -138,3 +145,17 @@ def test_bad_inputs_are_one_clear_line_and_nothing_written(discs, tmp_path, monk
         res = wf.measure(closed, out, classes="pore,solid", particles=False, figures=False)
     t = json.loads((res / "tortuosity.json").read_text())
     assert t["tau"] is None and "infinite" in t["note"] and not t["percolating"]
+
+
+def test_sample_volumes_carry_their_truth(tmp_path):
+    """``ncm sample volume``: a TIFF stack with its pixel size, class names and the truth it was built with."""
+    from ncm_core.io.labels import open_labels
+    from ncm_core.measure.phases import porosity
+
+    out = synth_volumes.write_volume_sample(tmp_path / "v", "blobs", (24, 24, 24), seed=1)
+    truth = json.loads((out / "truth.json").read_text())
+    img = open_labels(out / "volume.tif")
+    assert img.shape == (24, 24, 24) and img.pixel_size == pytest.approx(0.1) and img.classes == {1: "pore", 2: "solid"}
+    assert porosity(np.asarray(img.data[:]), img.classes) == pytest.approx(truth["porosity"], abs=0.02)
+    with pytest.raises(NcmError, match="kind must be one of"):
+        synth_volumes.make_sample("foam")

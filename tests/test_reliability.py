@@ -149,16 +149,8 @@ CATALOGUE = [
         ["measure", "{w}/m.zarr", "{w}/meas", "--classes", C12, "--pore", "a", "--sections", "{w}/no.json", "-q"],
         ["no.json", "sections summary not found"],
     ),
-    (
-        ["measure", "{w}/m.zarr", "{w}/m.zarr", "--classes", C12, "--pore", "a", "--overwrite"],
-        ["the output is an input"],
-    ),
-    (
-        ["measure", "{w}/m.zarr", "{w}/mine", "--classes", C12, "--pore", "a", "--overwrite"],
-        ["not written by napari-ncm"],
-    ),
-    (["sample", "volume", "{w}/mine", "--overwrite"], ["mine", "not written by napari-ncm"]),
     (["sample", "volume", "{w}/v", "--structure", "foam"], ["invalid choice", "'foam'"]),
+    (["sample", "volume", "{w}/v", "--side", "0"], ["--side", "at least 1"]),
     (
         [
             "train",

@@ -47,3 +47,21 @@ def cross_section() -> list[LayerData]:
     s = synth.cross_section(0.35)
     meta = {"porosity": s.porosity, "tilt_deg": s.tilt_deg, "thickness_um": s.thickness_um, "targets": s.targets}
     return [(s.image, {"name": "cross-section", "scale": (s.pixel_size,) * 2, "rgb": True, "metadata": meta}, "image")]
+
+
+def phase_volume() -> list[LayerData]:
+    """A 64^3 voxel pore / solid volume of separate solid spheres of one size (0.1 um voxels), for the
+    Measure widget: its truth (porosity, d50) is in the layer's metadata."""
+    from ncm_core.data.synth_volumes import CLASSES, sphere_pack
+    from ncm_core.io.colors import class_colors
+
+    s = sphere_pack((64, 64, 64), radius=6, solid_fraction=0.3, seed=0)
+    names = list(CLASSES)
+    meta = {"truth": {"porosity": s.truth["porosity"], "d50_um": s.truth["d50"] * 0.1}}
+    kw = {
+        "name": "phase volume",
+        "scale": (0.1,) * 3,
+        "metadata": meta,
+        **class_labels_kwargs(names, class_colors(names)),
+    }
+    return [(s.labels, kw, "labels")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ncm_core.cli._args import common, progress
 from ncm_core.measure.options import REGION_HELP, MeasureOptions
+from ncm_core.measure.particles import SEPARATION_METHODS
 
 M = MeasureOptions
 
@@ -104,7 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--region", help=f"part measured in memory (particles, tortuosity): {REGION_HELP}")
     s.add_argument(
         "--separation",
-        choices=["snow", "watershed", "none"],
+        choices=list(SEPARATION_METHODS),
         default=M.separation,
         help=f"how touching particles are split (default {M.separation})",
     )

@@ -20,8 +20,10 @@ of all crops together, so one pore-free crop among others still reads as pore-fr
 split its noise in two); :func:`descriptor_matrix` with ``sources`` takes it per section. Everything is
 vectorised over the stack (a few ms per crop of 128 x 384 px).
 
-PoreSpy / TauFactor will take over here (local-thickness pore size distributions, tortuosity) once they
-are dependencies; the names and units of this table stay.
+The numbers are computed by :mod:`ncm_core.measure` (:func:`mask_descriptors`, which also takes the pore
+masks of a segmentation instead of a threshold); tortuosity, local thickness and particle sizes of a
+segmentation come from ``ncm measure`` (per cross-section with ``--sections``). The names and units of
+this table stay.
 """
 
 from __future__ import annotations
@@ -74,38 +76,25 @@ def crop_descriptors(
     than ``threshold`` (default: Otsu over all crops). Lengths in px, or um with ``pixel_size`` (um/px)."""
     gray = to_gray(crops, channels_first)
     t = otsu_threshold(gray) if threshold is None else float(threshold)
-    pore = gray < t
-    n, h, w = pore.shape
-    area = float(h * w)
-    pore_px = pore.sum((1, 2)).astype(np.float64)
-    solid_px = area - pore_px
-    # phase changes between 4-neighbours, along rows and along columns
-    d_rows = (pore[:, :, 1:] != pore[:, :, :-1]).sum((1, 2)).astype(np.float64)
-    d_cols = (pore[:, 1:, :] != pore[:, :-1, :]).sum((1, 2)).astype(np.float64)
-    # runs (chords) of each phase: a run starts at the first pixel of a row / column or after a change
-    pore_runs = _run_starts(pore)
-    solid_runs = _run_starts(~pore)
-    size = 1.0 if pixel_size is None else float(pixel_size)
-    out = {
-        "porosity": pore_px / area,
-        # each pixel lies on one row chord and one column chord: mean chord = 2 * pixels / chords
-        "pore_chord": size * _ratio(2 * pore_px, pore_runs),
-        "solid_chord": size * _ratio(2 * solid_px, solid_runs),
-        "interface_density": (np.pi / 4) * (d_rows + d_cols) / (area * size),
+    return mask_descriptors(gray < t, pixel_size=pixel_size)
+
+
+def mask_descriptors(pores: Any, *, pixel_size: float | None = None) -> dict[str, np.ndarray]:
+    """The descriptors of :func:`crop_descriptors` from pore masks ``(N, H, W)`` (True = pore): a
+    segmentation instead of a threshold. Computed by :mod:`ncm_core.measure` (phase fraction, mean chord
+    length, interface density), one number per crop."""
+    from ncm_core.measure.correlation import mean_chord_length
+    from ncm_core.measure.interfaces import interface_density
+
+    pore = np.asarray(pores, bool)
+    if pore.ndim == 2:
+        pore = pore[None]
+    return {
+        "porosity": pore.mean((1, 2)).astype(np.float64),
+        "pore_chord": mean_chord_length(pore, pixel_size, batch=True),
+        "solid_chord": mean_chord_length(~pore, pixel_size, batch=True),
+        "interface_density": interface_density(pore, 1, None, pixel_size, batch=True).astype(np.float64),
     }
-    return out
-
-
-def _run_starts(mask: np.ndarray) -> np.ndarray:
-    """Number of runs of True along rows plus along columns, per crop of a ``(N, H, W)`` stack."""
-    rows = mask[:, :, :1].sum((1, 2)) + (mask[:, :, 1:] & ~mask[:, :, :-1]).sum((1, 2))
-    cols = mask[:, :1, :].sum((1, 2)) + (mask[:, 1:, :] & ~mask[:, :-1, :]).sum((1, 2))
-    return (rows + cols).astype(np.float64)
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``num / den`` where ``den > 0``, else 0 (a phase that is absent has chords of length 0)."""
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def section_thickness(root: str | Path, sources: Sequence[str], pixel_size: float | None = None) -> np.ndarray | None:

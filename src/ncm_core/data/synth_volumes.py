@@ -118,8 +118,10 @@ def write_volume_sample(
         res = (1e4 / pixel_size, 1e4 / pixel_size)  # pixels per cm
         tifffile.imwrite(part / "volume.tif", s.labels, resolution=res, resolutionunit="CENTIMETER")
         (part / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-        (part / "truth.json").write_text(
-            json.dumps({"kind": kind, "shape": list(s.labels.shape), "pixel_size": pixel_size, **s.truth}, indent=2)
-        )
+        truth = {"kind": kind, "shape": list(s.labels.shape), "pixel_size": pixel_size, **s.truth}
+        if "d50" in truth:  # lengths in px and in um, as ncm measure reports them with the file's pixel size
+            truth["d50_px"] = truth.pop("d50")
+            truth["d50_um"] = truth["d50_px"] * pixel_size
+        (part / "truth.json").write_text(json.dumps(truth, indent=2))
         write_sample_marker(part, f"volume-{kind}", seed)
     return Path(out)

@@ -19,7 +19,7 @@ line, as for training data).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,13 @@ class LabelImage:
         return tuple(int(s) for s in self.data.shape)
 
 
-def parse_classes(classes: str | Sequence[str] | None) -> dict[int, str] | None:
-    """``"a,b,c"`` or ``["a", "b", "c"]`` -> ``{1: "a", 2: "b", 3: "c"}``."""
+def parse_classes(classes: str | Sequence[str] | Mapping[int, str] | None) -> dict[int, str] | None:
+    """``"a,b,c"`` or ``["a", "b", "c"]`` -> ``{1: "a", 2: "b", 3: "c"}``; a mapping ``{value: name}`` is
+    taken as is (a napari Labels layer's classes)."""
     if classes is None:
         return None
+    if isinstance(classes, Mapping):
+        return {int(v): str(n) for v, n in classes.items()}
     names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
     if not names or any(not n for n in names):
         raise NcmError(f"class names must be a comma-separated list without empty names, got {classes!r}")
@@ -96,7 +99,7 @@ def open_labels(
     source: Any,
     *,
     labels: str | None = None,
-    classes: str | Sequence[str] | None = None,
+    classes: str | Sequence[str] | Mapping[int, str] | None = None,
     pixel_size: float | None = None,
     what: str = "segmentation",
 ) -> LabelImage:

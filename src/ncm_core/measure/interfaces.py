@@ -46,28 +46,40 @@ def _factor(ndim: int) -> float:
     raise NcmError(f"interface density needs a 2D image or a 3D volume, got {ndim} dimensions")
 
 
-def interface_changes(labels: np.ndarray, a: Phase, b: Phase = None) -> int:
-    """Face-neighbour pairs with one pixel in ``a`` and the other in ``b`` (``b=None``: not in ``a``)."""
+def interface_changes(labels: np.ndarray, a: Phase, b: Phase = None, *, batch: bool = False) -> Any:
+    """Face-neighbour pairs with one pixel in ``a`` and the other in ``b`` (``b=None``: not in ``a``).
+    ``batch``: the first axis is a stack of images, counted one by one (an ``(N,)`` array)."""
     lab = np.asarray(labels)
     in_a = _member(lab, a)
     in_b = ~in_a if b is None else _member(lab, b)
-    n = 0
-    for d in range(lab.ndim):
+    first = 1 if batch else 0
+    keep = (0,) if batch else ()
+    n: Any = np.zeros(lab.shape[0], np.int64) if batch else 0
+    for d in range(first, lab.ndim):
         lo = [slice(None)] * lab.ndim
         hi = [slice(None)] * lab.ndim
         lo[d], hi[d] = slice(None, -1), slice(1, None)
         lo_t, hi_t = tuple(lo), tuple(hi)
-        n += int(np.count_nonzero(in_a[lo_t] & in_b[hi_t]) + np.count_nonzero(in_b[lo_t] & in_a[hi_t]))
+        both = (in_a[lo_t] & in_b[hi_t]) | (in_b[lo_t] & in_a[hi_t])
+        axes = tuple(k for k in range(lab.ndim) if k not in keep)
+        n = n + (np.count_nonzero(both, axis=axes) if batch else int(np.count_nonzero(both)))
     return n
 
 
-def interface_density(labels: np.ndarray, a: Phase, b: Phase = None, pixel_size: float | None = None) -> float:
+def interface_density(
+    labels: np.ndarray, a: Phase, b: Phase = None, pixel_size: float | None = None, *, batch: bool = False
+) -> Any:
     """Interface length per area (2D: 1/px or 1/um) or surface per volume (3D) between phases ``a`` and
     ``b`` (label values; ``b=None``: everything that is not ``a``; a boolean mask with ``a=1``: its
-    boundary with the rest). See the module docstring for the stereology."""
+    boundary with the rest). See the module docstring for the stereology. ``batch``: the first axis is a
+    stack of images, each measured on its own (an ``(N,)`` array)."""
     lab = np.asarray(labels)
     size = 1.0 if pixel_size is None else float(pixel_size)
-    return _factor(lab.ndim) * interface_changes(lab, a, b) / (lab.size * size) if lab.size else float("nan")
+    spatial = lab.shape[1:] if batch else lab.shape
+    n = float(np.prod(spatial))
+    if not n:
+        return float("nan")
+    return _factor(len(spatial)) * interface_changes(lab, a, b, batch=batch) / (n * size)
 
 
 def interface_counts_lazy(
@@ -92,11 +104,13 @@ def interface_counts_lazy(
     return counts
 
 
-def specific_surface_area(mask: np.ndarray, pixel_size: float | None = None, *, smooth: float = 0.0) -> float:
+def specific_surface_area(mask: np.ndarray, pixel_size: float | None = None, *, smooth: float = 0.7) -> float:
     """Surface of the phase ``mask`` (3D boolean) per volume of the whole volume (1/px or 1/um), from a
-    marching-cubes mesh at level 0.5 (scikit-image); ``smooth`` (sigma in voxels) blurs the mask first,
-    which brings a voxelised sphere's area to within about 1 % of ``4 pi r^2``. Faces on the volume's
-    border are not surface."""
+    marching-cubes mesh at level 0.5 (scikit-image). ``smooth`` (Gaussian sigma in voxels) blurs the mask
+    first: on the raw voxels the mesh's staircase overestimates the area (a ball of radius 6 voxels by
+    10 %), with 0.7 it is within 1 % of ``4 pi r^2`` for radii of 6 voxels and more (3 % low at 4,
+    where the blur eats into the ball); 0 meshes the raw voxels. Faces on the volume's border are not
+    surface."""
     from skimage.measure import marching_cubes, mesh_surface_area
 
     m = np.asarray(mask, bool)

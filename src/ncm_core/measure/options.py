@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ncm_core.errors import NcmError
 
@@ -13,21 +14,22 @@ from ncm_core.errors import NcmError
 class MeasureOptions:
     """Options of :func:`ncm_core.workflows.measure.measure`.
 
-    ``classes``: class names "a,b,c" for values 1, 2, 3 (default: the file's NGFF class names or
-    ``classes.txt`` beside it); ``pore``: the pore class (default: the class named pore, void,
-    electrolyte or resin); ``particle_class``: the phase whose particles are measured (default: the class
+    ``classes``: class names "a,b,c" (or a list) for values 1, 2, 3, or ``{value: name}`` (default: the
+    file's NGFF class names or ``classes.txt`` beside it); ``pore``: the pore class (default: the class
+    named pore, void, electrolyte or resin); ``particle_class``: the phase whose particles are measured
+    (default: the class
     named active / particle, else the largest solid class); ``labels``: which label image of an OME-Zarr
     (default: the first); ``pixel_size``: micrometres per pixel (default: the file's; none: pixels, with
     a warning). ``axis``: the through-plane axis of profiles and tortuosity (0 = rows of a 2D image, the
     first axis of a volume); ``profile_bin``: profile bin width in pixels; ``sections``: ``sections.json``
     (or its folder) from ``ncm sections``, for a profile through the thickness measured from the
-    collector; ``regions``: a label image of regions (same shape) measured one by one; ``region``:
+    collector; ``regions``: a label image of regions (same shape; a path or an array) measured one by one; ``region``:
     ``y0:y1,x0:x1[,z0:z1]``, the part for in-memory measures (particles, local thickness, correlation,
     tortuosity; default: the whole image when it fits in memory); ``separation``: snow, watershed or none;
     ``particles``, ``tortuosity``, ``figures``: switch those parts off; ``device`` for tortuosity.
     """
 
-    classes: str | None = None
+    classes: str | tuple[str, ...] | dict[int, str] | None = None
     pore: str | None = None
     particle_class: str | None = None
     labels: str | None = None
@@ -35,7 +37,7 @@ class MeasureOptions:
     axis: int = 0
     profile_bin: float = 1.0
     sections: str | None = None
-    regions: str | None = None
+    regions: Any = None
     region: str | None = None
     separation: str = "snow"
     particles: bool = True

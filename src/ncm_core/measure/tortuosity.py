@@ -33,7 +33,7 @@ from ncm_core.progress import ProgressFn, check_cancel, report
 DEVICE_BYTES_PER_VOXEL = 48
 HOST_BYTES_PER_VOXEL = 40
 #: Iterations between progress reports and cancel checks.
-STEP = 500
+STEP = 100
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 from ncm_core.errors import NcmError
 from ncm_core.measure.options import MeasureOptions, parse_region
 from ncm_core.options import merge_options
-from ncm_core.outputs import atomic_output
+from ncm_core.outputs import atomic_output, check_output
 from ncm_core.progress import ProgressFn, check_cancel, report
 from ncm_core.workflows.measure_tables import jsonable, write_table
 
@@ -64,6 +64,11 @@ def measure(
         raise NcmError(f"axis {o.axis} is not an axis of a {img.ndim}-D segmentation (0 to {img.ndim - 1})")
     axis = o.axis % img.ndim
     sub = parse_region(o.region, img.shape)
+    sections = None if o.sections is None else Path(o.sections)
+    if sections is not None and sections.is_dir():
+        sections = sections / "sections.json"  # the file is the input: an output beside it is fine
+    inputs = [p for p in (segmentation, o.regions, sections) if isinstance(p, (str, Path))]
+    check_output(out, o.overwrite, inputs)  # before the first pass over the pixels, not after it
     stage = _Stages(progress)
     counts = phases.class_counts(img.data, progress=stage("counting phases"), cancel=cancel)
     classes = img.classes or class_map(None, list(counts))
@@ -84,12 +89,8 @@ def measure(
         warnings.warn("the segmentation has no pixel size: measures are in pixels (give --pixel-size)", stacklevel=2)
     unit = "um" if img.pixel_size else "px"
     _check_memory(sub, o)
-    regions = _open_regions(o.regions, img) if o.regions else None
-    coordinate = _collector_distance(o.sections, img) if o.sections else None
-    sections = None if o.sections is None else Path(o.sections)
-    if sections is not None and sections.is_dir():
-        sections = sections / "sections.json"  # the file is the input: an output beside it is fine
-    inputs = [p for p in (segmentation, o.regions, sections) if isinstance(p, (str, Path))]
+    regions = _open_regions(o.regions, img) if o.regions is not None else None
+    coordinate, section = _collector_distance(o.sections, img) if o.sections else (None, None)
     ctx = _Context(img, classes, pores, solid, unit, axis, sub, stage, cancel)
     with atomic_output(out, o.overwrite, inputs=inputs) as part:
         ctx.part = part
@@ -109,7 +110,11 @@ def measure(
             from ncm_core.workflows.measure_figures import write_figures
 
             write_figures(ctx, summary)
-        summary["options"] = {k: v for k, v in vars(o).items() if k != "overwrite"}
+        if section is not None:
+            summary["section"] = _section_descriptors(ctx, section, summary)
+        summary["options"] = {
+            k: v if not hasattr(v, "shape") else "array" for k, v in vars(o).items() if k != "overwrite"
+        }
         (part / SUMMARY).write_text(json.dumps(jsonable(summary), indent=2))
     report(progress, 1, 1, "measured")
     return Path(out)
@@ -143,6 +148,7 @@ class _Context:
         self.size = img.pixel_size or 1.0
         self.part: Path = Path()
         self.figures: dict[str, Any] = {}
+        self.profile: dict[str, np.ndarray] = {}
 
     @property
     def pore_names(self) -> list[str]:
@@ -203,12 +209,13 @@ def _fractions(ctx: _Context, counts: Mapping[int, int]) -> dict[str, Any]:
     return s
 
 
-def _open_regions(path: str, img: Any) -> Any:
+def _open_regions(regions: Any, img: Any) -> Any:
     from ncm_core.io.labels import open_labels
 
-    reg = open_labels(path, what="regions image")
+    reg = open_labels(regions, what="regions image")
     if reg.shape != img.shape:
-        raise NcmError(f"the regions image has shape {reg.shape}, the segmentation {img.shape}", path)
+        where = regions if isinstance(regions, (str, Path)) else None
+        raise NcmError(f"the regions image has shape {reg.shape}, the segmentation {img.shape}", where)
     return reg
 
 
@@ -236,7 +243,7 @@ def _regions(ctx: _Context, reg: Any) -> dict[str, Any]:
     return {"count": len(rows), "porosity": {r["region"]: r["porosity"] for r in rows}}
 
 
-def _collector_distance(sections: str, img: Any) -> Any:
+def _collector_distance(sections: str, img: Any) -> tuple[Any, dict[str, Any]]:
     """``coordinate(slices)``: the distance of each pixel from the current collector (px, positive into
     the electrode), from the geometry ``ncm sections`` found for this image."""
     from ncm_core.io.mosaic import read_json
@@ -259,7 +266,7 @@ def _collector_distance(sections: str, img: Any) -> Any:
         xx = np.arange(w, dtype=np.float64)[None, :]
         return -((yy - oy) * dy + (xx - ox) * dx) - 0.5  # row 0 is the collector's top row: its edge is at -0.5
 
-    return coordinate
+    return coordinate, m
 
 
 def _profile(ctx: _Context, o: MeasureOptions, coordinate: Any) -> dict[str, Any]:
@@ -282,8 +289,30 @@ def _profile(ctx: _Context, o: MeasureOptions, coordinate: Any) -> dict[str, Any
     t["porosity"] = phases.porosity_profile(t, ctx.pore_names) if len(t["position"]) else np.zeros(0)
     rows = [{k: t[k][i] for k in t} for i in range(len(t["position"]))]
     write_table(ctx.part, "profile", rows, {"axis": ctx.axis, "coordinate": label, "unit": ctx.unit})
+    ctx.profile = t
     ctx.figures["profile"] = (t, label)
     return {"coordinate": label, "bins": len(rows)}
+
+
+def _section_descriptors(ctx: _Context, section: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """The cross-section's descriptors for rate capability (issue 19, item 6): porosity of the active
+    layer (from the profile, up to the thickness ``ncm sections`` found), thickness, tortuosity factor
+    and d50 of the measured region; one row of ``section_descriptors.csv``."""
+    t = ctx.profile
+    th_px = float(section.get("thickness_px", math.nan))
+    inside = np.asarray(t["position"]) / ctx.size < th_px
+    px = np.asarray(t["pixels"], np.float64)[inside]
+    por = float((np.asarray(t["porosity"])[inside] * px).sum() / px.sum()) if px.sum() else math.nan
+    tau = summary.get("tortuosity", {}).get("tau")
+    row = {
+        "name": section.get("name", ctx.img.name),
+        "porosity": por,
+        "thickness": th_px * ctx.size,
+        "tortuosity": math.inf if "tortuosity" in summary and tau is None else (math.nan if tau is None else tau),
+        "d50": summary.get("particles", {}).get("d50", math.nan),
+    }
+    write_table(ctx.part, "section_descriptors", [row], {"unit": ctx.unit, "tortuosity_axis": ctx.axis})
+    return row
 
 
 def _interfaces(ctx: _Context) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def measure_region(ctx: Any, o: MeasureOptions, summary: dict[str, Any]) -> None
             from ncm_core.measure.interfaces import specific_surface_area
 
             summary["specific_surface_area"] = {
-                "pore": specific_surface_area(pore, ctx.img.pixel_size, smooth=1.0),
+                "pore": specific_surface_area(pore, ctx.img.pixel_size),
                 "unit": f"1/{ctx.unit}",
             }
     if o.tortuosity:
