@@ -1,5 +1,5 @@
-"""The Inpaint dock widget in a real napari viewer (run under xvfb-run): paint a mask, fill it, and an
-empty mask as one notification line."""
+"""The Inpaint and Generate dock widgets in a real napari viewer (run under xvfb-run): paint a mask and fill
+it, an empty mask as one notification line; train a generator and open a volume in 3D."""
 
 import numpy as np
 import pytest
@@ -40,3 +40,20 @@ def test_empty_mask_is_one_line(make_napari_viewer, notifications):
     widget.add_mask_layer()
     assert widget.run(sync=True) is None
     assert widget.status.value.startswith("Error:") and "grey inpainted" not in viewer.layers
+
+
+def test_generate_widget_trains_and_opens_a_volume_in_3d(make_napari_viewer, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(_phase_map() * 100).save(tmp_path / "phases.png")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Generate")
+    widget.images.value = str(tmp_path / "phases.png")
+    widget.bundle.value = str(tmp_path / "gen")
+    widget.size.value, widget.iterations.value = 16, 3
+    widget.run(sync=True)
+    assert (tmp_path / "gen" / "model.safetensors").is_file(), widget.status.value
+    widget.volume_size.value = 24
+    widget.generate(sync=True)
+    layer = viewer.layers[-1]
+    assert type(layer).__name__ == "Labels" and layer.data.shape == (24, 24, 24) and viewer.dims.ndisplay == 3
