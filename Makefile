@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-measure
+.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-measure bench-generate
 
 setup:
 	@bash scripts/setup.sh
@@ -10,7 +10,7 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-measure
+bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-measure bench-generate
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
@@ -32,6 +32,9 @@ bench-explain: setup
 
 bench-pretrain: setup
 	.venv/bin/python benchmarks/pretraining.py
+
+bench-generate: setup
+	.venv/bin/python benchmarks/generate.py
 
 bench-measure: setup
 	.venv/bin/python benchmarks/measure.py

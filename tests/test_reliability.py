@@ -123,6 +123,25 @@ CATALOGUE = [
         ["predict", "{w}/bundle", "{w}/m.zarr", "{w}/neg.zarr", "{w}/preds", "--regions", "{w}/m.zarr/labels/truth"],
         ["--regions is a map of one mosaic"],
     ),
+    # ncm generate / inpaint / superres (issue 20)
+    (["generate", "train", "{w}/crops/s0.png", "{w}/g", "-q"], ["s0.png", "grey-level image", "segment it first"]),
+    (["generate", "train", "{w}/crops/s0.png", "{w}/g", "--size", "48", "-q"], ["power of two", "48"]),
+    (
+        ["generate", "train", "{w}/crops/s0.png", "{w}/g", "--fraction-weight", "-1"],
+        ["--fraction-weight", "at least 0"],
+    ),
+    (["generate", "volume", "{w}/bundle", "{w}/v.zarr", "--size", "0,4,4", "-q"], ["--size", "'0,4,4'"]),
+    (["generate", "volume", "{w}/bundle", "{w}/v.zarr", "-q"], ["bundle", "not a generator bundle"]),
+    (["generate", "check", "{w}/bundle", "{w}/chk", "--volumes", "0", "-q"], ["--volumes", "at least 1"]),
+    (
+        ["inpaint", "{w}/crops/s0.png", "{w}/crops/s1.png", "{w}/f.png", "--kind", "fancy"],
+        ["invalid choice", "'fancy'"],
+    ),
+    (["inpaint", "{w}/crops/s0.png", "{w}/crops/s1.png", "{w}/f.png", "--patch", "0"], ["--patch", "at least 1"]),
+    (["inpaint", "{w}/crops/s0.png", "{w}/crops/s1.png", "{w}/f.zarr", "-q"], ["f.zarr", ".tif, .tiff or .png"]),
+    (["superres", "train", "{w}/crops/s0.png", "{w}/sr", "--factor", "1", "-q"], ["factor must be between 2 and 8"]),
+    (["superres", "train", "{w}/crops/s0.png", "{w}/sr", "--blur", "-1", "-q"], ["--blur", "at least 0"]),
+    (["superres", "apply", "{w}/bundle", "{w}/m.zarr", "{w}/sr.zarr", "-q"], ["not a super-resolution bundle"]),
     # ncm measure (issue 19): the pore class, the parts measured, the side files
     (["measure", "{w}/m.zarr", "{w}/meas", "-q"], ["m.zarr", "say which class is pore: --pore CLASS"]),
     (["measure", "{w}/m.zarr", "{w}/meas", "--classes", "a,b", "-q"], ["m.zarr", "no class name", "--classes"]),

@@ -92,6 +92,17 @@ def _open_viewer_classes() -> dict[str, int] | None:
         return None
 
 
+def _volume_layers(path: Path) -> list[LayerData]:
+    """A generated volume (ncm generate volume): a 3D labels layer, value k + 1 = phase k."""
+    import dask.array as da
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    ms = dict(root.attrs)["ome"]["multiscales"][0]
+    scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    return [(da.from_zarr(root["0"]), {"name": path.name.split(".")[0], "scale": scale, "opacity": 0.8}, "labels")]
+
+
 def read(path: str | list[str]) -> list[LayerData]:
     """Open a mosaic or a prediction as layer-data tuples (lazy)."""
     from ncm_core.inference.predict import is_prediction, open_prediction
@@ -110,6 +121,10 @@ def read(path: str | list[str]) -> list[LayerData]:
 
     if is_segmentation(p):
         return segmentation_layers(open_segmentation(p), classes=_open_viewer_classes())
+    from ncm_core.inference.generate import is_volume
+
+    if is_volume(p):
+        return _volume_layers(p)
     layers = mosaic_layers(open_mosaic(p))
     if p.is_dir():
         layers += _ngff_labels(p)

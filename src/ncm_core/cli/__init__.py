@@ -19,7 +19,7 @@ from ncm_core.errors import Cancelled, NcmError
 def build_parser() -> argparse.ArgumentParser:
     """The ``ncm`` argument parser with every sub-command."""
     from ncm_core._version import __version__
-    from ncm_core.cli import data, demo, explain, measure, predict, pretrain, training
+    from ncm_core.cli import data, demo, explain, generate, measure, predict, pretrain, training
 
     p = argparse.ArgumentParser(
         prog="ncm",
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"napari-ncm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for mod in (data, training, pretrain, predict, explain, measure, demo):
+    for mod in (data, training, pretrain, predict, explain, measure, generate, demo):
         mod.add_parsers(sub)
     return p
 
