@@ -43,6 +43,8 @@ LIVE_TILE = 512
 #: images of more pixels than this get a zarr stroke layer (on disk, chunked like the live tiles) and are
 #: trained from the tiles around their strokes
 LAZY_STROKES_PX = 16 * 2**20
+#: the temporary folders of zarr stroke layers, removed when Python exits
+_STROKE_FOLDERS: list[tempfile.TemporaryDirectory] = []
 
 
 def atom_tiles(atoms: Any, tile: int = LIVE_TILE) -> set[tuple[int, int]]:
@@ -187,7 +189,7 @@ class SegmentWidget(RunsInBackground, Container):
         self._live_pending = False
         self._watched: Any = None
         self._dirty: set[tuple[int, int]] | None = None  # tiles painted since the last live update; None: all
-        self._stroke_folders: list[tempfile.TemporaryDirectory] = []
+        self._history: dict[int, Any] = {}  # the stroke layer's undo and redo items already seen
         self._timer: Any = None
         self._job_kind = "train"
         self.history: list[dict[str, float]] = []
@@ -234,7 +236,7 @@ class SegmentWidget(RunsInBackground, Container):
         import zarr
 
         folder = tempfile.TemporaryDirectory(prefix="ncm-strokes-")
-        self._stroke_folders.append(folder)
+        _STROKE_FOLDERS.append(folder)  # kept while napari runs, even if this dock closes
         return zarr.create_array(
             folder.name, shape=tuple(shape), chunks=(LIVE_TILE, LIVE_TILE), dtype="uint8", fill_value=0
         )
@@ -263,17 +265,40 @@ class SegmentWidget(RunsInBackground, Container):
         if self._watched is not None:
             self._watched.events.paint.disconnect(self._painted)
             self._watched.events.data.disconnect(self._replaced)
+            self._watched.events.set_data.disconnect(self._undone)
         self._watched = self.labels.value
         self._dirty = None
+        self._history = self._history_items()
         if self._watched is not None:
             self._watched.events.paint.connect(self._painted)
             self._watched.events.data.connect(self._replaced)
+            self._watched.events.set_data.connect(self._undone)
 
     def _painted(self, event: Any = None) -> None:
         """A stroke ended: the tiles it touched are read again at the next live update."""
+        atoms = getattr(event, "value", None)
+        if atoms is not None:
+            self._history[id(atoms)] = atoms
         if self._dirty is not None:
-            self._dirty |= atom_tiles(getattr(event, "value", None))
+            self._dirty |= atom_tiles(atoms)
         self._stroke_finished()
+
+    def _history_items(self) -> dict[int, Any]:
+        layer = self._watched
+        items = [*getattr(layer, "_undo_history", ()), *getattr(layer, "_redo_history", ())]
+        return {id(item): item for item in items}
+
+    def _undone(self, *_: Any) -> None:
+        """An undo or redo (napari sends no paint event for them): the tiles of the history items that
+        moved are read again."""
+        items = self._history_items()
+        moved = [item for key, item in items.items() if key not in self._history]
+        self._history = items
+        if moved:
+            if self._dirty is not None:
+                for item in moved:
+                    self._dirty |= atom_tiles(item)
+            self._stroke_finished()
 
     def _replaced(self, *_: Any) -> None:
         """The strokes were replaced: the next live update reads them all again."""
