@@ -69,6 +69,10 @@ def test_live_mode_predicts_what_its_bundle_predicts(tmp_path):
     strokes = paint_strokes(s.truth, 3, fraction=0.03, seed=9)
     assert not live.update(np.where(strokes == 1, 1, 0))  # one class painted: nothing to learn yet
     assert live.update(strokes)
+    booster = live.booster
+    import dask.array as da
+
+    assert live.update(da.from_array(strokes, chunks=50)) and live.booster is booster  # same strokes, lazily: kept
     view = live.predict_view(10, 140, 5, 160)
     seg = live.segmenter()
     whole = seg.predict_image(s.image.astype(np.float32)) + 1
