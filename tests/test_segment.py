@@ -69,6 +69,10 @@ def test_live_mode_predicts_what_its_bundle_predicts(tmp_path):
     strokes = paint_strokes(s.truth, 3, fraction=0.03, seed=9)
     assert not live.update(np.where(strokes == 1, 1, 0))  # one class painted: nothing to learn yet
     assert live.update(strokes)
+    booster = live.booster
+    import dask.array as da
+
+    assert live.update(da.from_array(strokes, chunks=50)) and live.booster is booster  # same strokes, lazily: kept
     view = live.predict_view(10, 140, 5, 160)
     seg = live.segmenter()
     whole = seg.predict_image(s.image.astype(np.float32)) + 1
@@ -112,3 +116,33 @@ def test_options_that_cannot_work_are_one_line(phases, tmp_path):
         with pytest.raises(NcmError, match=words):
             train_segmenter(phases, tmp_path / "x", **kw)
     assert not (tmp_path / "x").exists()
+
+
+def test_live_mode_on_a_40000_px_mosaic_reads_only_the_painted_tiles():
+    import tracemalloc
+
+    import dask.array as da
+
+    from ncm_core.training.live import LiveSegmenter
+
+    s = phase_sample("sem", (500, 500), seed=9)
+    mosaic = da.tile(da.from_array(s.image, chunks=500), (80, 80))  # 40000 x 40000: 1.6 GB, never in memory
+    strokes = paint_strokes(s.truth, 3, fraction=0.03, seed=9)
+    live = LiveSegmenter(mosaic, s.classes, tile=512, forest={"trees": 5})
+    tracemalloc.start()
+    # strokes in tile (30, 41) only: handed over as a copy of that tile, as the widget does while painting
+    tile = np.zeros((512, 512), np.uint8)
+    tile[6:506, 6:506] = strokes
+    assert live.update({(30, 41): tile}, [(30, 41)])
+    grid = live.predict_view(30 * 512, 31 * 512, 41 * 512, 42 * 512, stride=2, full=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert live.tile_reads == 1 and set(live._samples) == {(30, 41)}
+    assert peak < 200e6  # the features of one tile, not the mosaic's 1.6 GB
+    # one value per 2 x 2 block: the block's top-left pixel of the full-resolution preview
+    full = live.predict_view(30 * 512, 31 * 512, 41 * 512, 42 * 512, stride=2)
+    assert grid.shape == (256, 256) and np.array_equal(grid, full[::2, ::2])
+    # a stroke in another tile adds its samples; erasing it (the tile is all 0 now) drops them again
+    assert live.update({(3, 7): tile}, [(3, 7)]) and set(live._samples) == {(30, 41), (3, 7)}
+    assert live.update({(3, 7): np.zeros_like(tile)}, [(3, 7)]) and set(live._samples) == {(30, 41)}
+    assert live.tile_reads == 3

@@ -126,3 +126,61 @@ def test_the_view_is_read_in_full_resolution_pixels_and_capped(make_napari_viewe
     big.corner_pixels = np.array([[0, 0], [LIVE_MAX_SIDE * 2 - 1, 99]])
     y0, y1, x0, x1 = widget.view_rect(big)
     assert (y1 - y0, x0, x1) == (LIVE_MAX_SIDE, 0, 100) and y0 == LIVE_MAX_SIDE // 2  # the centre of the view
+
+
+def test_a_large_lazy_image_is_painted_on_disk_and_repredicted_tile_by_tile(make_napari_viewer, monkeypatch, tmp_path):
+    import dask.array as da
+    import zarr
+
+    from napari_ncm import _segment_widget as sw
+    from ncm_core.training.segment import describe, train_segmenter
+
+    # "large" from 1 Mpx on and a 512 px view cap, so that a 3072 x 3072 mosaic plays a 100k x 100k one
+    monkeypatch.setattr(sw, "LAZY_STROKES_PX", 2**20)
+    monkeypatch.setattr(sw, "LIVE_MAX_SIDE", 512)
+    s = phase_sample("sem", (256, 256), seed=4)
+    mosaic = da.tile(da.from_array(s.image, chunks=256), (12, 12))  # lazy, never in memory
+    viewer = make_napari_viewer()
+    image = viewer.add_image(mosaic, name="mosaic", scale=(0.5, 0.5), translate=(10.0, -4.0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Segment")
+    widget.image.value = image
+    layer = widget.new_stroke_layer()
+    assert isinstance(layer.data, zarr.Array) and layer.data.chunks == (sw.LIVE_TILE, sw.LIVE_TILE)
+
+    def stroke(y: int, x: int) -> tuple:  # a person's strokes over one copy of the sample, at (y, x)
+        rows, cols = np.nonzero(paint_strokes(s.truth, 3, fraction=0.02, seed=4))
+        return (rows + y, cols + x), s.truth[rows, cols] + 1
+
+    layer.data_setitem(*stroke(1100, 1560))  # inside tile (2, 3): napari writes its chunk to disk
+    layer.paint((1200, 1700), int(s.truth[1200 % 256, 1700 % 256]) + 1)  # and a brush dab there
+    assert sw.stored_tiles(layer.data) == [(2, 3)]
+    image.corner_pixels = np.array([[1024, 1536], [1535, 2047]])  # the view: tile (2, 3)
+    assert widget.live_update(sync=True) is not None, widget.status.value
+    live = widget.live_segmenter
+    assert live.tile_reads == 1  # the stored chunk, not the 36 tiles of the mosaic
+    out = viewer.layers["mosaic live"]
+    assert out.data.shape == (256, 256)  # the 512 px view at stride 2, not the mosaic
+    # the live layer lies on the image: each stroke pixel's world position shows that pixel's prediction
+    (rows, cols), _ = stroke(1100, 1560)
+    world = np.array([image.data_to_world((r, c)) for r, c in zip(rows, cols, strict=True)])
+    at = np.round([out.world_to_data(p) for p in world]).astype(int)
+    preview = live.predict_view(1024, 1536, 1536, 2048, stride=2)
+    assert np.array_equal(np.asarray(out.data)[at[:, 0], at[:, 1]], preview[rows - 1024, cols - 1536])
+    assert (preview[rows - 1024, cols - 1536] == np.asarray(layer.data[rows, cols])).mean() > 0.8
+    # a stroke elsewhere is read alone; erasing it drops its tile's samples
+    before = live.tile_reads
+    layer.data_setitem(*stroke(2600, 100))  # tile (5, 0)
+    widget.live_update(sync=True)
+    assert live.tile_reads == before + 1 and set(live._samples) == {(2, 3), (5, 0)}
+    layer.data_setitem(stroke(2600, 100)[0], 0)
+    widget.live_update(sync=True)
+    assert live.tile_reads == before + 2 and set(live._samples) == {(2, 3)}
+    layer.undo()  # napari sends no paint event for an undo: the widget finds the tile in the history
+    widget.live_update(sync=True)
+    assert live.tile_reads == before + 3 and set(live._samples) == {(2, 3), (5, 0)}
+    # training reads the painted tiles with their margin, not the mosaic; the bundle is the CLI's kind
+    ls = widget.label_set()
+    assert sum(im.size for im in ls.images) <= 2 * (sw.LIVE_TILE + 2 * sw.TRAIN_MARGIN) ** 2
+    assert sum(int((lab > 0).sum()) for lab in ls.labels) == int((np.asarray(layer.data) > 0).sum())
+    bundle = train_segmenter(ls, tmp_path / "forest", engine="forest", trees=5)
+    assert describe(bundle).startswith("forest segmenter of 3 classes")

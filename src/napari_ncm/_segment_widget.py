@@ -38,6 +38,60 @@ LIVE_MAX_SIDE = 2048
 TRAIN_MARGIN = 256
 #: ms after the last paint event before the live forest retrains (a stroke ends, then it runs once)
 DEBOUNCE_MS = 300
+#: side of the live forest's tiles: strokes are tracked, copied and (zarr) stored in tiles of this side
+LIVE_TILE = 512
+#: images of more pixels than this get a zarr stroke layer (on disk, chunked like the live tiles) and are
+#: trained from the tiles around their strokes
+LAZY_STROKES_PX = 16 * 2**20
+#: the temporary folders of zarr stroke layers, removed when Python exits
+_STROKE_FOLDERS: list[tempfile.TemporaryDirectory] = []
+
+
+def atom_tiles(atoms: Any, tile: int = LIVE_TILE) -> set[tuple[int, int]]:
+    """The tiles ``(ty, tx)`` that a napari Labels ``paint`` event's history atoms changed: a masked paint
+    atom's bounding box (``slice_key``), or the index arrays of a ``(indices, old, new)`` atom."""
+    keys: set[tuple[int, int]] = set()
+    for atom in atoms or []:
+        box = getattr(atom, "slice_key", None)
+        if box is not None:
+            ys, xs = box[-2], box[-1]
+            y0, x0 = ys.start or 0, xs.start or 0
+            y1, x1 = max(ys.stop, y0 + 1), max(xs.stop, x0 + 1)
+            keys |= {
+                (a, b) for a in range(y0 // tile, (y1 - 1) // tile + 1) for b in range(x0 // tile, (x1 - 1) // tile + 1)
+            }
+            continue
+        index = atom[0]
+        if len(index) >= 2 and len(index[-1]):
+            pairs = np.unique(np.stack([np.asarray(index[-2]) // tile, np.asarray(index[-1]) // tile], 1), axis=0)
+            keys |= {(int(a), int(b)) for a, b in pairs}
+    return keys
+
+
+def stored_tiles(data: Any, tile: int = LIVE_TILE) -> list[tuple[int, int]] | None:
+    """The tiles of a zarr (v3) array of ``tile``-sized chunks that exist in its store (the others hold only
+    the fill value 0), or None for any other array."""
+    try:
+        import zarr
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        return None
+    if not isinstance(data, zarr.Array) or tuple(data.chunks) != (tile, tile) or data.fill_value != 0:
+        return None
+    encoding = data.metadata.chunk_key_encoding
+    if getattr(encoding, "name", "") != "default" or getattr(encoding, "separator", "") != "/":
+        return None
+    prefix = (data.path + "/" if data.path else "") + "c/"
+
+    async def keys() -> list[str]:
+        return [k async for k in data.store.list_prefix(prefix)]
+
+    out = []
+    for key in sync(keys()):
+        parts = key[len(prefix) :].split("/")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            out.append((int(parts[0]), int(parts[1])))
+    return sorted(out)
 
 
 def channels_first(layer: Any) -> Any:
@@ -134,6 +188,8 @@ class SegmentWidget(RunsInBackground, Container):
         self._live_worker: Any = None
         self._live_pending = False
         self._watched: Any = None
+        self._dirty: set[tuple[int, int]] | None = None  # tiles painted since the last live update; None: all
+        self._history: dict[int, Any] = {}  # the stroke layer's undo and redo items already seen
         self._timer: Any = None
         self._job_kind = "train"
         self.history: list[dict[str, float]] = []
@@ -156,7 +212,7 @@ class SegmentWidget(RunsInBackground, Container):
         names = self.class_names()
         shape = channels_first(image).shape[1:]
         layer = self._viewer.add_labels(
-            np.zeros(shape, np.uint8),
+            self._stroke_array(shape),
             name=f"{image.name} strokes",
             scale=image.scale[-2:],
             translate=image.translate[-2:],
@@ -170,6 +226,20 @@ class SegmentWidget(RunsInBackground, Container):
             f"Paint a few lines inside each phase ({', '.join(f'{k + 1} {n}' for k, n in enumerate(names))})."
         )
         return layer
+
+    def _stroke_array(self, shape: tuple[int, int]) -> Any:
+        """Zeros of ``shape``: numpy for an image up to :data:`LAZY_STROKES_PX` pixels, else a zarr array on
+        disk (chunks of :data:`LIVE_TILE`, fill 0: only painted chunks are ever written) in a temporary
+        folder removed when napari exits."""
+        if int(shape[0]) * int(shape[1]) <= LAZY_STROKES_PX:
+            return np.zeros(shape, np.uint8)
+        import zarr
+
+        folder = tempfile.TemporaryDirectory(prefix="ncm-strokes-")
+        _STROKE_FOLDERS.append(folder)  # kept while napari runs, even if this dock closes
+        return zarr.create_array(
+            folder.name, shape=tuple(shape), chunks=(LIVE_TILE, LIVE_TILE), dtype="uint8", fill_value=0
+        )
 
     def _checked_inputs(self) -> tuple[Any, Any, list[str]]:
         from ncm_core.errors import NcmError
@@ -193,16 +263,51 @@ class SegmentWidget(RunsInBackground, Container):
     # ------------------------------------------------------------------------------ live
     def _watch_labels(self, *_: Any) -> None:
         if self._watched is not None:
-            for ev in (self._watched.events.paint, self._watched.events.data):
-                ev.disconnect(self._stroke_finished)
+            self._watched.events.paint.disconnect(self._painted)
+            self._watched.events.data.disconnect(self._replaced)
+            self._watched.events.set_data.disconnect(self._undone)
         self._watched = self.labels.value
+        self._dirty = None
+        self._history = self._history_items()
         if self._watched is not None:
-            self._watched.events.paint.connect(self._stroke_finished)
-            self._watched.events.data.connect(self._stroke_finished)
+            self._watched.events.paint.connect(self._painted)
+            self._watched.events.data.connect(self._replaced)
+            self._watched.events.set_data.connect(self._undone)
+
+    def _painted(self, event: Any = None) -> None:
+        """A stroke ended: the tiles it touched are read again at the next live update."""
+        atoms = getattr(event, "value", None)
+        if atoms is not None:
+            self._history[id(atoms)] = atoms
+        if self._dirty is not None:
+            self._dirty |= atom_tiles(atoms)
+        self._stroke_finished()
+
+    def _history_items(self) -> dict[int, Any]:
+        layer = self._watched
+        items = [*getattr(layer, "_undo_history", ()), *getattr(layer, "_redo_history", ())]
+        return {id(item): item for item in items}
+
+    def _undone(self, *_: Any) -> None:
+        """An undo or redo (napari sends no paint event for them): the tiles of the history items that
+        moved are read again."""
+        items = self._history_items()
+        moved = [item for key, item in items.items() if key not in self._history]
+        self._history = items
+        if moved:
+            if self._dirty is not None:
+                for item in moved:
+                    self._dirty |= atom_tiles(item)
+            self._stroke_finished()
+
+    def _replaced(self, *_: Any) -> None:
+        """The strokes were replaced: the next live update reads them all again."""
+        self._dirty = None
+        self._stroke_finished()
 
     def _live_toggled(self, *_: Any) -> None:
         if self.live.value:
-            self._watch_labels()
+            self._watch_labels()  # and read all the strokes again
             self._stroke_finished()
 
     def _stroke_finished(self, *_: Any) -> None:
@@ -244,31 +349,41 @@ class SegmentWidget(RunsInBackground, Container):
         return y0, y1, x0, x1
 
     def live_update(self, sync: bool = False) -> Any:
-        """Retrain the live forest on the strokes and repredict the view; ``sync`` runs it here (tests)."""
+        """Retrain the live forest on the strokes and repredict the view; ``sync`` runs it here (tests).
+
+        Only the tiles painted since the last update are copied (here, on the main thread) and read;
+        after the strokes were replaced, all of them are read again, tile by tile."""
         from ncm_core.errors import NcmError
 
+        if not sync and self._live_worker is not None:
+            self._live_pending = True
+            return None
         try:
             image, labels, names = self._checked_inputs()
             key = (id(image), id(labels), tuple(names))
             if self.live_segmenter is None or self._live_key != key:
                 from ncm_core.training.live import LiveSegmenter
 
-                self.live_segmenter = LiveSegmenter(channels_first(image), names, norm=coarse_norm(image))
-                self._live_key = key
-            strokes = np.array(labels.data)  # a copy: painting goes on while the worker reads it
+                self.live_segmenter = LiveSegmenter(
+                    channels_first(image), names, tile=LIVE_TILE, norm=coarse_norm(image)
+                )
+                self._live_key, self._dirty = key, None
+            dirty, self._dirty = self._dirty, set()
+            strokes, tiles = self._strokes_to_read(labels.data, dirty)
             rect = self.view_rect(image)
         except NcmError as exc:
             self._live_error(exc)
             return None
         live = self.live_segmenter
-
         y0, y1, x0, x1 = rect
         stride = 2 if (y1 - y0) * (x1 - x0) > (LIVE_MAX_SIDE // 2) ** 2 else 1
+        y0, x0 = y0 - y0 % stride, x0 - x0 % stride  # the preview's grid starts at the rectangle's corner
 
         def work() -> Any:
-            if not live.update(strokes):
+            if not live.update(strokes, tiles):
                 return None
-            return rect, live.predict_view(*rect, stride=stride), dict(live.timing)
+            grid = live.predict_view(y0, y1, x0, x1, stride=stride, full=False)
+            return (y0, y1, x0, x1), stride, grid, dict(live.timing)
 
         if sync:
             try:
@@ -278,9 +393,6 @@ class SegmentWidget(RunsInBackground, Container):
                 return None
             self._show_live(result)
             return result
-        if self._live_worker is not None:
-            self._live_pending = True
-            return None
         from superqt.utils import create_worker
 
         worker = create_worker(work, _start_thread=False, _ignore_errors=True)
@@ -290,6 +402,22 @@ class SegmentWidget(RunsInBackground, Container):
         self._live_worker = worker
         worker.start()
         return worker
+
+    def _strokes_to_read(self, data: Any, dirty: set[tuple[int, int]] | None) -> tuple[Any, Any]:
+        """What the worker reads: ``(labels, tiles)`` for :meth:`LiveSegmenter.update`. Copies of the painted
+        tiles (painting goes on meanwhile); after a replacement, a copy of a small layer, of the stored
+        chunks of a zarr layer, or the (large, lazy) array itself, scanned tile by tile."""
+        live = self.live_segmenter
+        if dirty is not None:
+            boxes = live.tile_boxes(dirty)
+            return {k: np.array(data[a:b, c:d]) for k, (a, b, c, d) in boxes.items()}, sorted(boxes)
+        if isinstance(data, np.ndarray) and data.size <= LAZY_STROKES_PX:
+            return np.array(data), None
+        stored = stored_tiles(data, live.tile)
+        if stored is not None:
+            boxes = live.tile_boxes(stored)
+            return {k: np.array(data[a:b, c:d]) for k, (a, b, c, d) in boxes.items()}, None
+        return data, None
 
     def _live_finished(self) -> None:
         self._live_worker = None
@@ -309,7 +437,14 @@ class SegmentWidget(RunsInBackground, Container):
             if result is None:
                 self.status.value = "Live: paint strokes of at least two classes."
             return
-        (y0, y1, x0, x1), classes, timing = result
+        (y0, y1, x0, x1), stride, grid, timing = result
+        # one value per stride x stride block whose top-left pixel is (y0, x0) + stride * (i, j): napari puts
+        # pixel centres at integer world coordinates, so the block's centre is (stride - 1) / 2 further on
+        scale = np.asarray(image.scale[-2:], float)
+        where = {
+            "scale": scale * stride,
+            "translate": np.asarray(image.translate[-2:], float) + scale * ((stride - 1) / 2 + np.array([y0, x0])),
+        }
         name = f"{image.name} live"
         if name not in self._viewer.layers:
             from napari_ncm._layers import class_labels_kwargs
@@ -317,19 +452,17 @@ class SegmentWidget(RunsInBackground, Container):
 
             names = self.live_segmenter.classes
             self._viewer.add_labels(
-                np.zeros(channels_first(image).shape[1:], np.uint8),
+                grid,
                 name=name,
-                scale=image.scale[-2:],
-                translate=image.translate[-2:],
                 opacity=0.5,
                 metadata={"ncm_prediction": True},
+                **where,
                 **class_labels_kwargs(names, class_colors(names)),
             )
-        layer = self._viewer.layers[name]
-        data = layer.data
-        data[:] = 0
-        data[y0:y1, x0:x1] = classes
-        layer.refresh()
+        else:
+            layer = self._viewer.layers[name]
+            layer.scale, layer.translate = where["scale"], where["translate"]
+            layer.data = grid
         seconds = timing.get("update_s", 0) + timing.get("predict_s", 0)
         self.status.value = f"Live: {y1 - y0}x{x1 - x0} px repredicted in {seconds:.2f} s"
 
@@ -340,21 +473,70 @@ class SegmentWidget(RunsInBackground, Container):
         self.run_button.text = "Train U-Net" if unet else "Train forest"
 
     def label_set(self) -> Any:
-        """The image and its strokes as a :class:`~ncm_core.data.label_images.LabelSet` (checked)."""
+        """The image and its strokes as a :class:`~ncm_core.data.label_images.LabelSet` (checked): the part of
+        the image around the strokes; for a large image (over :data:`LAZY_STROKES_PX` pixels), the parts
+        around each group of painted tiles, so that memory follows the painted area, not the image."""
         from ncm_core.data.label_images import LabelSet, check_labels
 
         image, labels, names = self._checked_inputs()
+        pixel_size = (image.metadata or {}).get("pixel_size")
+        h, w = channels_first(image).shape[1:]
+        if h * w > LAZY_STROKES_PX:
+            images, parts, stems = self._painted_parts(image, labels)
+            check_labels(parts, names, labels.name)
+            return LabelSet(images, parts, stems, names, None, pixel_size)
         lab = np.asarray(labels.data)
         check_labels([lab], names, labels.name)
         # a large mosaic is read only around its strokes (with room for the features' and patches' context)
         rows, cols = np.flatnonzero(lab.any(1)), np.flatnonzero(lab.any(0))
-        h, w = lab.shape
         y0, y1 = max(int(rows[0]) - TRAIN_MARGIN, 0), min(int(rows[-1]) + 1 + TRAIN_MARGIN, h)
         x0, x1 = max(int(cols[0]) - TRAIN_MARGIN, 0), min(int(cols[-1]) + 1 + TRAIN_MARGIN, w)
         pixels = np.asarray(channels_first(image)[:, y0:y1, x0:x1], np.float32)
-        pixel_size = (image.metadata or {}).get("pixel_size")
         part = lab[y0:y1, x0:x1].astype(np.int32)
         return LabelSet([pixels], [part], [image.name], names, None, pixel_size)
+
+    def _painted_parts(self, image: Any, labels: Any) -> tuple[list, list, list]:
+        """Images and labels of the painted tiles of a large image: one part per group of touching painted
+        tiles (its bounding box, or each tile alone when the box would be mostly unpainted), each with
+        :data:`TRAIN_MARGIN` pixels of context whose labels are left out (they belong to another part)."""
+        from scipy import ndimage
+
+        from ncm_core.training.live import label_tiles
+
+        data, t, m = labels.data, LIVE_TILE, TRAIN_MARGIN
+        stored = stored_tiles(data, t)
+        painted = {key: lab for key, lab in label_tiles(data, t, stored) if lab.any()}
+        if not painted:
+            return [], [], []
+        keys = np.array(sorted(painted))
+        lo = keys.min(0)
+        grid = np.zeros(tuple(keys.max(0) - lo + 1), bool)
+        grid[tuple((keys - lo).T)] = True
+        groups, _ = ndimage.label(grid, structure=np.ones((3, 3), bool))
+        pixels = channels_first(image)
+        h, w = pixels.shape[1:]
+        of_group = groups[tuple((keys - lo).T)]
+        boxes = []  # per group: boxes of tiles (ty0, ty1, tx0, tx1)
+        for g, (rs, cs) in enumerate(ndimage.find_objects(groups), start=1):
+            members = keys[of_group == g]
+            if (rs.stop - rs.start) * (cs.stop - cs.start) <= 2 * len(members):
+                boxes.append([(rs.start + lo[0], rs.stop + lo[0], cs.start + lo[1], cs.stop + lo[1])])
+            else:
+                boxes.append([(ky, ky + 1, kx, kx + 1) for ky, kx in members])
+        images, parts, stems = [], [], []
+        for group in boxes:
+            for ty0, ty1, tx0, tx1 in (tuple(int(v) for v in box) for box in group):
+                y0, y1 = max(ty0 * t - m, 0), min(ty1 * t + m, h)
+                x0, x1 = max(tx0 * t - m, 0), min(tx1 * t + m, w)
+                part = np.zeros((y1 - y0, x1 - x0), np.int32)
+                for (ky, kx), lab in painted.items():
+                    if ty0 <= ky < ty1 and tx0 <= kx < tx1:
+                        a, c = ky * t - y0, kx * t - x0
+                        part[a : a + lab.shape[0], c : c + lab.shape[1]] = lab
+                images.append(np.asarray(pixels[:, y0:y1, x0:x1], np.float32))
+                parts.append(part)
+                stems.append(f"{image.name} [{y0}:{y1}, {x0}:{x1}]")
+        return images, parts, stems
 
     def _job(self) -> Any:
         if self._job_kind == "segment":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,48 @@ from ncm_core.training.segment_config import SegmentConfig
 
 #: a lighter forest than training's default, so a retrain and a repredict take about a second
 LIVE_FOREST = {"trees": 30, "leaves": 15, "max_per_class": 4000}
+#: at most this many label pixels are read at once when all the strokes are rescanned
+SCAN_PIXELS = 16 * 2**20
+
+
+def sample_pixels(image: Any, windows: int = 8, side: int = 128) -> np.ndarray:
+    """About a million pixels of ``image`` ``(C, H, W)`` to fit its normalisation: every n-th pixel of a
+    small image; of a large (lazy) one, ``windows`` x ``windows`` windows of ``side`` pixels spread over it
+    (a strided read of a lazy mosaic would read all of it)."""
+    h, w = (int(v) for v in image.shape[1:])
+    if h * w <= SCAN_PIXELS:
+        step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
+        return np.asarray(image[:, ::step, ::step], np.float32)
+    ys = np.linspace(0, max(h - side, 0), windows).astype(int)
+    xs = np.linspace(0, max(w - side, 0), windows).astype(int)
+    parts = [np.asarray(image[:, y : y + side, x : x + side], np.float32) for y in ys for x in xs]
+    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)[:, None]
+
+
+def label_tiles(
+    labels: Any, tile: int, tiles: Iterable[tuple[int, int]] | None = None, *, count: Any = None
+) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """``((ty, tx), labels of that tile)`` of a label array ``(H, W)`` (numpy, zarr or dask) cut in
+    ``tile``-sized tiles: the given ``tiles``, or (``None``) every tile holding a label, found by reading
+    the array a band of tile rows at a time (at most :data:`SCAN_PIXELS` pixels per read, never the whole
+    array). ``count(n)`` is told how many tiles each read covers."""
+    h, w = (int(v) for v in labels.shape[-2:])
+    t = int(tile)
+    if tiles is not None:
+        ny, nx = -(-h // t), -(-w // t)
+        for ty, tx in sorted({(int(a), int(b)) for a, b in tiles if 0 <= a < ny and 0 <= b < nx}):
+            if count is not None:
+                count(1)
+            yield (ty, tx), np.asarray(labels[ty * t : (ty + 1) * t, tx * t : (tx + 1) * t])
+        return
+    step = max(1, SCAN_PIXELS // (t * t)) * t  # columns per read
+    for y0 in range(0, h, t):
+        for b0 in range(0, w, step):
+            band = np.asarray(labels[y0 : y0 + t, b0 : b0 + step])
+            if count is not None:
+                count(-(-band.shape[1] // t))
+            for c in np.unique(np.flatnonzero(band.any(axis=0)) // t):
+                yield (y0 // t, b0 // t + int(c)), band[:, int(c) * t : (int(c) + 1) * t]
 
 
 class LiveSegmenter:
@@ -70,14 +112,14 @@ class LiveSegmenter:
         self.config = self._segmenter_config(norm)
         self.booster: Any = None
         self.timing: dict[str, float] = {}
+        #: label tiles read by :meth:`update` so far (a rescan counts every tile it reads)
+        self.tile_reads = 0
 
     def _segmenter_config(self, norm: tuple[float, float] | None) -> SegmenterConfig:
         from ncm_core.data.label_images import fit_normalization
 
         if norm is None:
-            h, w = self.shape
-            step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
-            norm = fit_normalization([np.asarray(self.image[:, ::step, ::step], np.float32)])
+            norm = fit_normalization([sample_pixels(self.image)])
         low, high = (float(v) for v in norm)
         from ncm_core.io.colors import class_colors
 
@@ -122,25 +164,48 @@ class LiveSegmenter:
         return [(ty, tx) for ty in range(y0 // t, (y1 - 1) // t + 1) for tx in range(x0 // t, (x1 - 1) // t + 1)]
 
     # ------------------------------------------------------------------------------------------ training
-    def update(self, labels: np.ndarray) -> bool:
-        """Refit the forest on ``labels`` (``(H, W)``: 0 unlabelled, k = class k); the same strokes as last
-        time keep the forest. False (and no forest) while fewer than two classes are painted."""
+    def tile_boxes(self, tiles: Iterable[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        """Rows and columns ``(y0, y1, x0, x1)`` of each tile key ``(ty, tx)`` inside the image."""
+        ny, nx = -(-self.shape[0] // self.tile), -(-self.shape[1] // self.tile)
+        return {(int(a), int(b)): self._tile_box(int(a), int(b)) for a, b in tiles if 0 <= a < ny and 0 <= b < nx}
+
+    def _read_tiles(self, labels: Any, tiles: Iterable[tuple[int, int]] | None) -> Iterator[tuple[Any, np.ndarray]]:
+        def count(n: int) -> None:
+            self.tile_reads += n
+
+        if isinstance(labels, Mapping):  # tiles copied by the caller
+            for key in tiles if tiles is not None else list(labels):
+                count(1)
+                yield tuple(key), np.asarray(labels[key])
+            return
+        yield from label_tiles(labels, self.tile, tiles, count=count)
+
+    def update(self, labels: Any, tiles: Iterable[tuple[int, int]] | None = None) -> bool:
+        """Refit the forest on ``labels`` (``(H, W)``: 0 unlabelled, k = class k; numpy, zarr or dask); the
+        same strokes as last time keep the forest. False (and no forest) while fewer than two classes are
+        painted.
+
+        ``tiles`` (keys ``(ty, tx)`` of :attr:`tile`-sized tiles) are the only tiles read, the others keep
+        their samples; a tile with no label left drops out. ``None`` rescans the whole array, a band of
+        tiles at a time. ``labels`` may also be a mapping ``{(ty, tx): labels of that tile}`` (copies made
+        while painting goes on): of the given ``tiles``, or of every painted tile when ``tiles`` is None.
+        """
         t0 = time.perf_counter()
-        labels = np.asarray(labels)
-        if labels.shape != self.shape:
-            raise NcmError(f"labels are {labels.shape}, the image {self.shape}")
-        t = self.tile
-        painted = set()
-        for ty in sorted({int(r) // t for r in np.flatnonzero(labels.any(axis=1))}):
-            cols = np.flatnonzero(labels[ty * t : (ty + 1) * t].any(axis=0))
-            painted |= {(ty, int(c) // t) for c in cols}
-        changed = set(self._samples) != painted
-        self._samples = {k: v for k, v in self._samples.items() if k in painted}
+        if not isinstance(labels, Mapping) and tuple(labels.shape) != self.shape:
+            raise NcmError(f"labels are {tuple(labels.shape)}, the image {self.shape}")
+        seen: set[tuple[int, int]] = set()
+        old_keys = set(self._samples)
+        changed = False
         t_feat = 0.0
-        for key in sorted(painted):
+        for key, lab in self._read_tiles(labels, tiles):
+            seen.add(key)
             y0, y1, x0, x1 = self._tile_box(*key)
-            lab = labels[y0:y1, x0:x1]
+            if lab.shape != (y1 - y0, x1 - x0):
+                raise NcmError(f"labels of tile {key} are {lab.shape}, the tile {(y1 - y0, x1 - x0)}")
             old = self._samples.get(key)
+            if not lab.any():
+                changed |= self._samples.pop(key, None) is not None
+                continue
             if old is not None and np.array_equal(old[0], lab):
                 continue
             changed = True
@@ -149,6 +214,10 @@ class LiveSegmenter:
             t_feat += time.perf_counter() - tf
             m = lab > 0
             self._samples[key] = (lab.copy(), feats[:, m].T.copy(), lab[m].astype(np.int32) - 1)
+        if tiles is None:  # a full rescan: unseen tiles hold no label
+            for key in old_keys - seen:
+                del self._samples[key]
+                changed = True
         if not self._samples:
             self.booster = None
             return False
@@ -179,38 +248,42 @@ class LiveSegmenter:
         return True
 
     # ------------------------------------------------------------------------------------------ prediction
-    def predict_view(self, y0: int, y1: int, x0: int, x1: int, stride: int = 1) -> np.ndarray:
+    def predict_view(self, y0: int, y1: int, x0: int, x1: int, stride: int = 1, *, full: bool = True) -> np.ndarray:
         """Class map (uint8, k + 1 = class k) of rows ``y0:y1``, columns ``x0:x1`` (clipped to the image);
-        ``stride`` > 1 classifies every ``stride``-th pixel of the image grid and repeats it (a preview)."""
+        ``stride`` > 1 classifies every ``stride``-th pixel of the image grid (a preview) and repeats it
+        (``full``), or returns only those pixels (``full=False``: one value per ``stride`` x ``stride``
+        block whose top-left pixel is at a multiple of ``stride``, from the first at or after ``(y0, x0)``)."""
         if self.booster is None:
             raise NcmError("paint strokes of at least two classes first")
         t0 = time.perf_counter()
         h, w = self.shape
         y0, y1, x0, x1 = max(int(y0), 0), min(int(y1), h), max(int(x0), 0), min(int(x1), w)
-        out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
-        if out.size == 0:
-            return out
         s = max(int(stride), 1)
+        g0, h0 = -(-y0 // s) * s, -(-x0 // s) * s  # the first pixels of the image grid in the rectangle
+        grid = np.zeros((len(range(g0, y1, s)), len(range(h0, x1, s))), np.uint8)
+        if grid.size == 0:
+            return grid if not full else np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
         threads = int(self.settings.get("threads", 2))
         for key in self._tiles(y0, y1, x0, x1):
             ty0, ty1, tx0, tx1 = self._tile_box(*key)
             a0, a1, b0, b1 = max(ty0, y0), min(ty1, y1), max(tx0, x0), min(tx1, x1)
-            feats = self.tile_features(*key)
             # the pixels of the image grid (multiples of s) in this part, in tile coordinates
             r0, c0 = -(-a0 // s) * s, -(-b0 // s) * s
-            part = feats[:, r0 - ty0 : a1 - ty0 : s, c0 - tx0 : b1 - tx0 : s]
-            if part.shape[1] == 0 or part.shape[2] == 0:
+            if r0 >= a1 or c0 >= b1:
                 continue
+            feats = self.tile_features(*key)
+            part = feats[:, r0 - ty0 : a1 - ty0 : s, c0 - tx0 : b1 - tx0 : s]
             f, ph, pw = part.shape
             p = self.booster.predict(np.ascontiguousarray(part.reshape(f, -1).T), num_threads=threads)
             cls = (np.asarray(p).argmax(1) + 1).astype(np.uint8).reshape(ph, pw)
-            if s > 1:
-                cls = np.repeat(np.repeat(cls, s, 0), s, 1)
-            # the repeated block starts at (r0, c0); pixels before it (a0 < r0) take its first row/column
-            block = np.pad(cls, ((r0 - a0, 0), (c0 - b0, 0)), mode="edge")[: a1 - a0, : b1 - b0]
-            out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = block
+            i, j = (r0 - g0) // s, (c0 - h0) // s
+            grid[i : i + ph, j : j + pw] = cls
         self.timing["predict_s"] = time.perf_counter() - t0
-        return out
+        if not full:
+            return grid
+        out = np.repeat(np.repeat(grid, s, 0), s, 1)
+        # the repeated grid starts at (g0, h0); pixels before it take its first row/column
+        return np.pad(out, ((g0 - y0, 0), (h0 - x0, 0)), mode="edge")[: y1 - y0, : x1 - x0]
 
     def segmenter(self) -> ForestSegmenter:
         """The current forest with its config (normalisation, classes, halo): save it as a bundle, or
