@@ -37,6 +37,7 @@ bench-generate: setup
 	.venv/bin/python benchmarks/generate.py
 
 bench-measure: setup
+	.venv/bin/python -m pip install -q "openpnm>=3.4" "pyamg>=5"  # PoreSpy's finite-difference solver, compared with TauFactor
 	.venv/bin/python benchmarks/measure.py
 
 bench-segment: setup
