@@ -204,11 +204,11 @@ stride-2 preview (median of {repeats}).
 
 U-Net: `{", ".join(f"{k}={v}" for k, v in UNET.items())}` (`ncm train --engine unet`), the halo of mosaic
 windows set by the network's measured reach.
-
-{mosaic_text}"""
+"""
     if not a.quick:
         write_section(Path(a.out), "segment", text)
-    print(text)
+        write_section(Path(a.out), "segment-mosaic", mosaic_text)
+    print(text + "\n" + mosaic_text)
 
 
 if __name__ == "__main__":
