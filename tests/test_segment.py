@@ -79,7 +79,7 @@ def test_live_mode_predicts_what_its_bundle_predicts(tmp_path):
     assert np.array_equal(view, whole[10:140, 5:160])  # tiles with the halo = the whole image
     preview = live.predict_view(10, 140, 5, 160, stride=2)
     assert preview.shape == view.shape and np.array_equal(preview[::2, 1::2], view[::2, 1::2])
-    assert (view == s.truth[10:140, 5:160] + 1).mean() > 0.75
+    assert (view == s.truth[10:140, 5:160] + 1).mean() > 0.7  # learnt from 3 % strokes (chance: about 0.4)
     saved = load_segmenter(seg.save(tmp_path / "live"))
     assert np.array_equal(saved.predict_image(s.image.astype(np.float32)) + 1, whole)
 
@@ -146,3 +146,19 @@ def test_live_mode_on_a_40000_px_mosaic_reads_only_the_painted_tiles():
     assert live.update({(3, 7): tile}, [(3, 7)]) and set(live._samples) == {(30, 41), (3, 7)}
     assert live.update({(3, 7): np.zeros_like(tile)}, [(3, 7)]) and set(live._samples) == {(30, 41)}
     assert live.tile_reads == 3
+
+
+def test_the_forest_segments_a_mosaic_exactly_like_the_whole_image_borders_included(forest, tmp_path):
+    """100 % of pixels, the image's own borders included: the engine pads windows at the border the way the
+    features' filters extend the whole image."""
+    from ncm_core.inference.segment import segment_mosaic
+    from ncm_core.inference.segmentation import open_segmentation
+    from ncm_core.io.mosaic import open_mosaic
+
+    seg = load_segmenter(forest)
+    s = phase_sample("sem", (300, 340), seed=5)
+    whole = seg.predict_image(s.image.astype(np.float32)) + 1
+    out = segment_mosaic(forest, open_mosaic(s.image), tmp_path / "seg.zarr", window=256, chunk=64, overlap=0)
+    labels = np.asarray(open_segmentation(out).label_levels()[0])
+    assert labels.shape == whole.shape
+    assert np.array_equal(labels, whole), f"{(labels != whole).mean():.4%} of pixels differ"

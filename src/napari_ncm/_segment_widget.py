@@ -633,20 +633,25 @@ class SegmentWidget(RunsInBackground, Container):
         self.status.value = f"Done: {describe(self.result)} -> {self.result}"
 
     def _open_segmentation(self, path: Path) -> None:
-        from napari_ncm._reader import _ngff_labels
+        """The class map (multiscale, names and colours) and any class probabilities, aligned with the image."""
+        from napari_ncm._layers import segmentation_layers
+        from ncm_core.inference.segmentation import open_segmentation
 
         image = self.image.value
-        layers = _ngff_labels(path)
-        if not layers:
-            show_task_error(self.task_name, RuntimeError(f"{path}: no labels to open"))
-            return
-        for data, kw, _kind in layers:
-            kw = {**kw, "name": f"{path.name.split('.')[0]} {kw['name']}", "visible": True, "opacity": 0.5}
-            if image is not None:  # level 0 is at pixel resolution: align it with the image
-                kw.update(scale=image.scale[-2:], translate=image.translate[-2:])
+        layers = segmentation_layers(open_segmentation(path), classes=None)
+        base_scale = np.asarray(layers[0][1]["scale"], float)
+        base_trans = np.asarray(layers[0][1]["translate"], float)
+        for data, kw, kind in layers:
+            kw = {**kw, "name": f"{path.name.split('.')[0]} {kw['name']}"}
+            if image is not None:  # the run's world frame mapped onto the image layer's
+                f = np.asarray(image.scale[-2:], float) / base_scale
+                kw["scale"] = tuple(np.asarray(kw["scale"], float) * f)
+                kw["translate"] = tuple(
+                    np.asarray(image.translate[-2:], float) + (np.asarray(kw["translate"]) - base_trans) * f
+                )
             if kw["name"] in self._viewer.layers:
                 self._viewer.layers.remove(kw["name"])
-            self._viewer.add_labels(data, **kw)
+            (self._viewer.add_labels if kind == "labels" else self._viewer.add_image)(data, **kw)
         self.status.value = f"Done: segmentation {path}"
 
     def _finished_hook(self) -> None:

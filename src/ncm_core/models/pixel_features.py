@@ -4,10 +4,11 @@ For each channel and each ``sigma`` (px): the smoothed intensity (``intensity``)
 (``edges``), the two eigenvalues of the Hessian (``texture``: ridges, blobs, corners), and the difference of
 Gaussians to the next finer scale (``dog``; the raw image is the finest, so a local contrast at every scale);
 plus the raw intensity. All are computed from ``gaussian_filter1d`` along rows then columns, with
-``mode="reflect"`` and ``truncate`` standard deviations, so a pixel's features depend only on the pixels
+``mode="mirror"`` and ``truncate`` standard deviations, so a pixel's features depend only on the pixels
 within :func:`feature_halo` of it: a window cut with that halo gives its core the same features, bit for
-bit, as the whole image (at the image's own borders, pad a window with numpy's ``"symmetric"`` mode, which
-is scipy's ``"reflect"``).
+bit, as the whole image. At the image's own borders scipy's ``"mirror"`` is numpy's ``"reflect"``, the
+padding of the streaming engine (:func:`ncm_core.inference.windows.pad_to`), so a window padded there by
+the engine, a window clipped at the border (live mode) and the whole image agree too.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def _derivatives(img: np.ndarray, sigma: float, orders: set[tuple[int, int]]) ->
 
     out = {}
     for oy in sorted({o[0] for o in orders}):
-        rows = gaussian_filter1d(img, sigma, axis=0, order=oy, mode="reflect", truncate=TRUNCATE)
+        rows = gaussian_filter1d(img, sigma, axis=0, order=oy, mode="mirror", truncate=TRUNCATE)
         for ox in sorted(o[1] for o in orders if o[0] == oy):
-            out[(oy, ox)] = gaussian_filter1d(rows, sigma, axis=1, order=ox, mode="reflect", truncate=TRUNCATE)
+            out[(oy, ox)] = gaussian_filter1d(rows, sigma, axis=1, order=ox, mode="mirror", truncate=TRUNCATE)
     return out
 
 
