@@ -92,3 +92,20 @@ def test_the_sample_volume_measures_to_its_truth(make_napari_viewer, tmp_path):
     assert w.summary["particles"]["d50"] == pytest.approx(truth["d50_um"], rel=0.01)
     assert w.summary["fractions"]["porosity"] == pytest.approx(truth["porosity"])
     assert viewer.layers["phase volume particles"].data.ndim == 3
+
+
+def test_measure_widget_reads_a_multiscale_segmentation_at_full_resolution(segmentation, tmp_path):
+    """A segmentation opened from a mosaic is multiscale: it is measured at level 0 (its scale's pixels), and
+    the particles layer covers it, not a corner of it."""
+    viewer, layer, truth = segmentation
+    levels = [layer.data, layer.data[::2, ::2], layer.data[::4, ::4]]
+    ms = viewer.add_labels(levels, name="mosaic", scale=layer.scale, translate=layer.translate, multiscale=True)
+    ms.features = layer.features
+    w = _widget(viewer, tmp_path)
+    w.labels.value = ms
+    w.do_tortuosity.value = False
+    w.run(sync=True)
+    assert w.status.value.startswith("Done"), w.status.value
+    assert tuple(w.summary["shape"]) == layer.data.shape
+    assert w.summary["particles"]["d50"] == pytest.approx(truth["d50"] * 0.5, rel=0.05)
+    assert viewer.layers["mosaic particles"].data.shape == layer.data.shape

@@ -184,3 +184,20 @@ def test_a_large_lazy_image_is_painted_on_disk_and_repredicted_tile_by_tile(make
     assert sum(int((lab > 0).sum()) for lab in ls.labels) == int((np.asarray(layer.data) > 0).sum())
     bundle = train_segmenter(ls, tmp_path / "forest", engine="forest", trees=5)
     assert describe(bundle).startswith("forest segmenter of 3 classes")
+
+
+def test_training_and_segmenting_keep_triton_out_before_torch_loads(painted, monkeypatch):
+    """A U-Net first imports torch in the dock's worker: triton must be kept out before (next to Mesa's LLVM,
+    under Xvfb, it crashes napari with SIGSEGV), for Train and for Segment mosaic alike."""
+    import napari_ncm._torch
+
+    viewer, widget, layer, s = painted
+    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)
+    calls = []
+    monkeypatch.setattr(napari_ncm._torch, "guard_triton", lambda: calls.append(widget._job_kind))
+    widget.engine.value = "unet"
+    for kind in ("train", "segment"):
+        widget._job_kind = kind
+        widget.bundle.value = "/nonexistent-bundle"
+        assert widget._job() is not None
+    assert calls == ["train", "segment"]

@@ -50,6 +50,12 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def full_resolution(layer: Any) -> np.ndarray:
+    """The pixels of a Labels layer at full resolution: level 0 of a multiscale layer (a segmentation opened
+    from a mosaic), which ``np.asarray(layer.data)`` would give at its coarsest level."""
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
 class MeasureWidget(RunsInBackground, Container):
     """Measure a Labels layer: fractions, profiles, particles, interfaces, local thickness, tortuosity."""
 
@@ -142,9 +148,9 @@ class MeasureWidget(RunsInBackground, Container):
             pixel_size=scale if scale != 1.0 else None,
             overwrite=self.overwrite.value,
         )
-        data = np.asarray(layer.data)
+        data = full_resolution(layer)
         if regions is not None:
-            kw["regions"] = np.asarray(regions.data)
+            kw["regions"] = full_resolution(regions)
         cancel, progress = self._cancel, self.progress_fn()
 
         def task():

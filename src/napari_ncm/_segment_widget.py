@@ -539,6 +539,9 @@ class SegmentWidget(RunsInBackground, Container):
         return images, parts, stems
 
     def _job(self) -> Any:
+        from napari_ncm._torch import guard_triton
+
+        guard_triton()  # a U-Net imports torch in the worker: triton next to Mesa's LLVM would crash napari
         if self._job_kind == "segment":
             return self._segment_job()
         from ncm_core.training.segment import train_segmenter
