@@ -46,6 +46,8 @@ def test_measure_widget_shows_tables_and_adds_aligned_layers(segmentation, tmp_p
     assert s["unit"] == "um" and s["particles"]["d50"] == pytest.approx(truth["d50"] * 0.5, rel=0.05)
     cells = {w.table.item(i, 0).text(): w.table.item(i, 1).text() for i in range(w.table.rowCount())}
     assert "porosity" in cells and "d50" in cells and cells["d50"].endswith("um")
+    # all the rows in view: the table is as tall as its rows (the dock scrolls, not the table)
+    assert w.table.height() >= sum(w.table.rowHeight(i) for i in range(w.table.rowCount()))
     parts = viewer.layers["phases particles"]
     thick = viewer.layers["phases local thickness"]
     # the region starts at row 10: its layers sit 10 px (5 um) lower than the segmentation's origin

@@ -110,7 +110,8 @@ class MeasureWidget(RunsInBackground, Container):
         )
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["measure", "value"])
-        self.table.setMinimumHeight(200)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setVisible(False)
         self.inner.layout().addWidget(self.table)
         self.figure = Figure(figsize=(4.5, 5.5), dpi=80)
@@ -188,6 +189,10 @@ class MeasureWidget(RunsInBackground, Container):
             self.table.setItem(i, 0, QTableWidgetItem(k))
             self.table.setItem(i, 1, QTableWidgetItem(v))
         self.table.resizeColumnsToContents()
+        self.table.resizeRowsToContents()
+        # every row in view (the dock scrolls, not the table)
+        rows_height = sum(self.table.rowHeight(i) for i in range(len(rows)))
+        self.table.setFixedHeight(rows_height + self.table.horizontalHeader().sizeHint().height() + 4)
         self.table.setVisible(True)
 
     def _show_plots(self, s: dict[str, Any]) -> None:
