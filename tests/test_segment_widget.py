@@ -81,6 +81,9 @@ def test_segment_mosaic_opens_aligned_labels(painted, tmp_path):
     added = [ly for ly in viewer.layers if ly.name.startswith("seg ")]
     assert added and all(np.allclose(ly.scale[-2:], (0.05, 0.05)) for ly in added)
     assert all(np.allclose(ly.translate[-2:], (3.0, -1.0)) for ly in added)
+    widget.mosaic_out.line_edit.value = ""  # cleared: a temporary segmentation.zarr: its layer is named once, not twice
+    assert widget.segment(sync=True) is not None, widget.status.value
+    assert "segmentation" in viewer.layers and not any(ly.name.startswith("segmentation segm") for ly in viewer.layers)
 
 
 @pytest.mark.slow
