@@ -42,10 +42,11 @@ def test_empty_mask_is_one_line(make_napari_viewer, notifications):
     assert widget.status.value.startswith("Error:") and "grey inpainted" not in viewer.layers
 
 
-def test_generate_widget_trains_and_opens_a_volume_in_3d(make_napari_viewer, tmp_path):
+def test_generate_widget_trains_and_opens_a_volume_in_3d(make_napari_viewer, tmp_path, notifications):
     from PIL import Image
 
     Image.fromarray(_phase_map() * 100).save(tmp_path / "phases.png")
+    notifications.expect(r"^error: Generate: .*holds a finished generator", times=1)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Generate")
     widget.images.value = str(tmp_path / "phases.png")
@@ -53,6 +54,9 @@ def test_generate_widget_trains_and_opens_a_volume_in_3d(make_napari_viewer, tmp
     widget.size.value, widget.iterations.value = 16, 3
     widget.run(sync=True)
     assert (tmp_path / "gen" / "model.safetensors").is_file(), widget.status.value
+    # training again into the finished generator's folder: refused in the dock's words, until Replace is ticked
+    assert widget.run(sync=True) is None
+    assert widget.status.value.endswith("tick 'Replace a finished generator there'"), widget.status.value
     widget.volume_size.value = 24
     widget.generate(sync=True)
     layer = viewer.layers[-1]

@@ -46,6 +46,8 @@ def test_measure_widget_shows_tables_and_adds_aligned_layers(segmentation, tmp_p
     assert s["unit"] == "um" and s["particles"]["d50"] == pytest.approx(truth["d50"] * 0.5, rel=0.05)
     cells = {w.table.item(i, 0).text(): w.table.item(i, 1).text() for i in range(w.table.rowCount())}
     assert "porosity" in cells and "d50" in cells and cells["d50"].endswith("um")
+    # all the rows in view: the table is as tall as its rows (the dock scrolls, not the table)
+    assert w.table.height() >= sum(w.table.rowHeight(i) for i in range(w.table.rowCount()))
     parts = viewer.layers["phases particles"]
     thick = viewer.layers["phases local thickness"]
     # the region starts at row 10: its layers sit 10 px (5 um) lower than the segmentation's origin
@@ -92,3 +94,20 @@ def test_the_sample_volume_measures_to_its_truth(make_napari_viewer, tmp_path):
     assert w.summary["particles"]["d50"] == pytest.approx(truth["d50_um"], rel=0.01)
     assert w.summary["fractions"]["porosity"] == pytest.approx(truth["porosity"])
     assert viewer.layers["phase volume particles"].data.ndim == 3
+
+
+def test_measure_widget_reads_a_multiscale_segmentation_at_full_resolution(segmentation, tmp_path):
+    """A segmentation opened from a mosaic is multiscale: it is measured at level 0 (its scale's pixels), and
+    the particles layer covers it, not a corner of it."""
+    viewer, layer, truth = segmentation
+    levels = [layer.data, layer.data[::2, ::2], layer.data[::4, ::4]]
+    ms = viewer.add_labels(levels, name="mosaic", scale=layer.scale, translate=layer.translate, multiscale=True)
+    ms.features = layer.features
+    w = _widget(viewer, tmp_path)
+    w.labels.value = ms
+    w.do_tortuosity.value = False
+    w.run(sync=True)
+    assert w.status.value.startswith("Done"), w.status.value
+    assert tuple(w.summary["shape"]) == layer.data.shape
+    assert w.summary["particles"]["d50"] == pytest.approx(truth["d50"] * 0.5, rel=0.05)
+    assert viewer.layers["mosaic particles"].data.shape == layer.data.shape

@@ -81,6 +81,9 @@ def test_segment_mosaic_opens_aligned_labels(painted, tmp_path):
     added = [ly for ly in viewer.layers if ly.name.startswith("seg ")]
     assert added and all(np.allclose(ly.scale[-2:], (0.05, 0.05)) for ly in added)
     assert all(np.allclose(ly.translate[-2:], (3.0, -1.0)) for ly in added)
+    widget.mosaic_out.line_edit.value = ""  # cleared: a temporary segmentation.zarr: its layer is named once, not twice
+    assert widget.segment(sync=True) is not None, widget.status.value
+    assert "segmentation" in viewer.layers and not any(ly.name.startswith("segmentation segm") for ly in viewer.layers)
 
 
 @pytest.mark.slow
@@ -184,3 +187,20 @@ def test_a_large_lazy_image_is_painted_on_disk_and_repredicted_tile_by_tile(make
     assert sum(int((lab > 0).sum()) for lab in ls.labels) == int((np.asarray(layer.data) > 0).sum())
     bundle = train_segmenter(ls, tmp_path / "forest", engine="forest", trees=5)
     assert describe(bundle).startswith("forest segmenter of 3 classes")
+
+
+def test_training_and_segmenting_keep_triton_out_before_torch_loads(painted, monkeypatch):
+    """A U-Net first imports torch in the dock's worker: triton must be kept out before (next to Mesa's LLVM,
+    under Xvfb, it crashes napari with SIGSEGV), for Train and for Segment mosaic alike."""
+    import napari_ncm._torch
+
+    viewer, widget, layer, s = painted
+    layer.data = paint_strokes(s.truth, 3, fraction=0.02, seed=4)
+    calls = []
+    monkeypatch.setattr(napari_ncm._torch, "guard_triton", lambda: calls.append(widget._job_kind))
+    widget.engine.value = "unet"
+    for kind in ("train", "segment"):
+        widget._job_kind = kind
+        widget.bundle.value = "/nonexistent-bundle"
+        assert widget._job() is not None
+    assert calls == ["train", "segment"]

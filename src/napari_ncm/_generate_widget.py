@@ -29,7 +29,11 @@ class GenerateWidget(RunsInBackground, Container):
 
     task_name = "Generate"
     cancelled_text = "Cancelled: the last checkpoint is kept (Train again to resume)"
-    dock_words = {"choose a smaller --size": "choose a smaller Training size", "--overwrite": "Replace"}
+    dock_words = {
+        "choose a smaller --size": "choose a smaller Training size",
+        "pass --overwrite to replace it": "tick 'Replace a finished generator there'",
+        "--overwrite": "'Replace a finished generator there'",
+    }
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True, scrollable=True)

@@ -50,6 +50,12 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def full_resolution(layer: Any) -> np.ndarray:
+    """The pixels of a Labels layer at full resolution: level 0 of a multiscale layer (a segmentation opened
+    from a mosaic), which ``np.asarray(layer.data)`` would give at its coarsest level."""
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
 class MeasureWidget(RunsInBackground, Container):
     """Measure a Labels layer: fractions, profiles, particles, interfaces, local thickness, tortuosity."""
 
@@ -104,7 +110,8 @@ class MeasureWidget(RunsInBackground, Container):
         )
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["measure", "value"])
-        self.table.setMinimumHeight(200)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setVisible(False)
         self.inner.layout().addWidget(self.table)
         self.figure = Figure(figsize=(4.5, 5.5), dpi=80)
@@ -142,9 +149,9 @@ class MeasureWidget(RunsInBackground, Container):
             pixel_size=scale if scale != 1.0 else None,
             overwrite=self.overwrite.value,
         )
-        data = np.asarray(layer.data)
+        data = full_resolution(layer)
         if regions is not None:
-            kw["regions"] = np.asarray(regions.data)
+            kw["regions"] = full_resolution(regions)
         cancel, progress = self._cancel, self.progress_fn()
 
         def task():
@@ -182,6 +189,10 @@ class MeasureWidget(RunsInBackground, Container):
             self.table.setItem(i, 0, QTableWidgetItem(k))
             self.table.setItem(i, 1, QTableWidgetItem(v))
         self.table.resizeColumnsToContents()
+        self.table.resizeRowsToContents()
+        # every row in view (the dock scrolls, not the table)
+        rows_height = sum(self.table.rowHeight(i) for i in range(len(rows)))
+        self.table.setFixedHeight(rows_height + self.table.horizontalHeader().sizeHint().height() + 4)
         self.table.setVisible(True)
 
     def _show_plots(self, s: dict[str, Any]) -> None:

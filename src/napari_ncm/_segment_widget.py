@@ -539,6 +539,9 @@ class SegmentWidget(RunsInBackground, Container):
         return images, parts, stems
 
     def _job(self) -> Any:
+        from napari_ncm._torch import guard_triton
+
+        guard_triton()  # a U-Net imports torch in the worker: triton next to Mesa's LLVM would crash napari
         if self._job_kind == "segment":
             return self._segment_job()
         from ncm_core.training.segment import train_segmenter
@@ -642,7 +645,8 @@ class SegmentWidget(RunsInBackground, Container):
         base_scale = np.asarray(layers[0][1]["scale"], float)
         base_trans = np.asarray(layers[0][1]["translate"], float)
         for data, kw, kind in layers:
-            kw = {**kw, "name": f"{path.name.split('.')[0]} {kw['name']}"}
+            stem = path.name.split(".")[0]  # the file's name first, unless it is already (segmentation.zarr)
+            kw = {**kw, "name": kw["name"] if kw["name"].split(" ")[0] == stem else f"{stem} {kw['name']}"}
             if image is not None:  # the run's world frame mapped onto the image layer's
                 f = np.asarray(image.scale[-2:], float) / base_scale
                 kw["scale"] = tuple(np.asarray(kw["scale"], float) * f)
