@@ -464,7 +464,7 @@ class SegmentWidget(RunsInBackground, Container):
             layer.scale, layer.translate = where["scale"], where["translate"]
             layer.data = grid
         seconds = timing.get("update_s", 0) + timing.get("predict_s", 0)
-        self.status.value = f"Live: {y1 - y0}x{x1 - x0} px repredicted in {seconds:.2f} s"
+        self.status.value = f"Live: the {y1 - y0}x{x1 - x0} px in view repredicted in {seconds:.2f} s"
 
     # ------------------------------------------------------------------------------ training
     def _engine_changed(self, *_: Any) -> None:
