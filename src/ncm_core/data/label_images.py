@@ -66,23 +66,27 @@ def read_classes(path: str | Path) -> list[str]:
     return names
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """An image file as ``(C, H, W)`` float32 of its raw values."""
-    from ncm_core.io.pixels import check_finite
-
+def _decode(path: Path, what: str) -> np.ndarray:
+    """A TIFF (tifffile) or PIL image file as stored (a palette PNG keeps its indices: label values), or
+    one line naming the file."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(path)
-        else:
-            from PIL import Image
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image
 
-            with Image.open(path) as im:
-                arr = np.asarray(im)
+        with Image.open(path) as im:
+            return np.asarray(im)
     except Exception as exc:
-        raise NcmError(f"not a readable image ({type(exc).__name__}: {exc})", path) from None
-    arr = check_finite(np.asarray(arr), path)
+        raise NcmError(f"not a readable {what} ({type(exc).__name__}: {exc})", path) from None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """An image file as ``(C, H, W)`` float32 of its raw values."""
+    from ncm_core.io.pixels import check_finite
+
+    arr = check_finite(_decode(path, "image"), path)
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim == 3 and arr.shape[-1] <= 4 and arr.shape[0] > 4:
@@ -96,19 +100,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _read_labels(path: Path) -> np.ndarray:
     """A label image as an ``(H, W)`` integer array."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            lab = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                lab = np.asarray(im)
-    except Exception as exc:
-        raise NcmError(f"not a readable label image ({type(exc).__name__}: {exc})", path) from None
-    lab = np.asarray(lab)
+    lab = _decode(path, "label image")
     if lab.ndim == 3 and lab.shape[-1] in (3, 4) and (lab[..., :3] == lab[..., :1]).all():
         lab = lab[..., 0]  # a grey label image saved as RGB
     if lab.ndim != 2:
