@@ -473,70 +473,23 @@ class SegmentWidget(RunsInBackground, Container):
         self.run_button.text = "Train U-Net" if unet else "Train forest"
 
     def label_set(self) -> Any:
-        """The image and its strokes as a :class:`~ncm_core.data.label_images.LabelSet` (checked): the part of
-        the image around the strokes; for a large image (over :data:`LAZY_STROKES_PX` pixels), the parts
-        around each group of painted tiles, so that memory follows the painted area, not the image."""
-        from ncm_core.data.label_images import LabelSet, check_labels
+        """The image and its strokes as a :class:`~ncm_core.data.label_images.LabelSet` (checked), read only
+        around the strokes (:func:`ncm_core.training.live.strokes_label_set`)."""
+        from ncm_core.training.live import strokes_label_set
 
         image, labels, names = self._checked_inputs()
-        pixel_size = (image.metadata or {}).get("pixel_size")
-        h, w = channels_first(image).shape[1:]
-        if h * w > LAZY_STROKES_PX:
-            images, parts, stems = self._painted_parts(image, labels)
-            check_labels(parts, names, labels.name)
-            return LabelSet(images, parts, stems, names, None, pixel_size)
-        lab = np.asarray(labels.data)
-        check_labels([lab], names, labels.name)
-        # a large mosaic is read only around its strokes (with room for the features' and patches' context)
-        rows, cols = np.flatnonzero(lab.any(1)), np.flatnonzero(lab.any(0))
-        y0, y1 = max(int(rows[0]) - TRAIN_MARGIN, 0), min(int(rows[-1]) + 1 + TRAIN_MARGIN, h)
-        x0, x1 = max(int(cols[0]) - TRAIN_MARGIN, 0), min(int(cols[-1]) + 1 + TRAIN_MARGIN, w)
-        pixels = np.asarray(channels_first(image)[:, y0:y1, x0:x1], np.float32)
-        part = lab[y0:y1, x0:x1].astype(np.int32)
-        return LabelSet([pixels], [part], [image.name], names, None, pixel_size)
-
-    def _painted_parts(self, image: Any, labels: Any) -> tuple[list, list, list]:
-        """Images and labels of the painted tiles of a large image: one part per group of touching painted
-        tiles (its bounding box, or each tile alone when the box would be mostly unpainted), each with
-        :data:`TRAIN_MARGIN` pixels of context whose labels are left out (they belong to another part)."""
-        from scipy import ndimage
-
-        from ncm_core.training.live import label_tiles
-
-        data, t, m = labels.data, LIVE_TILE, TRAIN_MARGIN
-        stored = stored_tiles(data, t)
-        painted = {key: lab for key, lab in label_tiles(data, t, stored) if lab.any()}
-        if not painted:
-            return [], [], []
-        keys = np.array(sorted(painted))
-        lo = keys.min(0)
-        grid = np.zeros(tuple(keys.max(0) - lo + 1), bool)
-        grid[tuple((keys - lo).T)] = True
-        groups, _ = ndimage.label(grid, structure=np.ones((3, 3), bool))
-        pixels = channels_first(image)
-        h, w = pixels.shape[1:]
-        of_group = groups[tuple((keys - lo).T)]
-        boxes = []  # per group: boxes of tiles (ty0, ty1, tx0, tx1)
-        for g, (rs, cs) in enumerate(ndimage.find_objects(groups), start=1):
-            members = keys[of_group == g]
-            if (rs.stop - rs.start) * (cs.stop - cs.start) <= 2 * len(members):
-                boxes.append([(rs.start + lo[0], rs.stop + lo[0], cs.start + lo[1], cs.stop + lo[1])])
-            else:
-                boxes.append([(ky, ky + 1, kx, kx + 1) for ky, kx in members])
-        images, parts, stems = [], [], []
-        for group in boxes:
-            for ty0, ty1, tx0, tx1 in (tuple(int(v) for v in box) for box in group):
-                y0, y1 = max(ty0 * t - m, 0), min(ty1 * t + m, h)
-                x0, x1 = max(tx0 * t - m, 0), min(tx1 * t + m, w)
-                part = np.zeros((y1 - y0, x1 - x0), np.int32)
-                for (ky, kx), lab in painted.items():
-                    if ty0 <= ky < ty1 and tx0 <= kx < tx1:
-                        a, c = ky * t - y0, kx * t - x0
-                        part[a : a + lab.shape[0], c : c + lab.shape[1]] = lab
-                images.append(np.asarray(pixels[:, y0:y1, x0:x1], np.float32))
-                parts.append(part)
-                stems.append(f"{image.name} [{y0}:{y1}, {x0}:{x1}]")
-        return images, parts, stems
+        return strokes_label_set(
+            channels_first(image),
+            labels.data,
+            names,
+            name=image.name,
+            where=labels.name,
+            pixel_size=(image.metadata or {}).get("pixel_size"),
+            tile=LIVE_TILE,
+            margin=TRAIN_MARGIN,
+            lazy_above=LAZY_STROKES_PX,
+            tiles=stored_tiles(labels.data, LIVE_TILE),
+        )
 
     def _job(self) -> Any:
         from napari_ncm._torch import guard_triton

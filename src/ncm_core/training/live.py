@@ -293,3 +293,73 @@ class LiveSegmenter:
         cfg = SegmenterConfig(**{**self.config.__dict__, "engine_config": dict(self.config.engine_config)})
         cfg.engine_config["n_features"] = len(feature_names(cfg.channels, self.sigmas, self.groups))
         return ForestSegmenter(cfg, self.booster)
+
+
+def strokes_label_set(
+    image: Any,
+    labels: Any,
+    classes: Sequence[str],
+    *,
+    name: str = "image",
+    where: str | None = None,
+    pixel_size: float | None = None,
+    tile: int = 512,
+    margin: int = 256,
+    lazy_above: int = 16 * 2**20,
+    tiles: Iterable[tuple[int, int]] | None = None,
+) -> Any:
+    """Strokes painted over ``image`` (``(C, H, W)``, numpy, zarr or dask) as a checked
+    :class:`~ncm_core.data.label_images.LabelSet` to train from, reading only around the strokes.
+
+    Up to ``lazy_above`` pixels: one part, the strokes' bounding box with ``margin`` pixels of context.
+    Above: one part per group of touching painted ``tile`` x ``tile`` tiles (its bounding box, or each
+    tile alone when the box would be mostly unpainted), each with ``margin`` pixels of context whose
+    labels are left out (they belong to another part), so memory follows the painted area, not the
+    image. ``name`` names the parts, ``where`` the strokes in errors (default ``name``). ``tiles``
+    lists the tiles that may hold strokes (e.g. a zarr store's written chunks; None: scanned)."""
+    from scipy import ndimage
+
+    from ncm_core.data.label_images import LabelSet, check_labels
+
+    names = list(classes)
+    h, w = image.shape[1:]
+    if h * w <= lazy_above:
+        lab = np.asarray(labels)
+        check_labels([lab], names, where or name)
+        rows, cols = np.flatnonzero(lab.any(1)), np.flatnonzero(lab.any(0))
+        y0, y1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, h)
+        x0, x1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, w)
+        pixels = np.asarray(image[:, y0:y1, x0:x1], np.float32)
+        return LabelSet([pixels], [lab[y0:y1, x0:x1].astype(np.int32)], [name], names, None, pixel_size)
+    painted = {key: lab for key, lab in label_tiles(labels, tile, tiles) if lab.any()}
+    images: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+    stems: list[str] = []
+    if painted:
+        keys = np.array(sorted(painted))
+        lo = keys.min(0)
+        grid = np.zeros(tuple(keys.max(0) - lo + 1), bool)
+        grid[tuple((keys - lo).T)] = True
+        groups, _ = ndimage.label(grid, structure=np.ones((3, 3), bool))
+        of_group = groups[tuple((keys - lo).T)]
+        boxes = []  # per group: boxes of tiles (ty0, ty1, tx0, tx1)
+        for g, (rs, cs) in enumerate(ndimage.find_objects(groups), start=1):
+            members = keys[of_group == g]
+            if (rs.stop - rs.start) * (cs.stop - cs.start) <= 2 * len(members):
+                boxes.append([(rs.start + lo[0], rs.stop + lo[0], cs.start + lo[1], cs.stop + lo[1])])
+            else:
+                boxes.append([(ky, ky + 1, kx, kx + 1) for ky, kx in members])
+        for group in boxes:
+            for ty0, ty1, tx0, tx1 in (tuple(int(v) for v in box) for box in group):
+                y0, y1 = max(ty0 * tile - margin, 0), min(ty1 * tile + margin, h)
+                x0, x1 = max(tx0 * tile - margin, 0), min(tx1 * tile + margin, w)
+                part = np.zeros((y1 - y0, x1 - x0), np.int32)
+                for (ky, kx), lab in painted.items():
+                    if ty0 <= ky < ty1 and tx0 <= kx < tx1:
+                        a, c = ky * tile - y0, kx * tile - x0
+                        part[a : a + lab.shape[0], c : c + lab.shape[1]] = lab
+                images.append(np.asarray(image[:, y0:y1, x0:x1], np.float32))
+                parts.append(part)
+                stems.append(f"{name} [{y0}:{y1}, {x0}:{x1}]")
+    check_labels(parts, names, where or name)
+    return LabelSet(images, parts, stems, names, None, pixel_size)
