@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets everything up first (idempotent).
-.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-measure bench-generate
+.PHONY: setup demo test bench bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-segment-brightness bench-measure bench-generate
 
 setup:
 	@bash scripts/setup.sh
@@ -10,7 +10,7 @@ demo: setup
 test: setup
 	xvfb-run -a .venv/bin/python -m pytest
 
-bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-measure bench-generate
+bench: bench-predict bench-sem bench-sem-frames bench-tune bench-rate bench-explain bench-pretrain bench-segment bench-segment-brightness bench-measure bench-generate
 
 bench-predict: setup
 	.venv/bin/python benchmarks/run.py
@@ -42,3 +42,6 @@ bench-measure: setup
 
 bench-segment: setup
 	.venv/bin/python benchmarks/segment.py
+
+bench-segment-brightness: setup
+	.venv/bin/python benchmarks/segment_brightness.py

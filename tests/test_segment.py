@@ -162,3 +162,30 @@ def test_the_forest_segments_a_mosaic_exactly_like_the_whole_image_borders_inclu
     labels = np.asarray(open_segmentation(out).label_levels()[0])
     assert labels.shape == whole.shape
     assert np.array_equal(labels, whole), f"{(labels != whole).mean():.4%} of pixels differ"
+
+
+def test_per_image_normalisation_segments_a_brighter_acquisition_like_the_original(phases, forest, tmp_path):
+    """The same microstructure imaged with more gain and a higher black level: a forest that scales pixels by its
+    training images' fixed range misreads it; one trained with ``normalization="image"`` scales each image by
+    its own range and segments it as well as the original, in one piece and as a mosaic alike."""
+    from ncm_core.inference.segment import segment_mosaic
+    from ncm_core.inference.segmentation import open_segmentation
+    from ncm_core.io.mosaic import open_mosaic
+
+    fixed = load_segmenter(forest)
+    bundle = train_segmenter(phases, tmp_path / "per-image", trees=40, normalization="image")
+    per_image = load_segmenter(bundle)
+    assert per_image.config.normalization == "image"
+    s = phase_sample("sem", (160, 160), seed=70)
+    img = s.image.astype(np.float32)
+    brighter = 1.4 * img + 0.25 * float(img.max() - img.min())
+
+    def miou(seg, image):
+        pred = seg.predict_image(image)
+        return iou_scores([pred], [s.truth.astype(np.int32) + 1], list(s.classes))["mIoU"]
+
+    assert abs(miou(per_image, brighter) - miou(per_image, img)) < 0.03
+    assert miou(fixed, brighter) < miou(per_image, brighter) - 0.1, (miou(fixed, brighter), miou(per_image, brighter))
+    out = segment_mosaic(bundle, open_mosaic(brighter), tmp_path / "seg.zarr", window=192, chunk=64, overlap=0)
+    labels = np.asarray(open_segmentation(out).label_levels()[0])
+    assert np.array_equal(labels, per_image.predict_image(brighter) + 1)  # the mosaic's range, measured once

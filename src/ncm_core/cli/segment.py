@@ -8,7 +8,7 @@ import sys
 from ncm_core.cli._args import positive, progress
 from ncm_core.errors import NcmError
 from ncm_core.options import given
-from ncm_core.training.segment_config import ENGINES, FEATURE_GROUPS, SegmentConfig
+from ncm_core.training.segment_config import ENGINES, FEATURE_GROUPS, NORMALIZATIONS, SegmentConfig
 
 S = SegmentConfig
 
@@ -39,6 +39,7 @@ def train_segment(a: argparse.Namespace) -> None:
         progress=progress("train", a.quiet),
         **given(
             engine=a.engine,
+            normalization=a.normalization,
             classes=a.classes,
             colors=a.colors,
             pixel_size=a.pixel_size,
@@ -77,6 +78,12 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
         "0 = unlabelled, k = class k; --arch is the U-Net's encoder)"
     )
     g.add_argument("--engine", choices=ENGINES, help=f"forest (pixel classifier) or unet (default {S.engine})")
+    g.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        help="scale pixels by the training images' range, or each image (and mosaic) by its own, for "
+        f"acquisitions whose brightness varies (default {S.normalization})",
+    )
     g.add_argument("--classes", type=_names, help="class names a,b,c for label values 1,2,3 (default: classes.txt)")
     g.add_argument("--colors", type=_names, help="a #rrggbb colour per class (default: from the class names)")
     g.add_argument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -211,6 +212,31 @@ def _pixel_size(path: Path) -> float | None:
         return open_mosaic(path).pixel_size
     except NcmError:
         return None
+
+
+#: an image of at most this many pixels is sampled by striding; a larger (lazy) one by windows
+SAMPLE_WHOLE = 16 * 2**20
+
+
+def sample_pixels(image: Any, windows: int = 8, side: int = 128) -> np.ndarray:
+    """About a million pixels of ``image`` ``(C, H, W)`` (numpy, zarr or dask) to fit its normalisation: every
+    n-th pixel of a small image; of a large (lazy) one, ``windows`` x ``windows`` windows of ``side`` pixels
+    spread over it (a strided read of a lazy mosaic would read all of it)."""
+    h, w = (int(v) for v in image.shape[1:])
+    if h * w <= SAMPLE_WHOLE:
+        step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
+        return np.asarray(image[:, ::step, ::step], np.float32)
+    ys = np.linspace(0, max(h - side, 0), windows).astype(int)
+    xs = np.linspace(0, max(w - side, 0), windows).astype(int)
+    parts = [np.asarray(image[:, y : y + side, x : x + side], np.float32) for y in ys for x in xs]
+    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)[:, None]
+
+
+def image_range(image: Any) -> tuple[float, float]:
+    """The robust ``(low, high)`` of one image ``(C, H, W)`` (:func:`fit_normalization` of
+    :func:`sample_pixels`): what a per-image normalisation scales that whole image by, measured once, so that
+    every window of it is scaled alike."""
+    return fit_normalization([sample_pixels(image)])
 
 
 def fit_normalization(

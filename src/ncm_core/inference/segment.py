@@ -88,11 +88,13 @@ class SegmentTask(WindowTask):
     labels_path: str = "labels/segmentation/0"
     probabilities_path: str | None = None  # None: no probabilities written
     factor: int = 4  # mosaic pixels per probability pixel
+    norm: tuple[float, float] | None = None  # the mosaic's own range (per-image normalisation), else the bundle's
 
     def to_input(self, ctx: Context, windows: np.ndarray) -> np.ndarray:
-        """Raw windows ``(n, t, t[, C])`` -> normalised ``(n, C, t, t)`` float32 (the bundle's fixed scaling)."""
+        """Raw windows ``(n, t, t[, C])`` -> normalised ``(n, C, t, t)`` float32, all scaled alike (the
+        bundle's fixed range, or the mosaic's own measured once before the run)."""
         x = windows[:, None] if windows.ndim == 3 else np.moveaxis(windows, -1, 1)
-        return ctx.bundle.config.normalize(x)
+        return ctx.bundle.config.normalize(x, self.norm)
 
     def run_windows(self, ctx: Context, x: np.ndarray) -> np.ndarray:
         return ctx.bundle.predict_proba(x)
@@ -179,13 +181,17 @@ def plan_windows(config: Any, options: SegmentOptions, shape: tuple[int, int]) -
     return WindowGeometry(tuple(shape), window, halo, overlap, 1, chunk, options.blend)  # type: ignore[arg-type]
 
 
-def predict_image(segmenter: Segmenter, image: np.ndarray, halo: int | None = None) -> np.ndarray:
+def predict_image(
+    segmenter: Segmenter, image: np.ndarray, halo: int | None = None, norm: tuple[float, float] | None = None
+) -> np.ndarray:
     """Class probabilities ``(K, H, W)`` of a whole image in one pass: ``image`` raw, ``(H, W)`` or
     ``(C, H, W)``, padded by reflection by ``halo`` (default: the segmenter's) on each side and to the
-    network's multiple, as the streaming engine pads windows at the mosaic's border."""
+    network's multiple, as the streaming engine pads windows at the mosaic's border. ``norm``: the range to
+    scale by (default: the bundle's, or with per-image normalisation the image's own)."""
     c = segmenter.config
     img = np.asarray(image)
     img = img if img.ndim == 3 else img[None]
+    norm = c.input_range(img) if norm is None else norm
     H, W = img.shape[1:]
     h = c.halo if halo is None else int(halo)
     m = max(1, int(c.multiple))
@@ -193,7 +199,7 @@ def predict_image(segmenter: Segmenter, image: np.ndarray, halo: int | None = No
     h = -(-h // half) * half
     ph, pw = -(H + 2 * h) % m, -(W + 2 * h) % m
     big = pad_to(np.moveaxis(img, 0, -1), (-h, H + h + ph, -h, W + h + pw), (H, W))
-    x = c.normalize(np.moveaxis(big, -1, 0)[None])
+    x = c.normalize(np.moveaxis(big, -1, 0)[None], norm)
     return segmenter.predict_proba(x)[0][:, h : h + H, h : h + W]
 
 
@@ -283,6 +289,8 @@ def segment_mosaic_steps(
 
         check_distributable(seg, mosaic)
     g = geometry
+    data = mosaic.data
+    norm = c.input_range(data[None] if data.ndim == 2 else data.transpose(2, 0, 1))  # read once: a sample
     resolved = {"window": g.window, "halo": g.halo, "overlap": g.overlap, "chunk": g.chunk}
     settings = {**engine.options_dict(o, RUN_ONLY), **resolved}
     fp = fingerprint(seg, bundle_path, mosaic, settings)
@@ -306,12 +314,13 @@ def segment_mosaic_steps(
         "source": mosaic.source,
         "image_shape": [H, W],
         "bundle": {"path": str(bundle_path) if bundle_path else None, "engine": c.engine, "halo": c.halo},
+        "normalization": {"mode": c.normalization, "range": list(norm or (c.norm_low, c.norm_high))},
         "world_transform": world,
         "options": engine.options_dict(o),
     }
     labels_path = f"labels/{o.name}/0"
     task = SegmentTask(
-        g, K, o.batch_size, labels_path, labels_path, f"{PROBABILITIES}/0" if o.probabilities else None, f
+        g, K, o.batch_size, labels_path, labels_path, f"{PROBABILITIES}/0" if o.probabilities else None, f, norm
     )
     partial, root, _ = engine.start(out, fp, attrs, task, overwrite=o.overwrite, resume=o.resume)
     failed = yield from engine.execute(

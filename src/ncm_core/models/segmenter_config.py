@@ -20,6 +20,9 @@ FORMAT = "ncm-segmenter"
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 Engine = Literal["forest", "unet"]
+#: how a segmenter scales raw pixels: "training": by the fixed range measured on its training images;
+#: "image": each image (mosaic) by its own robust range, measured once from a sample of it
+NORMALIZATIONS: tuple[str, ...] = ("training", "image")
 
 
 @dataclass
@@ -32,6 +35,7 @@ class SegmenterConfig:
     channels: int = 1
     norm_low: float = 0.0  # raw value mapped to 0 (a low percentile of the training images)
     norm_high: float = 1.0  # raw value mapped to 1
+    normalization: str = "training"  # one of NORMALIZATIONS ("image": :meth:`input_range` of each image)
     halo: int = 16  # pixels of context each side that a pixel's class depends on
     min_size: int = 1  # smallest window side the engine accepts
     multiple: int = 1  # window sides must be a multiple of this (U-Net: 2 ** depth)
@@ -40,10 +44,22 @@ class SegmenterConfig:
     training: dict[str, Any] = field(default_factory=dict)  # what training measured (mIoU, epochs, ...)
     versions: dict[str, str] = field(default_factory=dict)
 
-    def normalize(self, raw: np.ndarray) -> np.ndarray:
-        """Raw pixels (any dtype) -> float32 scaled by the bundle's fixed low/high values."""
-        span = max(self.norm_high - self.norm_low, 1e-12)
-        return ((np.asarray(raw, np.float32) - np.float32(self.norm_low)) / np.float32(span)).astype(np.float32)
+    def normalize(self, raw: np.ndarray, norm: tuple[float, float] | None = None) -> np.ndarray:
+        """Raw pixels (any dtype) -> float32 scaled by ``norm`` = ``(low, high)`` (:meth:`input_range` of the
+        image they come from), or by default by the bundle's fixed low/high values."""
+        low, high = (self.norm_low, self.norm_high) if norm is None else (float(v) for v in norm)
+        span = max(high - low, 1e-12)
+        return ((np.asarray(raw, np.float32) - np.float32(low)) / np.float32(span)).astype(np.float32)
+
+    def input_range(self, image: Any) -> tuple[float, float] | None:
+        """What :meth:`normalize` scales ``image`` ``(C, H, W)`` (numpy, zarr or dask: only a sample is read)
+        and every window of it by: None (the bundle's fixed range), or with ``normalization="image"`` the
+        image's own robust range (:func:`ncm_core.data.label_images.image_range`)."""
+        if self.normalization != "image":
+            return None
+        from ncm_core.data.label_images import image_range
+
+        return image_range(image)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
@@ -56,9 +72,12 @@ class SegmenterConfig:
             raise NcmError("segmentation bundle written by a newer napari-ncm: upgrade to read it", where)
         known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in d.items() if k in known})
+            cfg = cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as e:
             raise NcmError(f"segmentation bundle config is incomplete: {e}", where) from None
+        if cfg.normalization not in NORMALIZATIONS:
+            raise NcmError(f"unknown normalization {cfg.normalization!r}; upgrade napari-ncm to read it", where)
+        return cfg
 
 
 def is_segmenter(path: str | Path) -> bool:

@@ -29,20 +29,6 @@ LIVE_FOREST = {"trees": 30, "leaves": 15, "max_per_class": 4000}
 SCAN_PIXELS = 16 * 2**20
 
 
-def sample_pixels(image: Any, windows: int = 8, side: int = 128) -> np.ndarray:
-    """About a million pixels of ``image`` ``(C, H, W)`` to fit its normalisation: every n-th pixel of a
-    small image; of a large (lazy) one, ``windows`` x ``windows`` windows of ``side`` pixels spread over it
-    (a strided read of a lazy mosaic would read all of it)."""
-    h, w = (int(v) for v in image.shape[1:])
-    if h * w <= SCAN_PIXELS:
-        step = max(1, int(np.ceil(np.sqrt(h * w / 1_000_000))))
-        return np.asarray(image[:, ::step, ::step], np.float32)
-    ys = np.linspace(0, max(h - side, 0), windows).astype(int)
-    xs = np.linspace(0, max(w - side, 0), windows).astype(int)
-    parts = [np.asarray(image[:, y : y + side, x : x + side], np.float32) for y in ys for x in xs]
-    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)[:, None]
-
-
 def label_tiles(
     labels: Any, tile: int, tiles: Iterable[tuple[int, int]] | None = None, *, count: Any = None
 ) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
@@ -116,10 +102,10 @@ class LiveSegmenter:
         self.tile_reads = 0
 
     def _segmenter_config(self, norm: tuple[float, float] | None) -> SegmenterConfig:
-        from ncm_core.data.label_images import fit_normalization
+        from ncm_core.data.label_images import image_range
 
         if norm is None:
-            norm = fit_normalization([sample_pixels(self.image)])
+            norm = image_range(self.image)
         low, high = (float(v) for v in norm)
         from ncm_core.io.colors import class_colors
 

@@ -97,6 +97,7 @@ def segmenter_config(labels: LabelSet, config: SegmentConfig, images: list[int] 
         channels=labels.channels,
         norm_low=low,
         norm_high=high,
+        normalization=config.normalization,
         pixel_size=config.pixel_size or labels.pixel_size,
         versions={"napari-ncm": __version__},
     )

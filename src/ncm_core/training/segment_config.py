@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from ncm_core.errors import NcmError
 from ncm_core.models.pixel_features import GROUPS as FEATURE_GROUPS
+from ncm_core.models.segmenter_config import NORMALIZATIONS
 
 SegmentEngine = Literal["forest", "unet"]
 ENGINES: tuple[str, ...] = ("forest", "unet")
@@ -23,7 +24,10 @@ class SegmentConfig:
     ``classes`` names class 1, 2, ... of the label images (None: ``classes.txt`` in DATA); ``colors`` one
     ``#rrggbb`` per class (None: :func:`ncm_core.io.colors.class_colors` of the names). ``val_fraction``
     is the share of images held out for validation when there are 2 or more, else the share of strokes
-    (connected painted pieces) held out; 0 validates on nothing.
+    (connected painted pieces) held out; 0 validates on nothing. ``normalization`` "training" scales every
+    image by the fixed range of the training images; "image" scales each image (training image or mosaic) by
+    its own robust range, measured once from a sample of it: for acquisitions whose brightness and contrast
+    differ from image to image.
 
     Forest: Gaussian ``sigmas`` (px) of the feature stack and its ``features`` groups; ``trees`` boosting
     rounds of ``leaves`` leaves at ``learning_rate``; at most ``max_per_class`` labelled pixels per class are
@@ -36,6 +40,7 @@ class SegmentConfig:
     classes: tuple[str, ...] | None = None
     colors: tuple[str, ...] | None = None
     pixel_size: float | None = None
+    normalization: str = "training"  # "image": every image scaled by its own range (brightness varies between them)
     val_fraction: float = 0.25
     seed: int = 0
     overwrite: bool = False
@@ -65,6 +70,11 @@ class SegmentConfig:
     def validate(self) -> SegmentConfig:
         if self.engine not in ENGINES:
             raise NcmError(f"engine (--engine) must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise NcmError(
+                f"normalization (--normalization) must be one of {', '.join(NORMALIZATIONS)}, "
+                f"got {self.normalization!r}"
+            )
         if not 0 <= self.val_fraction < 1:
             raise NcmError(f"validation fraction must be at least 0 and below 1, got {self.val_fraction}")
         if self.classes is not None:

@@ -108,7 +108,7 @@ def evaluate_images(segmenter: Any, images: list[np.ndarray], labels: list[np.nd
         x0, x1 = max(0, xs.min() - margin), min(lab.shape[1], xs.max() + 1 + margin)
         if min(y1 - y0, x1 - x0) < segmenter.config.min_size:
             y0, y1, x0, x1 = 0, lab.shape[0], 0, lab.shape[1]
-        probs = predict_image(segmenter, img[:, y0:y1, x0:x1])
+        probs = predict_image(segmenter, img[:, y0:y1, x0:x1], norm=segmenter.config.input_range(img))
         sub = lab[y0:y1, x0:x1]
         sel = sub > 0
         nll -= float(np.log(np.clip(probs[(sub[sel] - 1, *np.nonzero(sel))], 1e-7, 1)).sum())
@@ -200,7 +200,10 @@ def fit_unet(
     seg_config.engine_config = spec.to_dict()
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    norm = {i: seg_config.normalize(label_set.images[i]) for i in {i for i, _ in split.train + split.val}}
+    norm = {
+        i: seg_config.normalize(label_set.images[i], seg_config.input_range(label_set.images[i]))
+        for i in {i for i, _ in split.train + split.val}
+    }
     area = sum(int(np.prod(label_set.images[i].shape[1:])) for i in train_idx)
     n_patches = int(
         getattr(config, "patches_per_epoch", None) or max(-(-area // (P * P)), MIN_PATCHES * config.batch_size)
