@@ -80,6 +80,19 @@ def test_png_and_jpeg(tmp_path, rng):
     assert c.axes == "yxc" and c.shape == (40, 50)
 
 
+def test_palette_and_grey_alpha_pngs_read_as_numpy_decodes_them(tmp_path):
+    """A palette PNG holds indices (no band axis); grey + alpha holds two bands: the lazy shape says so."""
+    idx = (np.arange(40 * 50).reshape(40, 50) % 3).astype(np.uint8)
+    pal = Image.fromarray(idx).convert("P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    pal.save(tmp_path / "p.png")
+    Image.fromarray(np.stack([idx * 80, idx * 0 + 255], -1), "LA").save(tmp_path / "la.png")
+    p = open_mosaic(tmp_path / "p.png")
+    assert p.data.shape == (40, 50) and np.array_equal(p.data.compute(), idx)
+    la = open_mosaic(tmp_path / "la.png")
+    assert la.data.shape == (40, 50, 2) and la.data.compute().shape == (40, 50, 2)
+
+
 def _one_line(exc_info, *words):
     msg = str(exc_info.value)
     assert "\n" not in msg

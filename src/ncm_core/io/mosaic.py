@@ -288,8 +288,8 @@ def _open_pil(path: Path, where: str) -> Mosaic:
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
-            shape = (im.height, im.width) + (() if im.mode in ("L", "I;16", "I", "F", "1") else (len(im.getbands()),))
-            probe = np.asarray(im.crop((0, 0, 1, 1)))
+            probe = np.asarray(im.crop((0, 0, 1, 1)))  # what np.asarray makes of this mode ("P": indices, no bands)
+            shape = (im.height, im.width) + probe.shape[2:]
     except Exception as exc:
         raise NcmError(f"not a readable image ({type(exc).__name__}: {exc})", where) from None
 
