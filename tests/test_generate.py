@@ -68,7 +68,25 @@ def test_generator_trains_on_a_tiny_two_phase_image(tmp_path):
     vol = generate_volume(bundle, tmp_path / "v.zarr", size=(32, 32, 32), device="cpu")
     v = read_volume(vol)
     assert set(np.unique(v)) == {1, 2}  # both phases (value k + 1 for phase k)
-    assert abs((v == 2).mean() - image.mean()) < 0.06, ((v == 2).mean(), image.mean())
+    assert abs((v == 2).mean() - image.mean()) < 0.03, ((v == 2).mean(), image.mean())  # calibrated fractions
+
+
+def test_calibration_gives_generated_volumes_the_images_phase_fractions(tmp_path):
+    from ncm_core.inference.generate import generate_volume, read_volume
+    from ncm_core.models.slicegan import GeneratorBundle, load_generator
+    from ncm_core.training.generate import calibrate_fractions
+
+    raw = load_generator(random_generator(tmp_path))
+    volume = generate_volume(raw.path, tmp_path / "raw.zarr", size=(48, 48, 48), seed=5, device="cpu")
+    before = (read_volume(volume) == 1).mean()  # phase 0 (value 1) of an untrained generator
+    target = [0.25, 0.75] if before > 0.35 else [0.6, 0.4]  # far from where it is
+    offsets, record = calibrate_fractions(raw.model, target, raw.spec, "cpu")
+    assert record["after"] == pytest.approx(target, abs=2e-3) and not record["capped"]
+    raw.spec.logit_offsets = offsets
+    GeneratorBundle(raw.spec, raw.model).save(tmp_path / "calibrated")  # offsets in config.json, weights unchanged
+    volume = generate_volume(tmp_path / "calibrated", tmp_path / "cal.zarr", size=(48, 48, 48), seed=5, device="cpu")
+    after = (read_volume(volume) == 1).mean()  # other latents than calibration's
+    assert abs(after - target[0]) < 0.03 < abs(before - target[0]), (before, after, target)
 
 
 def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
@@ -175,6 +193,28 @@ def test_inpainting_fills_the_mask_only_and_matches_its_surroundings(kind):
     assert lo[0] <= fraction <= hi[0], (fraction, lo[0], hi[0])
     # patch seams add a little interface: within the spread, or at most 15 % above it (benchmarks/generate.py)
     assert lo[1] <= interfaces <= 1.15 * hi[1], (interfaces, lo[1], hi[1])
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_inpaint_overwrite_replaces_its_own_output_and_nothing_else(tmp_path, capsys, suffix):
+    from ncm_core.cli import main
+
+    image = _png(tmp_path / "image.png", phase_map((64, 64)))
+    mask_arr = np.zeros((64, 64), np.uint8)
+    mask_arr[20:30, 20:30] = 1
+    mask = _png(tmp_path / "mask.png", mask_arr)
+    out = tmp_path / f"filled{suffix}"
+    assert main(["inpaint", str(image), str(mask), str(out), "-q"]) in (0, None)
+    first = out.read_bytes()
+    line = _one_line(capsys, "inpaint", image, mask, out, "-q")
+    assert "output exists" in line and "--overwrite" in line
+    assert main(["inpaint", str(image), str(mask), str(out), "--seed", "7", "-q", "--overwrite"]) in (0, None)
+    assert out.read_bytes() != first  # replaced: it carries napari-ncm's Software tag
+    foreign = tmp_path / f"foreign{suffix}"
+    foreign.write_bytes((tmp_path / "image.png").read_bytes() if suffix == ".png" else first[:0] + b"not ours")
+    line = _one_line(capsys, "inpaint", image, mask, foreign, "-q", "--overwrite")
+    assert "a file napari-ncm did not write" in line
+    assert foreign.exists()
 
 
 # -------------------------------------------------------------------------------------------- super-resolution

@@ -130,6 +130,8 @@ CATALOGUE = [
         ["generate", "train", "{w}/crops/s0.png", "{w}/g", "--fraction-weight", "-1"],
         ["--fraction-weight", "at least 0"],
     ),
+    (["generate", "train", "{w}/crops/s0.png", "{w}/g", "--ema", "1", "-q"], ["ema", "below 1"]),
+    (["generate", "train", "{w}/crops/s0.png", "{w}/g", "--ema", "-0.5"], ["--ema", "at least 0"]),
     (["generate", "volume", "{w}/bundle", "{w}/v.zarr", "--size", "0,4,4", "-q"], ["--size", "'0,4,4'"]),
     (["generate", "volume", "{w}/bundle", "{w}/v.zarr", "-q"], ["bundle", "not a generator bundle"]),
     (["generate", "check", "{w}/bundle", "{w}/chk", "--volumes", "0", "-q"], ["--volumes", "at least 1"]),
@@ -181,6 +183,10 @@ CATALOGUE = [
     # segmentation (issue 19): ncm train --task segment, ncm sample phases
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "-q"], ["frames", "no image with a label image"]),
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--engine", "svm", "-q"], ["invalid choice", "'svm'"]),
+    (
+        ["train", "{w}/frames", "{w}/b", "--task", "segment", "--normalization", "mosaic", "-q"],
+        ["invalid choice", "'mosaic'"],
+    ),
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--sigmas", "0,2", "-q"], ["feature sigmas"]),
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--sigmas", "a", "-q"], ["--sigmas", "numbers"]),
     (["train", "{w}/frames", "{w}/b", "--task", "segment", "--features", "hue", "-q"], ["feature groups", "hue"]),

@@ -23,6 +23,9 @@ from typing import Any
 from ncm_core.errors import NcmError
 
 OUTPUT_EXISTS = "output exists; choose another or pass --overwrite (API: overwrite=True)"
+#: the Software tag of the single image files napari-ncm writes (TIFF tag 305, a PNG text chunk):
+#: what lets --overwrite recognise them (:func:`software_tag`, :func:`output_kind`)
+SOFTWARE = "napari-ncm"
 #: the file that marks a folder of sample data written by ``ncm sample``
 SAMPLE_MARKER = "ncm-sample.json"
 
@@ -88,9 +91,45 @@ def register_marker(what: str, test: Callable[[Path], bool]) -> None:
         MARKERS.append((what, test))
 
 
+def _file_software(p: Path) -> str | None:
+    """The Software tag of a TIFF or PNG file (None for other files and unreadable ones)."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(8)
+        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as t:
+                tag = t.pages[0].tags.get("Software")
+                return None if tag is None else str(tag.value)
+        if head == b"\x89PNG\r\n\x1a\n":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                return im.info.get("Software")
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return None
+    return None
+
+
+def software_tag(suffix: str) -> dict[str, Any]:
+    """Writer keywords that tag a ``.tif``/``.png`` file as napari-ncm's (tifffile ``software``, a PNG text chunk)."""
+    if suffix.lower() == ".png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", SOFTWARE)
+        return {"pnginfo": info}
+    return {"software": SOFTWARE}
+
+
 def output_kind(path: str | Path) -> str | None:
-    """What napari-ncm output the folder ``path`` is ("a model bundle", ...), or None when we did not write it."""
+    """What napari-ncm output ``path`` is ("a model bundle", "an image file written by napari-ncm", ...), or
+    None when we did not write it. Folders are recognised by :data:`MARKERS`, TIFF and PNG files by their
+    Software tag (:data:`SOFTWARE`)."""
     p = Path(path)
+    if p.is_file() and not p.is_symlink():
+        return "an image file written by napari-ncm" if _file_software(p) == SOFTWARE else None
     if not p.is_dir() or p.is_symlink():
         return None
     for what, test in MARKERS:
@@ -162,8 +201,9 @@ def check_output(out: str | Path, overwrite: bool, inputs: Iterable[Any] = (), *
         if not overwrite:
             raise NcmError(OUTPUT_EXISTS, out)
         if not replace_any and output_kind(out) is None:
+            what = "a file napari-ncm did not write" if out.is_file() and not out.is_symlink() else _what(out)
             raise NcmError(
-                f"--overwrite only replaces what napari-ncm wrote, and this is {_what(out)}; "
+                f"--overwrite only replaces what napari-ncm wrote, and this is {what}; "
                 "choose another output or remove it yourself",
                 out,
             )

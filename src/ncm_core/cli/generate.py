@@ -55,6 +55,8 @@ def cmd_train(a: argparse.Namespace) -> None:
             critic_width=a.critic_width,
             lr=a.lr,
             fraction_weight=a.fraction_weight,
+            ema=a.ema,
+            calibrate=False if a.no_calibrate else None,
             checkpoint_every=a.checkpoint_every,
             seed=a.seed,
             device=a.device,
@@ -64,6 +66,14 @@ def cmd_train(a: argparse.Namespace) -> None:
     )
     t = json.loads((out / "config.json").read_text())["training"]
     print(f"generator: {out} ({t['iterations']} steps, {t['seconds']:.0f} s on {t['device']})")
+    cal = t.get("calibration")
+    if cal:
+        fmt = lambda v: "/".join(f"{x:.3f}" for x in v)  # noqa: E731
+        note = " (offsets capped: the generator is far off; train longer)" if cal["capped"] else ""
+        print(
+            f"phase fractions: generated {fmt(cal['before'])}, calibrated {fmt(cal['after'])}, "
+            f"images {fmt(cal['target'])}{note}"
+        )
 
 
 def cmd_volume(a: argparse.Namespace) -> None:
@@ -203,7 +213,17 @@ def _generate(sub: argparse._SubParsersAction) -> None:
         help=f"phase-fraction loss weight, 0 = off (default {G.fraction_weight:g})",
     )
     p.add_argument(
+        "--ema",
+        type=non_negative,
+        help=f"weights kept: averaged with this decay per step (below 1; 0 = the last; default {G.ema:g})",
+    )
+    p.add_argument(
         "--checkpoint-every", type=positive, help=f"steps between checkpoints (default {G.checkpoint_every})"
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the raw phase fractions (default: logit offsets bring them to the images')",
     )
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in OUT and start again")
     p.add_argument("--overwrite", action="store_true", help="replace a finished generator in OUT")

@@ -23,7 +23,7 @@ import numpy as np
 from ncm_core.data.phase_images import MAX_PHASES
 from ncm_core.errors import NcmError
 from ncm_core.options import merge_options
-from ncm_core.outputs import atomic_output
+from ncm_core.outputs import atomic_output, software_tag
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 
 Kind = Literal["auto", "grey", "labels"]
@@ -187,9 +187,9 @@ def inpaint(
         if suffix == ".png":
             from PIL import Image
 
-            Image.fromarray(filled).save(tmp, format="PNG")
+            Image.fromarray(filled).save(tmp, format="PNG", **software_tag(suffix))
         else:
             import tifffile
 
-            tifffile.imwrite(tmp, filled)
+            tifffile.imwrite(tmp, filled, **software_tag(suffix))
     return Path(out)

@@ -8,7 +8,8 @@ package, so the networks are written here in plain PyTorch, following the paper'
   information density", the paper's ``{k, s, p}`` rule ``s < k``, ``k mod s = 0``, ``p >= k - s``): no
   checkerboard and no edge artefacts. A latent of 4 voxels a side gives ``2 ** (layers + 1)`` voxels a
   side; a larger latent gives a larger volume from the same weights. BatchNorm + ReLU between layers, a
-  softmax over phases at the output (one channel per phase: volume fractions are the channel means);
+  softmax over phases at the output (one channel per phase: volume fractions are the channel means),
+  after fixed per-phase logit offsets that calibrate the phase fractions (``GeneratorSpec.logit_offsets``);
 - **critics**: 2D convolutions, kernel 4, stride 2, padding 1, down to 4 x 4, then one kernel-4 layer to
   a single score (no normalisation, as WGAN-GP wants). An isotropic material has one critic for the three
   axes; an anisotropic one a critic per axis, each shown its own training image.
@@ -49,6 +50,7 @@ class GeneratorSpec:
     gen_width: int = 32  # channels of the last hidden generator layer (doubling towards the latent)
     critic_width: int = 32  # channels of the first critic layer (doubling, at most 256)
     isotropic: bool = True
+    logit_offsets: list[float] = field(default_factory=list)  # per phase, added before the softmax ([]: none)
     training: dict[str, Any] = field(default_factory=dict)  # what training measured (fractions, metrics)
 
     @property
@@ -122,8 +124,27 @@ def build_generator(spec: GeneratorSpec) -> Any:
         mods.append(nn.ConvTranspose3d(ch[k], ch[k + 1], 4, 2, p, bias=False))
         if k < len(pads) - 1:
             mods += [nn.BatchNorm3d(ch[k + 1]), nn.ReLU(inplace=True)]
+    if spec.logit_offsets:
+        mods.append(_offsets(spec.logit_offsets))
     mods.append(nn.Softmax(dim=1))
     return nn.Sequential(*mods)
+
+
+def _offsets(values: list[float]) -> Any:
+    """A layer that adds a fixed offset per phase to the logits (the phase-fraction calibration of
+    :func:`ncm_core.training.generate.calibrate_fractions`); its values live in the spec, not the weights."""
+    import torch
+
+    class PhaseOffsets(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            v = torch.tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1, 1)
+            self.register_buffer("offsets", v, persistent=False)
+
+        def forward(self, x: Any) -> Any:
+            return x + self.offsets
+
+    return PhaseOffsets()
 
 
 def build_critic(spec: GeneratorSpec) -> Any:
