@@ -54,6 +54,7 @@ def test_generate_widget_trains_and_opens_a_volume_in_3d(make_napari_viewer, tmp
     widget.size.value, widget.iterations.value = 16, 3
     widget.run(sync=True)
     assert (tmp_path / "gen" / "model.safetensors").is_file(), widget.status.value
+    assert "phase fractions" in widget.status.value and "-> " in widget.status.value  # what calibration did
     # training again into the finished generator's folder: refused in the dock's words, until Replace is ticked
     assert widget.run(sync=True) is None
     assert widget.status.value.endswith("tick 'Replace a finished generator there'"), widget.status.value

@@ -111,3 +111,19 @@ def test_measure_widget_reads_a_multiscale_segmentation_at_full_resolution(segme
     assert tuple(w.summary["shape"]) == layer.data.shape
     assert w.summary["particles"]["d50"] == pytest.approx(truth["d50"] * 0.5, rel=0.05)
     assert viewer.layers["mosaic particles"].data.shape == layer.data.shape
+
+
+def test_measure_widget_chooses_the_segmentation_over_a_stroke_layer(segmentation, tmp_path):
+    """A stroke layer painted first and a segmented mosaic opened later: Measure is for the segmentation, and a
+    person's own choice stands until another segmentation arrives."""
+    viewer, phases, _ = segmentation
+    strokes = viewer.add_labels(np.zeros((120, 160), np.uint8), name="image strokes")
+    w = _widget(viewer, tmp_path)
+    assert w.labels.value is phases  # no segmentation yet: the first Labels layer, as before
+    seg = viewer.add_labels(phases.data.copy(), name="segmentation", metadata={"ncm_segmentation": "seg.zarr"})
+    assert w.labels.value is seg
+    w.labels.value = strokes
+    viewer.add_labels(np.zeros((8, 8), np.uint8), name="mask")
+    assert w.labels.value is strokes
+    seg2 = viewer.add_labels(phases.data.copy(), name="segmentation 2", metadata={"ncm_segmentation": "b.zarr"})
+    assert w.labels.value is seg2

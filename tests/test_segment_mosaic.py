@@ -212,3 +212,26 @@ def test_segmentation_on_a_local_cluster_equals_the_single_process_result(unet_b
     assert (class_map(out) == class_map(ref)).mean() >= 0.999
     a, b = (zarr.open_array(str(p / "probabilities" / "0"), mode="r")[...] for p in (out, ref))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cancel_stops_a_forest_within_one_window_and_leaves_no_output(mosaic, tmp_path):
+    """A forest computes its features window by window, so a Cancel is acted on before the next window, not
+    after a whole batch (the GUI's Cancel must act within seconds)."""
+    import threading
+
+    from ncm_core.errors import Cancelled
+
+    img, path = mosaic
+    seen, flag = [], threading.Event()
+
+    class Slow(SmoothThreshold):
+        def predict_proba(self, windows):
+            seen.append(len(windows))
+            if len(seen) == 2:
+                flag.set()  # Cancel pressed while the second window runs
+            return super().predict_proba(windows)
+
+    with pytest.raises(Cancelled):
+        segment_mosaic(Slow(), path, tmp_path / "seg.zarr", window=64, chunk=96, batch_size=8, cancel=flag)
+    assert seen == [1, 1], seen  # one window per call, none after the Cancel
+    assert not (tmp_path / "seg.zarr").exists()

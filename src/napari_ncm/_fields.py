@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from magicgui.widgets import ComboBox
 
 
 def layer_choice(
-    viewer: Any, kind: type, label: str, *, nullable: bool = False, preselect: bool = True, tooltip: str | None = None
+    viewer: Any,
+    kind: type,
+    label: str,
+    *,
+    nullable: bool = False,
+    preselect: bool = True,
+    tooltip: str | None = None,
+    prefer: Callable[[Any], bool] | None = None,
 ) -> ComboBox:
     """A chooser of the viewer's layers of type ``kind``, kept up to date as layers come and go.
 
     When exactly one such layer exists and nothing is chosen, it is chosen: a person with one image
     open should not have to pick it (layers made by the plugin, such as probability or heatmap
     layers, do not count). ``preselect=False`` for optional inputs (a Shapes layer of training
-    rectangles must never be picked for the user).
+    rectangles must never be picked for the user). ``prefer``: layers this is true of are what the
+    chooser is for (a segmentation, not a stroke layer); the newest is chosen when the chooser is made
+    and whenever one is added, and otherwise the person's choice stands.
     """
 
     def choices(_widget: Any) -> list[tuple[str, Any]]:
@@ -25,16 +35,22 @@ def layer_choice(
 
     reset = box.reset_choices
 
-    def refresh(*_: Any) -> None:
+    def refresh(event: Any = None, initial: bool = False) -> None:
         reset()
         sources = [c for c in box.choices if c is not None and not derived(c)]
+        if prefer is not None:
+            added = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
+            liked = [c for c in sources if prefer(c)]
+            if liked and (initial or (added is not None and added is liked[-1])) and box.value is not liked[-1]:
+                box.value = liked[-1]
+                return
         if preselect and box.value is None and len(sources) == 1:
             box.value = sources[0]
 
     viewer.layers.events.inserted.connect(refresh)
     viewer.layers.events.removed.connect(refresh)
-    box.reset_choices = refresh  # napari calls it when the dock is added; keep the preselection rule
-    refresh()
+    box.reset_choices = lambda *_: refresh()  # napari calls it on layer changes; keep the preselection rule
+    refresh(initial=True)
     return box
 
 

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     import napari
 
 
+def is_segmentation(layer: Any) -> bool:
+    """A segmented mosaic (``ncm predict`` with a segmenter, the Segment dock): what Measure is for, rather
+    than a stroke or mask layer."""
+    return "ncm_segmentation" in (getattr(layer, "metadata", None) or {})
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """``(measure, value)`` rows of a ``measure.json`` summary, for the dock's table."""
     u = s.get("unit", "px")
@@ -78,7 +84,7 @@ class MeasureWidget(RunsInBackground, Container):
         super().__init__(labels=True, scrollable=True)
         self._viewer = viewer = napari_viewer
         d = MeasureOptions()
-        self.labels = layer_choice(viewer, napari.layers.Labels, "Segmentation")
+        self.labels = layer_choice(viewer, napari.layers.Labels, "Segmentation", prefer=is_segmentation)
         self.regions = layer_choice(viewer, napari.layers.Labels, "Regions", nullable=True, preselect=False)
         self.classes = LineEdit(value="", label="Classes", tooltip="a,b,c for values 1, 2, 3 (default: the layer's)")
         self.pore = LineEdit(value="", label="Pore class", tooltip="default: the class named pore, void, resin...")

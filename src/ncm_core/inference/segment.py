@@ -54,7 +54,7 @@ from ncm_core.io.mosaic import open_mosaic
 from ncm_core.models.segmenter import CONFIG, Segmenter, load_segmenter
 from ncm_core.options import merge_options
 from ncm_core.outputs import check_output, check_space
-from ncm_core.progress import CancelFlag, ProgressFn, run_steps
+from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, run_steps
 
 __all__ = [
     "SegmentOptions",
@@ -97,7 +97,13 @@ class SegmentTask(WindowTask):
         return ctx.bundle.config.normalize(x, self.norm)
 
     def run_windows(self, ctx: Context, x: np.ndarray) -> np.ndarray:
-        return ctx.bundle.predict_proba(x)
+        if ctx.bundle.config.engine != "forest" or ctx.cancel is None:
+            return ctx.bundle.predict_proba(x)
+        out = []  # a forest works window by window anyway: a Cancel waits for one window, not a batch
+        for k in range(len(x)):
+            check_cancel(ctx.cancel)
+            out.append(ctx.bundle.predict_proba(x[k : k + 1]))
+        return np.concatenate(out)
 
     def create(self, root: Any) -> None:
         g, c = self.geometry, self.geometry.chunk
