@@ -91,6 +91,7 @@ def two_d_to_three_d(a: argparse.Namespace, work: Path) -> tuple[dict, str]:
     )  # fmt: skip
     train_s = time.monotonic() - t0
     per_step = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
+    cal = json.loads((gen / "config.json").read_text())["training"].get("calibration") or {}
     s64: list[float] = []
     train_generator(
         image, work / "gen64", size=64, iterations=3, gen_width=a.width, critic_width=a.width, batch_size=2,
@@ -119,7 +120,7 @@ def two_d_to_three_d(a: argparse.Namespace, work: Path) -> tuple[dict, str]:
         "train_seconds": train_s, "per_step": per_step, "per_step64": per_step64, "voxels_per_second": vps,
         "generated": {k: ms(g, k) for k in ("porosity", "ssa", "tau")},
         "truth": {k: ms(t, k) for k in ("porosity", "ssa", "tau")},
-        "s2_rmse": s2_rmse, "check": check["comparison"],
+        "s2_rmse": s2_rmse, "check": check["comparison"], "calibration": cal,
     }  # fmt: skip
     G, T = out["generated"], out["truth"]
     rel = {k: (G[k][0] - T[k][0]) / T[k][0] for k in ("ssa", "tau")}
@@ -149,6 +150,10 @@ against the truth's 8 octants of {SIDE}^3 (mean ± standard deviation; tortuosit
 | measure | truth | generated | goal |
 |---|---|---|---|
 {chr(10).join(rows)}
+
+Phase-fraction calibration (`training.calibration` in the bundle; pore fraction over 128 volumes of 96^3):
+{cal.get("before", ["?"])[0]} as trained, {cal.get("after", ["?"])[0]} calibrated, {cal.get("target", ["?"])[0]} in the
+training image.
 
 Generation: {vps:,.0f} voxels/s (a {2 * SIDE}^3 volume streamed to zarr in blocks of {VolumeOptions.block}^3).
 """
