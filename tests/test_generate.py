@@ -87,6 +87,11 @@ def test_calibration_gives_generated_volumes_the_images_phase_fractions(tmp_path
     volume = generate_volume(tmp_path / "calibrated", tmp_path / "cal.zarr", size=(48, 48, 48), seed=5, device="cpu")
     after = (read_volume(volume) == 1).mean()  # other latents than calibration's
     assert abs(after - target[0]) < 0.03 < abs(before - target[0]), (before, after, target)
+    with torch.no_grad():  # a saturated generator: logits far apart, so no offset within the cap flips a voxel
+        [m for m in raw.model if isinstance(m, torch.nn.ConvTranspose3d)][-1].weight.mul_(1000)
+    _, unreachable = calibrate_fractions(raw.model, target, raw.spec, "cpu", volumes=4)
+    assert unreachable["capped"]  # offsets stop at the cap (structure never redrawn), and the record says so
+    assert abs(unreachable["after"][0] - target[0]) > 0.02, unreachable  # short of the target
 
 
 def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):

@@ -248,6 +248,9 @@ def fit_normalization(
     total = sum(int(np.asarray(im).size) for im in images)
     step = max(1, total // max_pixels)
     sample = np.concatenate([np.asarray(im, np.float32).ravel()[::step] for im in images])
+    sample = sample[np.isfinite(sample)]  # a NaN (a missing chunk, a masked pixel) would make every value NaN
+    if not sample.size:
+        return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(sample, [low, high]))
     if hi <= lo:
         hi = lo + 1.0
