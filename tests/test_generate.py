@@ -61,7 +61,7 @@ def test_generator_trains_on_a_tiny_two_phase_image(tmp_path):
         lr=1e-3,  # a short run: SliceGAN's 1e-4 needs thousands of steps
         fraction_weight=50.0,  # and leans on the phase-fraction term
         device="cpu",
-        progress=lambda done, total, msg: seen.append(done),
+        progress=lambda done, total, msg: seen.append(done) if msg.startswith("step") else None,
     )
     assert seen[-1] == 100
     assert not (bundle / "checkpoint").exists()  # a finished run leaves the bundle only
@@ -111,6 +111,25 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     a = load_generator(tmp_path / "whole").model.state_dict()
     b = load_generator(tmp_path / "cut").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_calibration_reports_progress_and_a_cancel_there_keeps_the_checkpoint(tmp_path):
+    """The phase-fraction calibration after the last step takes ~25 s on two cores: the Generate dock showed
+    the last step meanwhile and its Cancel waited for the end."""
+    from ncm_core.errors import Cancelled
+    from ncm_core.training.generate import train_generator
+
+    image = phase_map(shape=(40, 40))
+    kw = dict(size=16, iterations=2, gen_width=4, critic_width=4, latent_channels=4, batch_size=1, critic_iters=1)
+    msgs = []
+    with pytest.raises(Cancelled):
+        train_generator(image, tmp_path / "g", device="cpu", **kw, progress=lambda d, t, m: msgs.append(m),
+                        cancel=lambda: any(m.startswith("calibrating") for m in msgs))  # fmt: skip
+    assert msgs[-2:] == ["step 2/2 wasserstein " + msgs[-2].split()[-1], "calibrating phase fractions: volume 1/128"]
+    assert (tmp_path / "g" / "checkpoint" / "state.json").exists()  # Train again resumes, then calibrates
+    msgs.clear()
+    bundle = train_generator(image, tmp_path / "g", device="cpu", **kw, progress=lambda d, t, m: msgs.append(m))
+    assert msgs[-1] == "calibrating phase fractions: volume 128/128" and not (bundle / "checkpoint").exists()
 
 
 def test_streamed_volume_equals_the_whole_latents_and_memory_is_bounded(tmp_path):

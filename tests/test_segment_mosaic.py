@@ -235,3 +235,52 @@ def test_cancel_stops_a_forest_within_one_window_and_leaves_no_output(mosaic, tm
         segment_mosaic(Slow(), path, tmp_path / "seg.zarr", window=64, chunk=96, batch_size=8, cancel=flag)
     assert seen == [1, 1], seen  # one window per call, none after the Cancel
     assert not (tmp_path / "seg.zarr").exists()
+
+
+class StripForest(SmoothThreshold):
+    """A per-pixel classifier on features, as the forest is: ``features`` then ``predict_features``."""
+
+    def __init__(self, on_strip=None):
+        super().__init__()
+        self.strips, self.on_strip = [], on_strip
+
+    def features(self, window):
+        return ndi.gaussian_filter(window, sigma=(0, 2, 2), truncate=4.0)
+
+    def predict_features(self, f):
+        self.strips.append(f.shape[1])
+        if self.on_strip is not None:
+            self.on_strip(len(self.strips))
+        e = -50 * (f - np.array([0.2, 0.5, 0.8], np.float32)[:, None, None]) ** 2
+        e = np.exp(e - e.max(0, keepdims=True))
+        return (e / e.sum(0, keepdims=True)).astype(np.float32)
+
+    def predict_proba(self, windows):
+        return np.stack([self.predict_features(self.features(w)) for w in windows])
+
+
+def test_a_forest_is_predicted_in_strips_that_cancel_stops_between_and_that_change_nothing(
+    mosaic, tmp_path, monkeypatch
+):
+    """A 1024 px forest window takes about 10 s on two cores: the GUI's Cancel waited for it (11 s seen);
+    the window's rows are now predicted in strips with a check of Cancel between them."""
+    import threading
+
+    import ncm_core.inference.segment as segment_module
+    from ncm_core.errors import Cancelled
+
+    monkeypatch.setattr(segment_module, "FOREST_STRIP_ROWS", 16)
+    img, path = mosaic
+    kw = dict(window=64, chunk=96, batch_size=8)
+    ref = segment_mosaic(StripForest(), path, tmp_path / "ref.zarr", **kw)  # no cancel flag: whole windows
+    forest = StripForest()
+    out = segment_mosaic(forest, path, tmp_path / "strips.zarr", cancel=threading.Event(), **kw)
+    assert max(forest.strips) == 16  # strips were used, and they give the same class map
+    np.testing.assert_array_equal(class_map(out), class_map(ref))
+
+    flag = threading.Event()
+    forest = StripForest(on_strip=lambda n: flag.set() if n == 2 else None)  # Cancel during the 2nd strip
+    with pytest.raises(Cancelled):
+        segment_mosaic(forest, path, tmp_path / "seg.zarr", cancel=flag, **kw)
+    assert len(forest.strips) == 2, forest.strips  # no strip after the Cancel, even within the first window
+    assert not (tmp_path / "seg.zarr").exists()

@@ -293,7 +293,9 @@ def _train(
     final = gen if avg is None else avg.module
     recalibrate(final, c.batch_size, c.latent_channels, dev)
     if c.calibrate:
-        spec.logit_offsets, spec.training["calibration"] = calibrate_fractions(final, fractions, spec, dev)
+        spec.logit_offsets, spec.training["calibration"] = calibrate_fractions(
+            final, fractions, spec, dev, progress=progress, cancel=cancel
+        )
     model = build_generator(spec)
     model.load_state_dict(final.cpu().state_dict())
     GeneratorBundle(spec, model.eval()).save(out)
@@ -329,6 +331,8 @@ def calibrate_fractions(
     volumes: int = 128,
     keep: int = 2**14,
     max_offset: float = 3.0,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
 ) -> tuple[list[float], dict[str, Any]]:
     """Per-phase logit offsets that make the generator's volumes (evaluation mode, ``volumes`` volumes of at
     least ``side`` voxels a side, ``keep`` random voxels of each) hold the target phase fractions; and a record
@@ -341,7 +345,9 @@ def calibrate_fractions(
     when it flips (Rprop), which converges where the fractions hardly move with ``b``; ``|b|`` is capped at
     ``max_offset`` so that the structure is never redrawn, and the record says when the cap stopped it short.
     Many volumes: the fractions of one 96^3 volume vary by about 0.01 with its latent, so 16 of them left
-    errors of up to 0.01; 128 bring the standard error to about 0.001.
+    errors of up to 0.01; 128 bring the standard error to about 0.001. ``progress`` hears of each volume and
+    ``cancel`` is checked before each (on two CPU cores the volumes take about half a minute, after the last
+    training step).
     """
     import torch
 
@@ -349,7 +355,9 @@ def calibrate_fractions(
     logp = []
     with torch.no_grad():
         g = torch.Generator(device="cpu").manual_seed(12345)
-        for _ in range(volumes):
+        for i in range(volumes):
+            check_cancel(cancel)
+            report(progress, i, volumes, f"calibrating phase fractions: volume {i + 1}/{volumes}")
             z = torch.randn(1, spec.latent_channels, latent, latent, latent, generator=g).to(device)
             p = gen(z)[0].reshape(len(target), -1).T
             pick = torch.randperm(len(p), generator=g)[:keep].to(p.device)
