@@ -32,6 +32,18 @@ def test_painted_mask_is_filled_and_nothing_else_changes(make_napari_viewer):
     assert set(np.unique(filled.data[painted])) <= {1, 2}
 
 
+def test_inpaint_chooses_a_2d_image_over_a_generated_volume(make_napari_viewer):
+    """A generated 3D volume opened first and a 2D image after it: Inpaint takes 2D images, so that is chosen;
+    a mask layer added later does not take its place."""
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.ones((8, 16, 16), np.uint8), name="generated-0")
+    image = viewer.add_labels(_phase_map(), name="phases")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ncm", "Inpaint")
+    assert widget.image.value is image
+    widget.add_mask_layer()
+    assert widget.image.value is image
+
+
 def test_empty_mask_is_one_line(make_napari_viewer, notifications):
     notifications.expect(r"^error: Inpaint: .*the mask is empty", times=1)
     viewer = make_napari_viewer()

@@ -17,6 +17,7 @@ def layer_choice(
     preselect: bool = True,
     tooltip: str | None = None,
     prefer: Callable[[Any], bool] | None = None,
+    prefer_new: bool = True,
 ) -> ComboBox:
     """A chooser of the viewer's layers of type ``kind``, kept up to date as layers come and go.
 
@@ -25,7 +26,7 @@ def layer_choice(
     layers, do not count). ``preselect=False`` for optional inputs (a Shapes layer of training
     rectangles must never be picked for the user). ``prefer``: layers this is true of are what the
     chooser is for (a segmentation, not a stroke layer); the newest is chosen when the chooser is made
-    and whenever one is added, and otherwise the person's choice stands.
+    and (unless ``prefer_new=False``) whenever one is added, and otherwise the person's choice stands.
     """
 
     def choices(_widget: Any) -> list[tuple[str, Any]]:
@@ -41,7 +42,8 @@ def layer_choice(
         if prefer is not None:
             added = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
             liked = [c for c in sources if prefer(c)]
-            if liked and (initial or (added is not None and added is liked[-1])) and box.value is not liked[-1]:
+            new = prefer_new and added is not None and added is liked[-1] if liked else False
+            if liked and (initial or new) and box.value is not liked[-1]:
                 box.value = liked[-1]
                 return
         if preselect and box.value is None and len(sources) == 1:

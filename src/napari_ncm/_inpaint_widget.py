@@ -25,6 +25,11 @@ def _pixels(layer: Any) -> np.ndarray:
     return np.asarray(data)
 
 
+def _is_2d(layer: Any) -> bool:
+    """A layer inpainting can take (2D, grey or RGB): chosen first over a 3D volume."""
+    return layer.ndim == 2 or (layer.ndim == 3 and bool(getattr(layer, "rgb", False)))
+
+
 class InpaintWidget(RunsInBackground, Container):
     """Fill painted regions of a grey-level image or phase map with matching structure."""
 
@@ -39,7 +44,9 @@ class InpaintWidget(RunsInBackground, Container):
         self._viewer = napari_viewer
         o = InpaintOptions()
         kinds = (napari.layers.Image, napari.layers.Labels)
-        self.image = layer_choice(napari_viewer, kinds, "Image", tooltip="a grey-level image or a phase map")
+        self.image = layer_choice(
+            napari_viewer, kinds, "Image", tooltip="a grey-level image or a phase map", prefer=_is_2d, prefer_new=False
+        )
         self.mask = layer_choice(
             napari_viewer, napari.layers.Labels, "Mask", nullable=True, preselect=False, tooltip="painted = fill"
         )
