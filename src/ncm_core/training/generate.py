@@ -23,7 +23,6 @@ and measures.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ from ncm_core.options import merge_options
 from ncm_core.outputs import check_training_output, remove
 from ncm_core.progress import CancelFlag, ProgressFn, check_cancel, report
 from ncm_core.training.loop import open_checkpoint
-from ncm_core.training.recipe import WeightAverage
+from ncm_core.training.recipe import WeightAverage, array_digest, recalibrate_batchnorm
 
 BETAS = (0.5, 0.9)  # Adam betas of WGAN-GP (Gulrajani et al. 2017); SliceGAN uses 0.9, 0.99 with 10x more steps
 
@@ -114,13 +113,8 @@ def read_training_images(images: Any, size: int) -> tuple[list[np.ndarray], list
 
 
 def _fingerprint(c: GenerateConfig, maps: list[np.ndarray]) -> str:
-    h = hashlib.sha1()
     settings = {k: v for k, v in asdict(c).items() if k not in ("resume", "overwrite", "device")}
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    for m in maps:
-        h.update(str(m.shape).encode())
-        h.update(np.ascontiguousarray(m).tobytes())
-    return h.hexdigest()
+    return array_digest(maps, json.dumps(settings, sort_keys=True))
 
 
 def train_generator(
@@ -308,17 +302,8 @@ def recalibrate(gen: Any, batch: int, channels: int, device: Any, batches: int =
     generator): the mean over ``batches`` training-size batches, as generation uses them in evaluation mode."""
     import torch
 
-    norms = [m for m in gen.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average
-    gen.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            gen(torch.randn(batch, channels, 4, 4, 4, device=device))
-    for m in norms:
-        m.momentum = 0.1
-    gen.eval()
+    latents = [torch.randn(batch, channels, 4, 4, 4, device=device) for _ in range(batches)]
+    recalibrate_batchnorm(gen, latents, device)
 
 
 def calibrate_fractions(

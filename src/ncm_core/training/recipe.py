@@ -21,7 +21,10 @@ one that is set overrides it.
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
+
+import numpy as np
 
 from ncm_core.data.augment import AUGMENTATIONS
 from ncm_core.errors import NcmError
@@ -101,3 +104,35 @@ class WeightAverage:
     def load(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["weights"])
         self.updates = int(state["updates"])
+
+
+def recalibrate_batchnorm(model: Any, batches: list[Any], device: Any) -> None:
+    """Set every BatchNorm's running statistics to their mean over ``batches`` (the current weights'), so
+    the evaluated network sees what training saw: after a few hundred steps of fast-changing weights the
+    running averages still carry the early weights' statistics. Used by the U-Net and the 3D generator."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for xb in batches:
+            model(torch.as_tensor(xb, device=device))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    model.eval()
+
+
+def array_digest(arrays: list[np.ndarray], settings: str = "") -> str:
+    """SHA-1 of ``settings`` and the shapes and bytes of ``arrays``: what a training checkpoint's
+    fingerprint holds of its data."""
+    h = hashlib.sha1(settings.encode())
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()

@@ -34,6 +34,7 @@ import numpy as np
 
 from ncm_core.errors import NcmError
 from ncm_core.progress import CancelFlag, ProgressFn, report
+from ncm_core.training.recipe import array_digest, recalibrate_batchnorm
 
 IGNORE = -1  # target of an unlabelled pixel
 JITTER = 0.25  # a patch's centre moves by up to this share of its side from the labelled pixel drawn
@@ -121,36 +122,6 @@ def evaluate_images(segmenter: Any, images: list[np.ndarray], labels: list[np.nd
     return {"iou": scores, "miou": scores["mIoU"], "accuracy": hits / max(n, 1), "loss": nll / max(n, 1)}
 
 
-def recalibrate_batchnorm(model: Any, batches: list[np.ndarray], device: Any) -> None:
-    """Set every BatchNorm's running statistics to their mean over ``batches`` (the current weights'), so
-    the evaluated network sees what training saw: after a few hundred steps of fast-changing weights the
-    running averages still carry the early weights' statistics."""
-    import torch
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms or not batches:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    with torch.no_grad():
-        for xb in batches:
-            model(torch.as_tensor(xb, device=device))
-    for m, mom in zip(norms, momenta):
-        m.momentum = mom
-    model.eval()
-
-
-def _digest(arrays: list[np.ndarray]) -> str:
-    h = hashlib.sha1()
-    for a in arrays:
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
 def fit_unet(
     label_set: Any,
     out: str | Path,
@@ -221,7 +192,7 @@ def fit_unet(
         "val_images": [label_set.names[i] for i, _ in split.val] if split.how == "images" else [],
         "classes": classes,
     }
-    blob = {**settings, "data": _digest(list(label_set.images) + list(label_set.labels))}
+    blob = {**settings, "data": array_digest(list(label_set.images) + list(label_set.labels))}
     fp = hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
     ckpt_dir = out / "checkpoint"
     ckpt = open_checkpoint(ckpt_dir, fp, config.resume)
