@@ -14,7 +14,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, Pus
 
 from napari_ncm._background import RunsInBackground
 from ncm_core.inference.generate import VolumeOptions
-from ncm_core.training.generate import GenerateConfig
+from ncm_core.training.generate import GenerateConfig, describe_calibration
 
 if TYPE_CHECKING:
     import napari
@@ -22,19 +22,6 @@ if TYPE_CHECKING:
 
 def _path(field: Any) -> Path | None:
     return None if str(field.value) in ("", ".") else Path(str(field.value))
-
-
-def calibration_note(bundle: Any) -> str:
-    """``; phase fractions 0.41 -> 0.40 (images 0.40)``: what the calibration of a trained generator did."""
-    import json
-
-    try:
-        cal = json.loads((Path(bundle) / "config.json").read_text())["training"]["calibration"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-    fmt = "/".join
-    before, after, target = (fmt(f"{v:.3f}" for v in cal[k]) for k in ("before", "after", "target"))
-    return f"; phase fractions {before} -> {after} (images {target})"
 
 
 class GenerateWidget(RunsInBackground, Container):
@@ -122,4 +109,5 @@ class GenerateWidget(RunsInBackground, Container):
             for data, kw, kind in read(str(result)):
                 getattr(self._viewer, f"add_{kind}")(data, **kw)
             self._viewer.dims.ndisplay = 3
-        self.status.value = f"Done: {result}" + (calibration_note(result) if self._mode == "train" else "")
+        note = describe_calibration(result) if self._mode == "train" else ""
+        self.status.value = f"Done: {result}" + (f"; {note}" if note else "")

@@ -39,7 +39,7 @@ def non_negative(value: str) -> float:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from ncm_core.training.generate import train_generator
+    from ncm_core.training.generate import describe_calibration, train_generator
 
     out = train_generator(
         a.images,
@@ -66,14 +66,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     )
     t = json.loads((out / "config.json").read_text())["training"]
     print(f"generator: {out} ({t['iterations']} steps, {t['seconds']:.0f} s on {t['device']})")
-    cal = t.get("calibration")
-    if cal:
-        fmt = lambda v: "/".join(f"{x:.3f}" for x in v)  # noqa: E731
-        note = " (offsets capped: the generator is far off; train longer)" if cal["capped"] else ""
-        print(
-            f"phase fractions: generated {fmt(cal['before'])}, calibrated {fmt(cal['after'])}, "
-            f"images {fmt(cal['target'])}{note}"
-        )
+    calibration = describe_calibration(out)
+    if calibration:
+        print(calibration)
 
 
 def cmd_volume(a: argparse.Namespace) -> None:

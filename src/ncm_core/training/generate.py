@@ -377,6 +377,18 @@ def calibrate_fractions(
     return [round(float(v), 6) for v in b], record
 
 
+def describe_calibration(bundle: str | Path) -> str:
+    """``phase fractions 0.639/0.361 -> 0.600/0.400 (images 0.600/0.400)``: what the calibration of a trained
+    generator did ("" when it was not calibrated); for the command line and the Generate dock."""
+    try:
+        cal = json.loads((Path(bundle) / "config.json").read_text())["training"]["calibration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    before, after, target = ("/".join(f"{v:.3f}" for v in cal[k]) for k in ("before", "after", "target"))
+    note = " (offsets capped: the generator is far off; train longer)" if cal.get("capped") else ""
+    return f"phase fractions {before} -> {after} (images {target}){note}"
+
+
 def training_measures(maps: list[np.ndarray], phases: list[int]) -> dict[str, Any]:
     """The training images' measures recorded in the bundle (what ``ncm generate check`` compares)."""
     from ncm_core.evaluation.generate import image_measures
