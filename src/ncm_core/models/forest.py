@@ -113,7 +113,7 @@ class ForestSegmenter:
     def predict_image(self, raw: np.ndarray) -> np.ndarray:
         """A whole raw ``(C, H, W)`` image (or ``(H, W)``) -> ``(H, W)`` class index (0-based)."""
         raw = raw[None] if raw.ndim == 2 else raw
-        return self.predict_features(self.features(self.config.normalize(raw, self.config.input_range(raw)))).argmax(0)
+        return self.predict_features(self.features(self.config.normalize_image(raw))).argmax(0)
 
     def save(self, path: str | Path) -> Path:
         path = write_config(path, self.config)

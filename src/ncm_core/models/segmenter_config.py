@@ -51,6 +51,10 @@ class SegmenterConfig:
         span = max(high - low, 1e-12)
         return ((np.asarray(raw, np.float32) - np.float32(low)) / np.float32(span)).astype(np.float32)
 
+    def normalize_image(self, raw: np.ndarray) -> np.ndarray:
+        """A whole raw image ``(C, H, W)`` scaled as its windows are: :meth:`normalize` by its :meth:`input_range`."""
+        return self.normalize(raw, self.input_range(raw))
+
     def input_range(self, image: Any) -> tuple[float, float] | None:
         """What :meth:`normalize` scales ``image`` ``(C, H, W)`` (numpy, zarr or dask: only a sample is read)
         and every window of it by: None (the bundle's fixed range), or with ``normalization="image"`` the

@@ -79,7 +79,7 @@ def _fit_forest(
     def fit(parts: list[tuple[int, np.ndarray]]) -> Any:
         seg = segmenter_config(labels, config, sorted({i for i, _ in parts}))
         seg.engine_config = config.forest_settings()
-        images = [seg.normalize(labels.images[i], seg.input_range(labels.images[i])) for i, _ in parts]
+        images = [seg.normalize_image(labels.images[i]) for i, _ in parts]
         return train_forest(images, [lab for _, lab in parts], seg, seed=config.seed, cancel=stop)
 
     training: dict[str, Any] = {"validation": split.how, "images": list(labels.names)}

@@ -171,10 +171,7 @@ def fit_unet(
     seg_config.engine_config = spec.to_dict()
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    norm = {
-        i: seg_config.normalize(label_set.images[i], seg_config.input_range(label_set.images[i]))
-        for i in {i for i, _ in split.train + split.val}
-    }
+    norm = {i: seg_config.normalize_image(label_set.images[i]) for i in {i for i, _ in split.train + split.val}}
     area = sum(int(np.prod(label_set.images[i].shape[1:])) for i in train_idx)
     n_patches = int(
         getattr(config, "patches_per_epoch", None) or max(-(-area // (P * P)), MIN_PATCHES * config.batch_size)
